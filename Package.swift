@@ -1,0 +1,114 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+// Every dependency comes from the local package mirror; versions are pinned to what it holds.
+let package = Package(
+    name: "portcullis",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "portcullis", targets: ["portcullis"]),
+        .library(name: "PortcullisClient", targets: ["PortcullisClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // Strict YAML reading shared by policies and configuration: unknown keys and wrong types are
+        // collected as diagnostics with file:line instead of stopping at the first one.
+        .target(
+            name: "PortcullisYAML",
+            dependencies: [.product(name: "Yams", package: "Yams")]
+        ),
+        // Pure: identity mapping, policy model and decisions, origin matching. No NIO.
+        .target(
+            name: "PortcullisPolicy",
+            dependencies: [
+                "PortcullisYAML",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Pure + files: CA, issuance, CRL encoding and parsing, the client-certificate verifier.
+        .target(
+            name: "PortcullisPKI",
+            dependencies: [
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        // Files: audit record model and the JSON Lines writer that runs off the event loop.
+        .target(
+            name: "PortcullisAudit",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Gateway configuration decoded from YAML, with file:line diagnostics.
+        .target(
+            name: "PortcullisConfig",
+            dependencies: [
+                "PortcullisPolicy", "PortcullisYAML",
+            ]
+        ),
+        // NIO: listener, TLS, admission, WebSocket sessions.
+        .target(
+            name: "PortcullisGateway",
+            dependencies: [
+                "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit", "PortcullisConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // NIO: the device side — connect with a client certificate, upgrade, exchange frames.
+        .target(
+            name: "PortcullisClient",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+        .executableTarget(
+            name: "portcullis",
+            dependencies: [
+                "PortcullisGateway", "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisAudit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "PortcullisPolicyTests",
+            dependencies: ["PortcullisPolicy", "PortcullisPKI"]
+        ),
+        .testTarget(
+            name: "PortcullisPKITests",
+            dependencies: ["PortcullisPKI"]
+        ),
+        .testTarget(
+            name: "PortcullisGatewayTests",
+            dependencies: [
+                "PortcullisGateway", "PortcullisClient", "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy",
+                "PortcullisAudit",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
+        ),
+    ]
+)

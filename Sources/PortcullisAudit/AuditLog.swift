@@ -1,0 +1,174 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The append-only audit log: JSON Lines in `<directory>/audit.jsonl`.
+///
+/// `record(_:)` only appends to an in-memory queue and returns; a dedicated writer thread encodes, writes
+/// and fsyncs in batches, so callers on an event loop never block on the disk. The queue is bounded: when it
+/// is full the record is counted as dropped (and the count is itself audited once the queue drains).
+public final class AuditLog: @unchecked Sendable {
+    public let directory: String
+    public let path: String
+    /// Records held in memory at most before new ones are dropped.
+    public let capacity: Int
+
+    // Guarded by `condition`.
+    private let condition = NSCondition()
+    private var pending: [AuditRecord] = []
+    private var nextSeq: UInt64
+    private var writtenSeq: UInt64
+    private var dropped = 0
+    private var stopping = false
+    private var writeError: String?
+
+    private let fd: Int32
+    private var thread: Thread?
+
+    /// Opens (creating when needed) the log in `directory`, continuing its sequence numbers.
+    public init(directory: String, capacity: Int = 65_536) throws {
+        self.directory = directory
+        self.path = "\(directory)/audit.jsonl"
+        self.capacity = capacity
+        try FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+        let lastSeq = Self.lastSequence(in: path)
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard fd >= 0 else {
+            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
+        }
+        nextSeq = lastSeq + 1
+        writtenSeq = lastSeq
+        let thread = Thread { [unowned self] in self.run() }
+        thread.name = "portcullis-audit"
+        self.thread = thread
+        thread.start()
+    }
+
+    deinit {
+        Glibc.close(fd)
+    }
+
+    /// Queues `record`; never blocks on I/O. Sequence number and time are assigned here, in call order.
+    public func record(_ record: AuditRecord) {
+        var record = record
+        condition.lock()
+        defer { condition.unlock() }
+        guard !stopping else { return }
+        guard pending.count < capacity else {
+            dropped += 1
+            return
+        }
+        record.seq = nextSeq
+        record.time = Self.timestamp(Date())
+        nextSeq += 1
+        pending.append(record)
+        condition.signal()
+    }
+
+    /// Blocks until every record queued before the call is on disk. Not for event-loop threads.
+    public func flush() {
+        condition.lock()
+        defer { condition.unlock() }
+        let target = nextSeq - 1
+        while writtenSeq < target && writeError == nil {
+            condition.wait()
+        }
+    }
+
+    /// Flushes and stops the writer thread; later records are ignored.
+    public func close() {
+        flush()
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while pending.isEmpty && !stopping && dropped == 0 {
+                condition.wait()
+            }
+            if pending.isEmpty && stopping {
+                condition.unlock()
+                return
+            }
+            var batch = pending
+            pending.removeAll(keepingCapacity: true)
+            if dropped > 0 {
+                var notice = AuditRecord(
+                    event: "audit_overflow", reason: "audit_queue_full",
+                    detail: "\(dropped) records were dropped because the audit queue was full")
+                notice.seq = nextSeq
+                notice.time = Self.timestamp(Date())
+                nextSeq += 1
+                dropped = 0
+                batch.append(notice)
+            }
+            condition.unlock()
+
+            var text = ""
+            for record in batch {
+                text += record.jsonLine()
+                text += "\n"
+            }
+            let error = writeAll(Array(text.utf8))
+
+            condition.lock()
+            if let error {
+                writeError = error
+                FileHandle.standardError.write(Data("portcullis: audit log write failed: \(error)\n".utf8))
+            }
+            writtenSeq = batch.last?.seq ?? writtenSeq
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    private func writeAll(_ bytes: [UInt8]) -> String? {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                return String(cString: strerror(errno))
+            }
+            offset += written
+        }
+        return fsync(fd) == 0 ? nil : String(cString: strerror(errno))
+    }
+
+    static func timestamp(_ date: Date) -> String {
+        date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+    }
+
+    /// The `seq` of the last complete line of an existing log, or 0.
+    static func lastSequence(in path: String) -> UInt64 {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return 0 }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        let window: UInt64 = min(size, 64 * 1024)
+        try? handle.seek(toOffset: size - window)
+        guard let data = try? handle.readToEnd() else { return 0 }
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n")
+        for line in lines.reversed() {
+            if let record = try? JSONDecoder().decode(AuditRecord.self, from: Data(line.utf8)) {
+                return record.seq
+            }
+        }
+        return 0
+    }
+
+    /// Reads every complete record of a log file; for tests and (later) `portcullis audit`.
+    public static func read(path: String) throws -> [AuditRecord] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let decoder = JSONDecoder()
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap {
+            try? decoder.decode(AuditRecord.self, from: Data($0.utf8))
+        }
+    }
+}

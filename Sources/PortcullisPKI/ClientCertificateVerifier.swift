@@ -1,0 +1,162 @@
+import Foundation
+import SwiftASN1
+@_spi(FixedExpiryValidationTime) @_spi(DisableValidityCheck) import X509
+
+/// Why a client certificate was refused; the raw value is the stable code written to the audit log.
+public enum CertificateRefusal: String, Sendable, Hashable, CaseIterable {
+    /// No chain to a trusted root: another CA, a bad signature, a missing intermediate.
+    case untrusted = "certificate_untrusted"
+    case expired = "certificate_expired"
+    case notYetValid = "certificate_not_yet_valid"
+    case missingClientAuth = "certificate_missing_client_auth"
+    case revoked = "certificate_revoked"
+    /// Any other RFC 5280 failure (basic constraints, name constraints, an unhandled critical extension).
+    case invalid = "certificate_invalid"
+}
+
+/// The outcome of verifying a client's certificate chain.
+public enum ClientVerification: Sendable {
+    /// Verified: the chain runs from the leaf to a trusted root.
+    case trusted(chain: [Certificate])
+    case refused(CertificateRefusal, detail: String)
+}
+
+/// Verifies client certificates as the gateway's TLS handshake requires: a chain to a root of the bundle
+/// (swift-certificates `Verifier` with `RFC5280Policy`), clientAuth in the leaf's extended key usage, inside
+/// its validity at `now`, and no certificate of the chain on its issuer's CRL.
+///
+/// swift-nio-ssl's custom verification callback replaces BoringSSL's checks entirely, so this is the whole
+/// verification, not an addition to it.
+public struct ClientCertificateVerifier: Sendable {
+    public let trust: ClientTrust
+
+    public init(trust: ClientTrust) {
+        self.trust = trust
+    }
+
+    /// Verifies `presented` (leaf first, then whatever intermediates the client sent).
+    public func verify(presented: [Certificate], now: Date = Date()) async -> ClientVerification {
+        guard let leaf = presented.first else {
+            return .refused(.untrusted, detail: "no certificate presented")
+        }
+        let intermediates = CertificateStore(Array(presented.dropFirst()) + trust.intermediates)
+        var verifier = Verifier(rootCertificates: CertificateStore(trust.roots)) {
+            RFC5280Policy(fixedExpiryValidationTime: now)
+            ClientAuthUsagePolicy()
+            RevocationPolicy(trust: trust)
+        }
+        let result = await verifier.validate(leaf: leaf, intermediates: intermediates)
+        if case .validCertificate(let chain) = result {
+            return .trusted(chain: Array(chain))
+        }
+        let failures: [String]
+        if case .couldNotValidate(let list) = result {
+            failures = list.map { "\($0.policyFailureReason)" }
+        } else {
+            failures = []
+        }
+        return await diagnose(leaf: leaf, intermediates: intermediates, now: now, failures: failures)
+    }
+
+    /// The checks a resumed TLS session skips (BoringSSL does not run the verification callback again):
+    /// validity at `now` and revocation of the leaf. The chain itself was verified at the full handshake by a
+    /// context built from the same CA bundle; a new bundle means a new context, whose tickets old sessions lack.
+    public func recheck(leaf: Certificate, now: Date = Date()) -> ClientVerification? {
+        if let refusal = validityRefusal(leaf, now: now) { return refusal }
+        if let entry = trust.revocation(of: leaf) {
+            return .refused(.revoked, detail: Self.describe(entry, of: leaf))
+        }
+        return nil
+    }
+
+    /// Names the precise reason for a failed validation, in the order an operator would look for it.
+    private func diagnose(
+        leaf: Certificate, intermediates: CertificateStore, now: Date, failures: [String]
+    ) async -> ClientVerification {
+        var pathOnly = Verifier(rootCertificates: CertificateStore(trust.roots)) {
+            RFC5280Policy.withValidityCheckDisabled()
+            ClientAuthUsagePolicy.ignoringUsage
+        }
+        let joined = failures.isEmpty ? "no chain to a trusted root" : failures.joined(separator: "; ")
+        guard case .validCertificate(let chain) = await pathOnly.validate(leaf: leaf, intermediates: intermediates)
+        else {
+            return .refused(.untrusted, detail: "issuer \(leaf.issuer) is not trusted: \(joined)")
+        }
+        for certificate in chain {
+            if let refusal = validityRefusal(certificate, now: now) { return refusal }
+        }
+        if !ClientAuthUsagePolicy.allowsClientAuth(leaf) {
+            return .refused(.missingClientAuth, detail: "the certificate's extended key usage lacks clientAuth")
+        }
+        for certificate in chain.dropLast() {
+            if let entry = trust.revocation(of: certificate) {
+                return .refused(.revoked, detail: Self.describe(entry, of: certificate))
+            }
+        }
+        return .refused(.invalid, detail: joined)
+    }
+
+    private func validityRefusal(_ certificate: Certificate, now: Date) -> ClientVerification? {
+        let formatter = ISO8601DateFormatter()
+        if now > certificate.notValidAfter {
+            return .refused(
+                .expired,
+                detail: "\(certificate.subject) expired at \(formatter.string(from: certificate.notValidAfter))")
+        }
+        if now < certificate.notValidBefore {
+            return .refused(
+                .notYetValid,
+                detail: "\(certificate.subject) is not valid before \(formatter.string(from: certificate.notValidBefore))")
+        }
+        return nil
+    }
+
+    private static func describe(_ entry: CertificateRevocationList.Entry, of certificate: Certificate) -> String {
+        let reason = entry.reason.map { " (\($0.name))" } ?? ""
+        return "serial \(hexString(entry.serial)) of \(certificate.subject) revoked at "
+            + ISO8601DateFormatter().string(from: entry.revocationDate) + reason
+    }
+}
+
+/// Requires `clientAuth` in the leaf's extended key usage. `RFC5280Policy` does not look at EKU, so this
+/// policy also declares the extension as handled (it may be critical).
+struct ClientAuthUsagePolicy: VerifierPolicy {
+    let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = [.X509ExtensionID.extendedKeyUsage]
+    var enforce = true
+
+    static let ignoringUsage = ClientAuthUsagePolicy(enforce: false)
+
+    static func allowsClientAuth(_ certificate: Certificate) -> Bool {
+        guard let usage = try? certificate.extensions.extendedKeyUsage else { return false }
+        return usage.contains(.clientAuth) || usage.contains(.any)
+    }
+
+    func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) -> PolicyEvaluationResult {
+        guard enforce, !Self.allowsClientAuth(chain.leaf) else { return .meetsPolicy }
+        return .failsToMeetPolicy(reason: "leaf certificate does not carry the clientAuth extended key usage")
+    }
+}
+
+/// Refuses a chain when a CRL of the trust set lists any certificate of it.
+struct RevocationPolicy: VerifierPolicy {
+    let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = []
+    let trust: ClientTrust
+
+    func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) -> PolicyEvaluationResult {
+        for certificate in chain.dropLast() where trust.revocation(of: certificate) != nil {
+            return .failsToMeetPolicy(reason: "certificate \(certificate.subject) is revoked")
+        }
+        return .meetsPolicy
+    }
+}
+
+/// Lowercase hex, no separators: how serials and fingerprints appear in audit records and the CLI.
+public func hexString<Bytes: Sequence>(_ bytes: Bytes) -> String where Bytes.Element == UInt8 {
+    let digits = Array("0123456789abcdef".utf8)
+    var result: [UInt8] = []
+    for byte in bytes {
+        result.append(digits[Int(byte >> 4)])
+        result.append(digits[Int(byte & 0x0F)])
+    }
+    return String(decoding: result, as: UTF8.self)
+}

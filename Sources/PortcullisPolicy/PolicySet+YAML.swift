@@ -1,0 +1,169 @@
+import Foundation
+import PortcullisYAML
+
+extension PolicySet {
+    /// Loads every `*.yaml` / `*.yml` file of `directory` (in name order) into one policy set.
+    ///
+    /// - Throws: ``DiagnosticsError`` listing every problem in every file (file:line and what is wrong):
+    ///   malformed YAML, unknown keys, wrong types, duplicate rule names, invalid origins or fingerprints.
+    public static func load(directory: String) throws -> PolicySet {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue
+        else {
+            throw DiagnosticsError([Diagnostic(file: directory, line: nil, message: "policies directory not found")])
+        }
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory)
+            .filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }
+            .sorted()
+        var sources: [(file: String, text: String)] = []
+        var diagnostics: [Diagnostic] = []
+        for name in names {
+            let path = (directory as NSString).appendingPathComponent(name)
+            do {
+                sources.append((path, try String(contentsOfFile: path, encoding: .utf8)))
+            } catch {
+                diagnostics.append(Diagnostic(file: path, line: nil, message: "cannot read: \(error.localizedDescription)"))
+            }
+        }
+        if sources.isEmpty && diagnostics.isEmpty {
+            diagnostics.append(
+                Diagnostic(file: directory, line: nil, message: "no policy files (*.yaml); every session would be refused"))
+        }
+        do {
+            let set = try parse(sources)
+            if diagnostics.isEmpty { return set }
+        } catch let error as DiagnosticsError {
+            diagnostics += error.diagnostics
+        }
+        throw DiagnosticsError(diagnostics)
+    }
+
+    /// Parses policy documents given as (file name, text) pairs; the order of mapping rules and rules is the
+    /// order of the documents and, within each, of the file.
+    public static func parse(_ sources: [(file: String, text: String)]) throws -> PolicySet {
+        var mappings: [IdentityMappingRule] = []
+        var rules: [PolicyRule] = []
+        var diagnostics: [Diagnostic] = []
+        var ruleNames: [String: String] = [:]
+        for source in sources {
+            let reader = YAMLReader(file: source.file)
+            defer { diagnostics += reader.diagnostics }
+            guard let root = reader.parse(source.text),
+                let top = reader.mapping(root, what: "a policy file", allowed: ["identity_mapping", "rules"])
+            else { continue }
+            if let list = top["identity_mapping"].flatMap({ reader.sequence($0.value, what: "identity_mapping") }) {
+                mappings += list.compactMap { readMapping($0, reader: reader) }
+            }
+            if let list = top["rules"].flatMap({ reader.sequence($0.value, what: "rules") }) {
+                for item in list {
+                    guard let rule = readRule(item, reader: reader) else { continue }
+                    if let previous = ruleNames[rule.name] {
+                        reader.report(line: item.line, "rule name '\(rule.name)' is already used at \(previous)")
+                        continue
+                    }
+                    ruleNames[rule.name] = rule.location
+                    rules.append(rule)
+                }
+            }
+        }
+        guard diagnostics.isEmpty else { throw DiagnosticsError(diagnostics) }
+        return PolicySet(mappings: mappings, rules: rules)
+    }
+
+    private static func readMapping(_ value: YAMLValue, reader: YAMLReader) -> IdentityMappingRule? {
+        guard
+            let fields = reader.mapping(
+                value, what: "an identity_mapping entry", allowed: ["source", "match", "identity", "groups"])
+        else { return nil }
+        let before = reader.diagnostics.count
+        var rule = IdentityMappingRule(source: .commonName, location: "\(reader.file):\(value.line)")
+        if let source = fields["source"] {
+            if let text = reader.string(source.value, what: "source") {
+                if let parsed = IdentitySource(rawValue: text) {
+                    rule.source = parsed
+                } else {
+                    let known = IdentitySource.allCases.map(\.rawValue).joined(separator: ", ")
+                    reader.report(line: source.value.line, "unknown source '\(text)' (one of: \(known))")
+                }
+            }
+        } else {
+            reader.report(line: value.line, "an identity_mapping entry needs a 'source'")
+        }
+        if let match = fields["match"], let text = reader.string(match.value, what: "match") {
+            if rule.source == .fingerprint, normalizedFingerprint(text) == nil {
+                reader.report(line: match.value.line, "'\(text)' is not a SHA-256 fingerprint (64 hex digits)")
+            } else if text.filter({ $0 == "*" }).count > 1 {
+                reader.report(line: match.value.line, "match may contain at most one '*'")
+            }
+            rule.match = text
+        } else if rule.source == .fingerprint {
+            reader.report(line: value.line, "a fingerprint mapping needs 'match' with the pinned fingerprint")
+        }
+        if let identity = fields["identity"], let text = reader.string(identity.value, what: "identity") {
+            if text.isEmpty { reader.report(line: identity.value.line, "identity must not be empty") }
+            if text.contains("{*}") && (rule.match.map { !$0.contains("*") } ?? true) {
+                reader.report(line: identity.value.line, "identity uses {*} but match has no '*'")
+            }
+            rule.identity = text
+        } else if rule.source == .fingerprint {
+            reader.report(line: value.line, "a fingerprint mapping needs an explicit 'identity'")
+        }
+        if let groups = fields["groups"], let list = reader.strings(groups.value, what: "groups") {
+            rule.groups = list
+        }
+        return reader.diagnostics.count == before ? rule : nil
+    }
+
+    private static func readRule(_ value: YAMLValue, reader: YAMLReader) -> PolicyRule? {
+        let allowed: Set<String> = [
+            "name", "effect", "identities", "groups", "routes", "origins", "allow_missing_origin",
+        ]
+        guard let fields = reader.mapping(value, what: "a rule", allowed: allowed) else { return nil }
+        let before = reader.diagnostics.count
+        var rule = PolicyRule(name: "", routes: [], location: "\(reader.file):\(value.line)")
+        if let name = fields["name"], let text = reader.string(name.value, what: "name"), !text.isEmpty {
+            rule.name = text
+        } else {
+            reader.report(line: value.line, "a rule needs a non-empty 'name'")
+        }
+        if let effect = fields["effect"], let text = reader.string(effect.value, what: "effect") {
+            if let parsed = PolicyRule.Effect(rawValue: text) {
+                rule.effect = parsed
+            } else {
+                reader.report(line: effect.value.line, "effect must be 'allow' or 'deny', not '\(text)'")
+            }
+        }
+        if let identities = fields["identities"], let list = reader.strings(identities.value, what: "identities") {
+            rule.identities = list
+        }
+        if let groups = fields["groups"], let list = reader.strings(groups.value, what: "groups") {
+            rule.groups = list
+        }
+        if rule.identities.isEmpty && rule.groups.isEmpty {
+            reader.report(line: value.line, "rule '\(rule.name)' names no 'identities' or 'groups'; it would never apply")
+        }
+        if let routes = fields["routes"], let list = reader.strings(routes.value, what: "routes") {
+            for route in list where route != "*" && !route.hasPrefix("/") {
+                reader.report(line: routes.value.line, "route '\(route)' must be a path starting with '/' or '*'")
+            }
+            rule.routes = list
+        }
+        if rule.routes.isEmpty {
+            reader.report(line: value.line, "rule '\(rule.name)' grants no 'routes'")
+        }
+        if let origins = fields["origins"], let list = reader.strings(origins.value, what: "origins") {
+            for entry in list {
+                if let problem = OriginMatcher.problem(with: entry) {
+                    reader.report(line: origins.value.line, problem)
+                }
+            }
+            rule.origins = OriginMatcher(list)
+        }
+        if let missing = fields["allow_missing_origin"],
+            let flag = reader.bool(missing.value, what: "allow_missing_origin")
+        {
+            rule.allowMissingOrigin = flag
+        }
+        return reader.diagnostics.count == before ? rule : nil
+    }
+}
