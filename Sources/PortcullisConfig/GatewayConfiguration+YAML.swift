@@ -1,0 +1,139 @@
+import Foundation
+import PortcullisPolicy
+import PortcullisYAML
+
+extension GatewayConfiguration {
+    /// Reads a configuration file. Relative paths in it are resolved against the file's directory.
+    ///
+    /// - Throws: ``DiagnosticsError`` with every problem found (file:line and what is wrong).
+    public static func load(path: String) throws -> GatewayConfiguration {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw DiagnosticsError([Diagnostic(file: path, line: nil, message: "cannot read the configuration file")])
+        }
+        let base = (path as NSString).deletingLastPathComponent
+        return try parse(text, file: path, baseDirectory: base.isEmpty ? "." : base)
+    }
+
+    public static func parse(_ text: String, file: String, baseDirectory: String) throws -> GatewayConfiguration {
+        let reader = YAMLReader(file: file)
+        func resolve(_ path: String) -> String {
+            path.hasPrefix("/") ? path : (baseDirectory == "." ? path : "\(baseDirectory)/\(path)")
+        }
+        var config = GatewayConfiguration(tls: TLS(certificateChain: "", privateKey: "", clientCA: ""))
+        let keys: Set<String> = [
+            "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
+            "max_header_bytes", "max_message_bytes",
+        ]
+        guard let root = reader.parse(text), let top = reader.mapping(root, what: "the configuration", allowed: keys)
+        else { throw DiagnosticsError(reader.diagnostics) }
+
+        if let listen = top["listen"], let text = reader.string(listen.value, what: "listen") {
+            if let (host, port) = parseListenAddress(text) {
+                (config.listenHost, config.listenPort) = (host, port)
+            } else {
+                reader.report(line: listen.value.line, "listen must be HOST:PORT (e.g. 0.0.0.0:443 or [::1]:8443)")
+            }
+        }
+        if let tls = top["tls"] {
+            let tlsKeys: Set<String> = ["certificate", "key", "client_ca", "crl", "min_version"]
+            if let fields = reader.mapping(tls.value, what: "tls", allowed: tlsKeys) {
+                for required in ["certificate", "key", "client_ca"] where fields[required] == nil {
+                    reader.report(line: tls.line, "tls needs '\(required)'")
+                }
+                if let value = fields["certificate"], let text = reader.string(value.value, what: "tls.certificate") {
+                    config.tls.certificateChain = resolve(text)
+                }
+                if let value = fields["key"], let text = reader.string(value.value, what: "tls.key") {
+                    config.tls.privateKey = resolve(text)
+                }
+                if let value = fields["client_ca"], let text = reader.string(value.value, what: "tls.client_ca") {
+                    config.tls.clientCA = resolve(text)
+                }
+                if let value = fields["crl"], let text = reader.string(value.value, what: "tls.crl") {
+                    config.tls.crl = resolve(text)
+                }
+                if let value = fields["min_version"], let text = reader.string(value.value, what: "tls.min_version") {
+                    if let version = TLSVersion(rawValue: text) {
+                        config.tls.minimumVersion = version
+                    } else {
+                        reader.report(line: value.value.line, "tls.min_version must be \"1.2\" or \"1.3\", not '\(text)'")
+                    }
+                }
+            }
+        } else {
+            reader.report(line: nil, "missing 'tls' (certificate, key, client_ca)")
+        }
+        if let origins = top["allowed_origins"],
+            let list = reader.strings(origins.value, what: "allowed_origins")
+        {
+            for entry in list {
+                if let problem = OriginMatcher.problem(with: entry) { reader.report(line: origins.value.line, problem) }
+            }
+            config.allowedOrigins = list
+        }
+        if let routes = top["routes"], let list = reader.sequence(routes.value, what: "routes") {
+            for item in list {
+                guard let fields = reader.mapping(item, what: "a route", allowed: ["path", "kind"]) else { continue }
+                guard let pathField = fields["path"], let path = reader.string(pathField.value, what: "route path"),
+                    let kindField = fields["kind"], let kindText = reader.string(kindField.value, what: "route kind")
+                else {
+                    reader.report(line: item.line, "a route needs 'path' and 'kind'")
+                    continue
+                }
+                guard path.hasPrefix("/") else {
+                    reader.report(line: pathField.value.line, "route path '\(path)' must start with '/'")
+                    continue
+                }
+                guard let kind = RouteKind(rawValue: kindText) else {
+                    let known = RouteKind.allCases.map(\.rawValue).joined(separator: ", ")
+                    reader.report(line: kindField.value.line, "unknown route kind '\(kindText)' (one of: \(known))")
+                    continue
+                }
+                if config.route(for: path) != nil {
+                    reader.report(line: pathField.value.line, "route path '\(path)' is defined twice")
+                    continue
+                }
+                config.routes.append(Route(path: path, kind: kind))
+            }
+        }
+        if config.routes.isEmpty { reader.report(line: nil, "no routes: define at least one under 'routes'") }
+        if let value = top["policies"], let text = reader.string(value.value, what: "policies") {
+            config.policiesDirectory = resolve(text)
+        } else {
+            config.policiesDirectory = resolve(config.policiesDirectory)
+        }
+        if let value = top["audit_dir"], let text = reader.string(value.value, what: "audit_dir") {
+            config.auditDirectory = resolve(text)
+        } else {
+            config.auditDirectory = resolve(config.auditDirectory)
+        }
+        if let value = top["handshake_timeout"], let seconds = reader.duration(value.value, what: "handshake_timeout") {
+            config.handshakeTimeout = seconds
+        }
+        if let value = top["max_header_bytes"],
+            let number = reader.integer(value.value, what: "max_header_bytes", range: 1024...1_048_576)
+        {
+            config.maxHeaderBytes = number
+        }
+        if let value = top["max_message_bytes"],
+            let number = reader.integer(value.value, what: "max_message_bytes", range: 125...(64 << 20))
+        {
+            config.maxMessageBytes = number
+        }
+        guard reader.diagnostics.isEmpty else { throw DiagnosticsError(reader.diagnostics) }
+        return config
+    }
+}
+
+/// Splits `HOST:PORT` (`[v6]:PORT` for IPv6); the port may be 0 for an ephemeral one.
+public func parseListenAddress(_ text: String) -> (host: String, port: Int)? {
+    guard let colon = text.lastIndex(of: ":") else { return nil }
+    var host = String(text[..<colon])
+    guard let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+    guard !host.isEmpty, !host.contains(" ") else { return nil }
+    return (host, port)
+}

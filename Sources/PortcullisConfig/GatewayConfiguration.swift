@@ -1,0 +1,117 @@
+import Foundation
+import PortcullisPolicy
+
+/// Everything `portcullis serve` needs to run, with the defaults an operator would expect.
+///
+/// Decoding from YAML lives in `GatewayConfiguration+YAML.swift`; this type stays plain data.
+public struct GatewayConfiguration: Sendable, Equatable {
+    public enum RouteKind: String, Sendable, CaseIterable {
+        /// Each message is sent back: for diagnostics and to show admission end to end.
+        case echo
+    }
+
+    public struct Route: Sendable, Equatable {
+        public var path: String
+        public var kind: RouteKind
+
+        public init(path: String, kind: RouteKind) {
+            self.path = path
+            self.kind = kind
+        }
+    }
+
+    public enum TLSVersion: String, Sendable, CaseIterable {
+        case v1_2 = "1.2"
+        case v1_3 = "1.3"
+    }
+
+    public struct TLS: Sendable, Equatable {
+        /// PEM file with the server certificate first, then any intermediates.
+        public var certificateChain: String
+        public var privateKey: String
+        /// PEM bundle of the CAs that issue client certificates.
+        public var clientCA: String
+        /// PEM CRL(s) checked during every handshake; nil for none.
+        public var crl: String?
+        public var minimumVersion: TLSVersion
+
+        public init(
+            certificateChain: String, privateKey: String, clientCA: String, crl: String? = nil,
+            minimumVersion: TLSVersion = .v1_2
+        ) {
+            self.certificateChain = certificateChain
+            self.privateKey = privateKey
+            self.clientCA = clientCA
+            self.crl = crl
+            self.minimumVersion = minimumVersion
+        }
+    }
+
+    public var listenHost: String
+    public var listenPort: Int
+    public var tls: TLS
+    /// Gateway-wide `Origin` allow-list; rules may narrow it.
+    public var allowedOrigins: [String]
+    public var routes: [Route]
+    public var policiesDirectory: String
+    public var auditDirectory: String
+    /// Seconds a client has to complete TLS and the WebSocket upgrade together.
+    public var handshakeTimeout: Double
+    /// Largest request head (request line and headers) accepted before the upgrade.
+    public var maxHeaderBytes: Int
+    /// Largest WebSocket frame and reassembled message.
+    public var maxMessageBytes: Int
+
+    public init(
+        listenHost: String = "0.0.0.0",
+        listenPort: Int = 443,
+        tls: TLS,
+        allowedOrigins: [String] = [],
+        routes: [Route] = [],
+        policiesDirectory: String = "policies",
+        auditDirectory: String = "audit",
+        handshakeTimeout: Double = 10,
+        maxHeaderBytes: Int = 8192,
+        maxMessageBytes: Int = 1 << 20
+    ) {
+        self.listenHost = listenHost
+        self.listenPort = listenPort
+        self.tls = tls
+        self.allowedOrigins = allowedOrigins
+        self.routes = routes
+        self.policiesDirectory = policiesDirectory
+        self.auditDirectory = auditDirectory
+        self.handshakeTimeout = handshakeTimeout
+        self.maxHeaderBytes = maxHeaderBytes
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    /// The TLS files of a `pki/` directory laid out by `portcullis pki` (and `serve --dev`).
+    public static func tls(fromPKI directory: String, minimumVersion: TLSVersion = .v1_2) -> TLS {
+        let crl = "\(directory)/crl.pem"
+        return TLS(
+            certificateChain: "\(directory)/issued/server.crt",
+            privateKey: "\(directory)/private/server.key",
+            clientCA: "\(directory)/ca.crt",
+            crl: FileManager.default.fileExists(atPath: crl) ? crl : nil,
+            minimumVersion: minimumVersion)
+    }
+
+    /// The embedded development default of `serve --dev`.
+    public static func development(pki: String = "pki", policies: String = "policies", audit: String = "audit")
+        -> GatewayConfiguration
+    {
+        GatewayConfiguration(
+            listenHost: "127.0.0.1",
+            listenPort: 8443,
+            tls: tls(fromPKI: pki),
+            allowedOrigins: ["https://localhost:8443", "https://127.0.0.1:8443"],
+            routes: [Route(path: "/v1/echo", kind: .echo)],
+            policiesDirectory: policies,
+            auditDirectory: audit)
+    }
+
+    public func route(for path: String) -> Route? {
+        routes.first { $0.path == path }
+    }
+}

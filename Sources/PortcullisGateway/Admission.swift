@@ -1,0 +1,162 @@
+import Foundation
+import PortcullisConfig
+import PortcullisPolicy
+
+/// The HTTP request that asks for the upgrade, as admission sees it: plain values, no NIO types, so the
+/// decision is a pure function tested without sockets.
+public struct UpgradeRequest: Sendable {
+    public var method: String
+    public var uri: String
+    public var versionMajor: Int
+    public var versionMinor: Int
+    public var headers: [(name: String, value: String)]
+
+    public init(method: String, uri: String, version: (Int, Int) = (1, 1), headers: [(name: String, value: String)]) {
+        self.method = method
+        self.uri = uri
+        self.versionMajor = version.0
+        self.versionMinor = version.1
+        self.headers = headers
+    }
+
+    /// Every value of a header (case-insensitive name), one per field line.
+    public func values(_ name: String) -> [String] {
+        headers.filter { $0.name.caseInsensitiveCompare(name) == .orderedSame }.map(\.value)
+    }
+
+    /// Comma-separated tokens of every field line of a header, trimmed and lowercased.
+    func tokens(_ name: String) -> [String] {
+        values(name).flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+    }
+
+    var path: String {
+        String(uri.prefix { $0 != "?" && $0 != "#" })
+    }
+
+    /// Size of the request head as sent: request line and header lines.
+    var headSize: Int {
+        method.utf8.count + uri.utf8.count + 12 + headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+    }
+}
+
+/// A refusal: what the client is told (status and a short reason) and what the audit log records.
+public struct Refusal: Sendable, Equatable {
+    public var status: Int
+    /// Stable machine-readable code, e.g. `origin_not_allowed`.
+    public var reason: String
+    /// Short plain-text reason for the client; never paths or internals.
+    public var message: String
+    /// The full reason, for the audit log only.
+    public var detail: String
+    public var rule: String?
+    /// Extra response headers (`Allow`, `Upgrade`, `Sec-WebSocket-Version`).
+    public var headers: [(String, String)] = []
+
+    public static func == (lhs: Refusal, rhs: Refusal) -> Bool {
+        lhs.status == rhs.status && lhs.reason == rhs.reason && lhs.rule == rhs.rule
+    }
+}
+
+/// The outcome of admission for one upgrade request.
+public enum AdmissionOutcome: Sendable {
+    case admit(identity: Identity, rule: String, route: GatewayConfiguration.Route)
+    case refuse(Refusal, identity: Identity?)
+}
+
+/// Admission after TLS, in the order of the design: request validation → route → identity → Origin → policy.
+public struct Admission: Sendable {
+    public let routes: [GatewayConfiguration.Route]
+    public let policies: PolicySet
+    public let gatewayOrigins: OriginMatcher
+    public let maxHeaderBytes: Int
+
+    public init(
+        routes: [GatewayConfiguration.Route], policies: PolicySet, gatewayOrigins: OriginMatcher, maxHeaderBytes: Int
+    ) {
+        self.routes = routes
+        self.policies = policies
+        self.gatewayOrigins = gatewayOrigins
+        self.maxHeaderBytes = maxHeaderBytes
+    }
+
+    /// Decides on `request` from a client whose certificate (already verified) has these `facts`.
+    public func decide(_ request: UpgradeRequest, certificate facts: CertificateFacts) -> AdmissionOutcome {
+        if let refusal = validate(request) { return .refuse(refusal, identity: nil) }
+        guard let route = routes.first(where: { $0.path == request.path }) else {
+            return .refuse(
+                Refusal(status: 404, reason: "unknown_route", message: "no such route",
+                        detail: "no route is configured for path \(request.path)"),
+                identity: nil)
+        }
+        guard let identity = policies.identify(facts) else {
+            return .refuse(
+                Refusal(status: 403, reason: PolicyRefusal.noIdentityMapping.rawValue,
+                        message: "certificate does not map to an identity",
+                        detail: "no identity mapping rule matches certificate \(facts.subject)"),
+                identity: nil)
+        }
+        let origins = request.values("Origin")
+        switch policies.decide(identity: identity, route: route.path, origin: origins.first, gatewayOrigins: gatewayOrigins) {
+        case .admit(let rule):
+            return .admit(identity: identity, rule: rule, route: route)
+        case .refuse(let reason, let rule, let detail):
+            let message: String = switch reason {
+            case .originNotAllowed: "origin not allowed"
+            case .originRequired: "an Origin header is required"
+            case .noIdentityMapping: "certificate does not map to an identity"
+            case .noMatchingRule, .deniedByRule: "not permitted"
+            }
+            return .refuse(
+                Refusal(status: 403, reason: reason.rawValue, message: message, detail: detail, rule: rule),
+                identity: identity)
+        }
+    }
+
+    /// RFC 6455 §4.2.1 checks on the opening handshake, plus the header size limit and a single Origin.
+    func validate(_ request: UpgradeRequest) -> Refusal? {
+        if request.method != "GET" {
+            var refusal = Refusal(status: 405, reason: "method_not_allowed", message: "only GET can open a WebSocket",
+                                  detail: "method \(request.method)")
+            refusal.headers = [("Allow", "GET")]
+            return refusal
+        }
+        if request.headSize > maxHeaderBytes {
+            return Refusal(status: 431, reason: "headers_too_large", message: "request headers too large",
+                           detail: "request head of \(request.headSize) bytes exceeds \(maxHeaderBytes)")
+        }
+        if (request.versionMajor, request.versionMinor) < (1, 1) {
+            return Refusal(status: 400, reason: "invalid_upgrade_request", message: "HTTP/1.1 is required",
+                           detail: "HTTP/\(request.versionMajor).\(request.versionMinor) request")
+        }
+        if !request.tokens("Upgrade").contains("websocket") {
+            var refusal = Refusal(status: 426, reason: "upgrade_required",
+                                  message: "this endpoint only speaks WebSocket",
+                                  detail: "request without 'Upgrade: websocket'")
+            refusal.headers = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+            return refusal
+        }
+        if !request.tokens("Connection").contains("upgrade") {
+            return Refusal(status: 400, reason: "invalid_upgrade_request", message: "missing 'Connection: Upgrade'",
+                           detail: "Connection header lacks the upgrade token")
+        }
+        if request.tokens("Sec-WebSocket-Version") != ["13"] {
+            var refusal = Refusal(status: 426, reason: "unsupported_websocket_version",
+                                  message: "WebSocket version 13 is required",
+                                  detail: "Sec-WebSocket-Version: \(request.values("Sec-WebSocket-Version"))")
+            refusal.headers = [("Sec-WebSocket-Version", "13")]
+            return refusal
+        }
+        let keys = request.values("Sec-WebSocket-Key")
+        guard keys.count == 1, let key = Data(base64Encoded: keys[0].trimmingCharacters(in: .whitespaces)),
+            key.count == 16
+        else {
+            return Refusal(status: 400, reason: "invalid_websocket_key", message: "invalid Sec-WebSocket-Key",
+                           detail: "Sec-WebSocket-Key must be one base64 value of 16 bytes, got \(keys)")
+        }
+        if request.values("Origin").count > 1 {
+            return Refusal(status: 400, reason: "multiple_origin_headers", message: "more than one Origin header",
+                           detail: "Origin sent \(request.values("Origin").count) times: \(request.values("Origin"))")
+        }
+        return nil
+    }
+}

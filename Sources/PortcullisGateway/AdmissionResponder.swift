@@ -1,0 +1,70 @@
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+import PortcullisAudit
+
+/// The last HTTP handler: receives every request the WebSocket upgrader did not take, answers it with the
+/// refusal admission decided (status and a short plain-text reason, `Connection: close`), audits the full
+/// reason, and closes. Nothing internal reaches the client.
+final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let connection: Connection
+    private var responded = false
+
+    init(connection: Connection) {
+        self.connection = connection
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(let head) = Self.unwrapInboundIn(data), !responded else { return }
+        responded = true
+        let refusal: Refusal
+        switch connection.evaluate(head, channel: context.channel) {
+        case .refuse(let decided, _):
+            refusal = decided
+        case .admit:
+            // The upgrader declined a request admission accepted: its own header checks are stricter.
+            refusal = Refusal(status: 400, reason: "invalid_upgrade_request", message: "invalid WebSocket upgrade",
+                              detail: "the WebSocket upgrader rejected the request headers")
+        }
+        var record = connection.auditRecord(event: "http_refused", decision: "deny", reason: refusal.reason,
+                                            detail: refusal.detail)
+        record.status = refusal.status
+        record.path = String(head.uri.prefix { $0 != "?" })
+        record.origin = head.headers["Origin"].first
+        record.rule = refusal.rule
+        connection.conclude(record)
+
+        let body = context.channel.allocator.buffer(string: refusal.message + "\n")
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
+        headers.add(name: "Connection", value: "close")
+        for (name, value) in refusal.headers { headers.add(name: name, value: value) }
+        let response = HTTPResponseHead(
+            version: .http1_1, status: HTTPResponseStatus(statusCode: refusal.status), headers: headers)
+        context.write(Self.wrapOutboundOut(.head(response)), promise: nil)
+        context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // The upgrader reports a declined upgrade as an error before handing the request on; the refusal
+        // is answered in channelRead. Anything else ends the connection.
+        if error is NIOWebSocketUpgradeError { return }
+        if let parseError = error as? HTTPParserError {
+            var record = connection.auditRecord(event: "http_refused", decision: "deny", reason: "malformed_request",
+                                                detail: "HTTP parse error: \(parseError)")
+            record.status = 400
+            connection.conclude(record)
+        }
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension AdmissionResponder: Sendable {}

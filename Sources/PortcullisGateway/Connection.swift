@@ -1,0 +1,166 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import PortcullisAudit
+import PortcullisPKI
+import PortcullisPolicy
+import SwiftASN1
+import X509
+
+/// The state one accepted connection carries from TCP accept to session end, shared by its handlers.
+///
+/// Only ever touched on the channel's event loop (the handlers, the verification callback's completion and
+/// the upgrader's closures all run there), which is why the unchecked `Sendable` is sound.
+final class Connection: @unchecked Sendable {
+    let gateway: Gateway
+    /// The runtime (TLS context, trust, policies) this connection was accepted under.
+    let runtime: GatewayRuntime
+    let id: String
+    let peer: String
+    let acceptedAt: NIODeadline
+    let eventLoop: any EventLoop
+
+    /// Set by the TLS verification callback on a full handshake.
+    var verification: ClientVerification?
+    var tlsCompleted = false
+    var tlsVersion: String?
+    var resumed = false
+    var facts: CertificateFacts?
+    var outcome: AdmissionOutcome?
+    var upgraded = false
+    /// Whether the end of this connection's admission has been audited already.
+    var concluded = false
+    var handshakeTimeout: Scheduled<Void>?
+
+    init(gateway: Gateway, runtime: GatewayRuntime, peer: String, eventLoop: any EventLoop) {
+        self.gateway = gateway
+        self.runtime = runtime
+        self.id = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        self.peer = peer
+        self.acceptedAt = .now()
+        self.eventLoop = eventLoop
+    }
+
+    /// Admission for the upgrade request `head` (memoised: the upgrader and the responder may both ask).
+    func evaluate(_ head: HTTPRequestHead, channel: any Channel) -> AdmissionOutcome {
+        if let outcome { return outcome }
+        let outcome = decide(head, channel: channel)
+        self.outcome = outcome
+        return outcome
+    }
+
+    private func decide(_ head: HTTPRequestHead, channel: any Channel) -> AdmissionOutcome {
+        let request = UpgradeRequest(
+            method: head.method.rawValue, uri: head.uri, version: (head.version.major, head.version.minor),
+            headers: head.headers.map { ($0.name, $0.value) })
+        if let refusal = runtime.admission.validate(request) { return .refuse(refusal, identity: nil) }
+
+        // On a full handshake our callback verified the chain. A resumed session skips the callback, so the
+        // leaf comes from the session and gets the checks that can have changed since: validity, revocation.
+        let leaf: Certificate
+        if case .trusted(let chain) = verification, let first = chain.first {
+            leaf = first
+        } else if let ssl = try? channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+            let peerCertificate = ssl.peerCertificate,
+            let der = try? peerCertificate.toDERBytes(),
+            let certificate = try? Certificate(derEncoded: der)
+        {
+            leaf = certificate
+            resumed = true
+        } else {
+            return .refuse(
+                Refusal(status: 403, reason: "no_client_certificate", message: "a client certificate is required",
+                        detail: "no verified client certificate on this TLS session"),
+                identity: nil)
+        }
+        var serializer = DER.Serializer()
+        try? serializer.serialize(leaf)
+        let facts = CertificateFacts(certificate: leaf, derBytes: serializer.serializedBytes)
+        self.facts = facts
+        if case .refused(let reason, let detail) = runtime.verifier.recheck(leaf: leaf) {
+            return .refuse(
+                Refusal(status: 403, reason: reason.rawValue, message: "certificate not accepted",
+                        detail: (resumed ? "resumed TLS session: " : "") + detail),
+                identity: nil)
+        }
+        return runtime.admission.decide(request, certificate: facts)
+    }
+
+    /// An audit record pre-filled with what this connection knows: peer, session id, certificate, identity.
+    func auditRecord(event: String, decision: String? = nil, reason: String? = nil, detail: String? = nil)
+        -> AuditRecord
+    {
+        var record = AuditRecord(event: event, decision: decision, reason: reason, detail: detail)
+        record.peer = peer
+        record.session = id
+        record.tlsVersion = tlsVersion
+        if tlsCompleted { record.resumed = resumed }
+        var facts = self.facts
+        if facts == nil, case .refused = verification {
+            facts = presentedFacts
+        }
+        if let facts {
+            record.subject = facts.subject
+            record.fingerprint = facts.fingerprint
+            record.serial = facts.serial
+            let sans = facts.sanURIs + facts.sanDNSNames + facts.sanEmails
+            record.sans = sans.isEmpty ? nil : sans
+        }
+        switch outcome {
+        case .admit(let identity, let rule, let route):
+            record.identity = identity.name
+            record.rule = rule
+            record.path = route.path
+        case .refuse(let refusal, let identity):
+            record.identity = identity?.name
+            record.rule = refusal.rule
+        case nil:
+            break
+        }
+        return record
+    }
+
+    /// Facts of the leaf a client presented but that failed verification, for the audit record.
+    var presentedFacts: CertificateFacts?
+
+    /// Records the end of admission once: the first refusal wins over later consequences of it.
+    func conclude(_ record: AuditRecord) {
+        guard !concluded else { return }
+        concluded = true
+        handshakeTimeout?.cancel()
+        gateway.audit(record)
+    }
+}
+
+extension Connection {
+    /// The TLS verification callback: the full chain validation, revocation included, off the event loop's
+    /// call stack (swift-certificates' verifier is async); the handshake waits on `promise`.
+    func verify(
+        _ presented: [NIOSSLCertificate], promise: EventLoopPromise<NIOSSLVerificationResultWithMetadata>
+    ) {
+        var certificates: [Certificate] = []
+        for certificate in presented {
+            guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else {
+                verification = .refused(.untrusted, detail: "the client sent a certificate that does not parse")
+                promise.succeed(.failed)
+                return
+            }
+            if certificates.isEmpty { presentedFacts = CertificateFacts(certificate: parsed, derBytes: der) }
+            certificates.append(parsed)
+        }
+        let verifier = runtime.verifier
+        let eventLoop = self.eventLoop
+        Task {
+            let result = await verifier.verify(presented: certificates)
+            eventLoop.execute {
+                self.verification = result
+                if case .trusted = result {
+                    promise.succeed(.certificateVerified(VerificationMetadata(nil)))
+                } else {
+                    promise.succeed(.failed)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOWebSocket
+import PortcullisAudit
+import PortcullisConfig
+
+/// The gateway: a TLS listener whose connections go through admission (certificate, request, route,
+/// identity, Origin, policy) before they become WebSocket sessions.
+public final class Gateway: Sendable {
+    private let runtimeBox: NIOLockedValueBox<GatewayRuntime>
+    private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    private let group: MultiThreadedEventLoopGroup
+    public let auditLog: AuditLog
+    private let logger: Logger
+
+    /// Loads everything the configuration names and opens the audit log; nothing listens yet.
+    ///
+    /// - Throws: ``GatewayStartupError`` with every problem found.
+    public init(configuration: GatewayConfiguration, logger: Logger, threads: Int = System.coreCount) throws {
+        let runtime = try GatewayRuntime.load(configuration)
+        do {
+            auditLog = try AuditLog(directory: configuration.auditDirectory)
+        } catch {
+            throw GatewayStartupError(problems: ["\(configuration.auditDirectory): cannot open the audit log (\(error))"])
+        }
+        self.runtimeBox = NIOLockedValueBox(runtime)
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.logger = logger
+    }
+
+    public var runtime: GatewayRuntime { runtimeBox.withLockedValue { $0 } }
+
+    func audit(_ record: AuditRecord) {
+        auditLog.record(record)
+    }
+
+    /// Binds the listener and returns the bound address (the port is the real one when 0 was asked for).
+    @discardableResult
+    public func start() async throws -> SocketAddress {
+        let configuration = runtime.configuration
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.configure(channel)
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.bind(host: configuration.listenHost, port: configuration.listenPort).get()
+        } catch let error as IOError where error.errnoCode == EACCES {
+            throw GatewayStartupError(problems: [
+                "cannot listen on \(configuration.listenHost):\(configuration.listenPort): permission denied. "
+                    + "Ports below 1024 need privilege: choose another port with --listen HOST:PORT, or grant "
+                    + "the binary the capability (setcap 'cap_net_bind_service=+ep' $(which portcullis))."
+            ])
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw GatewayStartupError(problems: [
+                "cannot listen on \(configuration.listenHost):\(configuration.listenPort): the address is already in use"
+            ])
+        } catch {
+            throw GatewayStartupError(problems: [
+                "cannot listen on \(configuration.listenHost):\(configuration.listenPort): \(error)"
+            ])
+        }
+        serverChannel.withLockedValue { $0 = channel }
+        var record = AuditRecord(event: "gateway_started")
+        record.detail = "listening on \(configuration.listenHost):\(channel.localAddress?.port ?? configuration.listenPort)"
+        audit(record)
+        logger.info(
+            "gateway listening",
+            metadata: ["gateway.listen": "\(configuration.listenHost):\(channel.localAddress?.port ?? 0)"])
+        return channel.localAddress!
+    }
+
+    /// The port the listener is bound to, once started.
+    public var port: Int? {
+        serverChannel.withLockedValue { $0?.localAddress?.port }
+    }
+
+    /// Stops listening, closes every connection, flushes the audit log.
+    public func shutdown() async {
+        if let channel = serverChannel.withLockedValue({ $0 }) {
+            try? await channel.close()
+        }
+        try? await group.shutdownGracefully()
+        audit(AuditRecord(event: "gateway_stopped"))
+        auditLog.close()
+    }
+
+    /// Until `shutdown`: resolves when the listener closes.
+    public func waitUntilClosed() async {
+        guard let channel = serverChannel.withLockedValue({ $0 }) else { return }
+        try? await channel.closeFuture.get()
+    }
+
+    private func configure(_ channel: any Channel) throws {
+        let runtime = self.runtime
+        let connection = Connection(
+            gateway: self, runtime: runtime, peer: Self.describe(channel.remoteAddress), eventLoop: channel.eventLoop)
+        let pipeline = channel.pipeline.syncOperations
+        let ssl = NIOSSLServerHandler(context: runtime.sslContext) { certificates, promise in
+            connection.verify(certificates, promise: promise)
+        }
+        try pipeline.addHandler(ssl)
+        try pipeline.addHandler(TLSOutcomeHandler(connection: connection))
+        let maxMessageBytes = runtime.configuration.maxMessageBytes
+        let upgrader = NIOWebSocketServerUpgrader(
+            maxFrameSize: maxMessageBytes,
+            automaticErrorHandling: false,
+            shouldUpgrade: { channel, head in
+                if case .admit = connection.evaluate(head, channel: channel) {
+                    return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
+                }
+                return channel.eventLoop.makeSucceededFuture(nil)
+            },
+            upgradePipelineHandler: { channel, head in
+                channel.eventLoop.makeCompletedFuture {
+                    guard case .admit(_, _, let route) = connection.outcome else {
+                        throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget
+                    }
+                    connection.upgraded = true
+                    let pipeline = channel.pipeline.syncOperations
+                    // The responder would read WebSocket bytes as HTTP: it leaves before any frame arrives.
+                    pipeline.removeHandler(context: try pipeline.context(handlerType: AdmissionResponder.self), promise: nil)
+                    try pipeline.addHandler(
+                        NIOWebSocketFrameAggregator(
+                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096,
+                            maxAccumulatedFrameSize: maxMessageBytes))
+                    try pipeline.addHandler(WebSocketSessionHandler(connection: connection, route: route))
+                    var record = connection.auditRecord(event: "session_opened", decision: "allow", reason: "admitted")
+                    record.origin = head.headers["Origin"].first
+                    connection.conclude(record)
+                }
+            })
+        try pipeline.configureHTTPServerPipeline(
+            withPipeliningAssistance: false,
+            withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
+            withErrorHandling: true)
+        try pipeline.addHandler(AdmissionResponder(connection: connection))
+
+        let timeout = runtime.configuration.handshakeTimeout
+        connection.handshakeTimeout = channel.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) {
+            guard !connection.upgraded else { return }
+            connection.conclude(
+                connection.auditRecord(
+                    event: connection.tlsCompleted ? "http_refused" : "tls_refused", decision: "deny",
+                    reason: "handshake_timeout",
+                    detail: "TLS and the WebSocket upgrade were not completed within \(timeout) s"))
+            channel.close(promise: nil)
+        }
+        channel.closeFuture.whenComplete { _ in connection.handshakeTimeout?.cancel() }
+    }
+
+    static func describe(_ address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress else { return "unknown" }
+        let port = address.port ?? 0
+        if case .v6 = address { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import NIOSSL
+import PortcullisConfig
+import PortcullisPKI
+import PortcullisPolicy
+import SwiftASN1
+import X509
+
+/// One consistent, immutable set of everything admission needs: TLS context, client trust, policies.
+///
+/// Built off the event loop (it reads files and builds an `NIOSSLContext`, both blocking) and shared by
+/// every connection; a reload (a later step) builds a new one and swaps it in whole.
+public struct GatewayRuntime: Sendable {
+    public let configuration: GatewayConfiguration
+    public let sslContext: NIOSSLContext
+    public let verifier: ClientCertificateVerifier
+    public let admission: Admission
+
+    /// Reads the configured files and builds the runtime.
+    ///
+    /// - Throws: ``GatewayStartupError`` naming the file and the problem.
+    public static func load(_ configuration: GatewayConfiguration) throws -> GatewayRuntime {
+        let policies: PolicySet
+        do {
+            policies = try PolicySet.load(directory: configuration.policiesDirectory)
+        } catch let error as CustomStringConvertible & Error {
+            throw GatewayStartupError(problems: error.description.split(separator: "\n").map(String.init))
+        }
+        let trust: ClientTrust
+        do {
+            trust = try ClientTrust.load(caBundlePath: configuration.tls.clientCA, crlPath: configuration.tls.crl)
+        } catch {
+            throw GatewayStartupError(problems: ["client CA / CRL: \(error)"])
+        }
+        let sslContext = try makeSSLContext(configuration.tls, clientCAs: trust.roots + trust.intermediates)
+        return GatewayRuntime(
+            configuration: configuration,
+            sslContext: sslContext,
+            verifier: ClientCertificateVerifier(trust: trust),
+            admission: Admission(
+                routes: configuration.routes, policies: policies,
+                gatewayOrigins: OriginMatcher(configuration.allowedOrigins),
+                maxHeaderBytes: configuration.maxHeaderBytes))
+    }
+
+    /// ECDHE key exchange with AEAD ciphers only, TLS 1.2 or 1.3 minimum, client certificate required.
+    static func makeSSLContext(_ tls: GatewayConfiguration.TLS, clientCAs: [Certificate]) throws -> NIOSSLContext {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(tls.certificateChain)
+        } catch {
+            throw GatewayStartupError(problems: ["\(tls.certificateChain): cannot read the server certificate chain"])
+        }
+        guard !chain.isEmpty else {
+            throw GatewayStartupError(problems: ["\(tls.certificateChain): no certificate in the file"])
+        }
+        do {
+            key = try NIOSSLPrivateKey(file: tls.privateKey, format: .pem)
+        } catch {
+            throw GatewayStartupError(problems: ["\(tls.privateKey): cannot read the server private key"])
+        }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = tls.minimumVersion == .v1_3 ? .tlsv13 : .tlsv12
+        // TLS 1.2 suites: ECDHE and AEAD only. TLS 1.3 suites are not configurable and are all AEAD.
+        configuration.cipherSuiteValues = [
+            .TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, .TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            .TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, .TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            .TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, .TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ]
+        // A client certificate is mandatory. Our verification callback replaces BoringSSL's checks; the trust
+        // roots are still set so the CertificateRequest names our CAs and the system store is never loaded.
+        configuration.certificateVerification = .noHostnameVerification
+        let clientCADER = try clientCAs.map { cert -> NIOSSLCertificate in
+            var serializer = DER.Serializer()
+            try serializer.serialize(cert)
+            return try NIOSSLCertificate(bytes: serializer.serializedBytes, format: .der)
+        }
+        configuration.trustRoots = .certificates(clientCADER)
+        configuration.sendCANameList = true
+        configuration.renegotiationSupport = .none
+        do {
+            return try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw GatewayStartupError(problems: [
+                "cannot build the TLS context from \(tls.certificateChain) and \(tls.privateKey): \(error)"
+            ])
+        }
+    }
+}
+
+/// Why the gateway cannot start: every problem found, one per line.
+public struct GatewayStartupError: Error, CustomStringConvertible {
+    public var problems: [String]
+    public var description: String { problems.joined(separator: "\n") }
+}
