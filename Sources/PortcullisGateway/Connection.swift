@@ -96,11 +96,7 @@ final class Connection: @unchecked Sendable {
         record.session = id
         record.tlsVersion = tlsVersion
         if tlsCompleted { record.resumed = resumed }
-        var facts = self.facts
-        if facts == nil, case .refused = verification {
-            facts = presentedFacts
-        }
-        if let facts {
+        if let facts = facts ?? presentedFacts {
             record.subject = facts.subject
             record.fingerprint = facts.fingerprint
             record.serial = facts.serial
@@ -121,7 +117,8 @@ final class Connection: @unchecked Sendable {
         return record
     }
 
-    /// Facts of the leaf a client presented but that failed verification, for the audit record.
+    /// Facts of the leaf the client presented in a full handshake, verified or not, for audit records made
+    /// before admission looks at the request.
     var presentedFacts: CertificateFacts?
 
     /// Records the end of admission once: the first refusal wins over later consequences of it.

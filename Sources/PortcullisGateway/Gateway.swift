@@ -33,7 +33,13 @@ public final class Gateway: Sendable {
         self.logger = logger
     }
 
+    /// The runtime new connections are accepted under.
     public var runtime: GatewayRuntime { runtimeBox.withLockedValue { $0 } }
+
+    /// Swaps in a new runtime atomically; connections accepted from now on use it, open ones keep theirs.
+    public func install(_ runtime: GatewayRuntime) {
+        runtimeBox.withLockedValue { $0 = runtime }
+    }
 
     func audit(_ record: AuditRecord) {
         auditLog.record(record)

@@ -95,3 +95,14 @@ public struct GatewayStartupError: Error, CustomStringConvertible {
     public var problems: [String]
     public var description: String { problems.joined(separator: "\n") }
 }
+
+extension GatewayRuntime {
+    /// The same runtime with another client trust (CA bundle, CRLs), keeping the TLS context and so its session
+    /// tickets: exactly the case in which admission's re-check of resumed sessions is what refuses a revoked
+    /// certificate.
+    public func replacingTrust(_ trust: ClientTrust) -> GatewayRuntime {
+        GatewayRuntime(
+            configuration: configuration, sslContext: sslContext, verifier: ClientCertificateVerifier(trust: trust),
+            admission: admission)
+    }
+}

@@ -1,0 +1,250 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOWebSocket
+
+/// The device side of a Portcullis connection: a client certificate, a TLS connection, a WebSocket upgrade.
+///
+/// Unlike general WebSocket clients it reports a refused upgrade with its status and reason, which is what
+/// an operator needs to see (and the tests assert on).
+public enum GatewayClient {
+    /// TLS material of a device: its certificate chain and key, and the CA that signs the gateway's certificate.
+    public struct TLSOptions: Sendable {
+        public var certificateChain: String?
+        public var privateKey: String?
+        public var trustRoots: String
+        public var serverName: String?
+        public var minimumVersion: TLSVersion
+        public var maximumVersion: TLSVersion?
+
+        /// - Parameters: paths to PEM files; `certificateChain`/`privateKey` nil to connect without a certificate.
+        public init(
+            certificateChain: String?, privateKey: String?, trustRoots: String, serverName: String? = "localhost",
+            minimumVersion: TLSVersion = .tlsv12, maximumVersion: TLSVersion? = nil
+        ) {
+            self.certificateChain = certificateChain
+            self.privateKey = privateKey
+            self.trustRoots = trustRoots
+            self.serverName = serverName
+            self.minimumVersion = minimumVersion
+            self.maximumVersion = maximumVersion
+        }
+
+        func makeContext() throws -> NIOSSLContext {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.trustRoots = .file(trustRoots)
+            configuration.minimumTLSVersion = minimumVersion
+            configuration.maximumTLSVersion = maximumVersion
+            if let certificateChain, let privateKey {
+                configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateChain).map { .certificate($0) }
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: privateKey, format: .pem))
+            }
+            return try NIOSSLContext(configuration: configuration)
+        }
+    }
+
+    /// What the gateway answered to the upgrade request.
+    public enum Outcome: Sendable {
+        case upgraded(WebSocketConnection)
+        /// Refused at the HTTP stage: status code, response headers, and the plain-text reason.
+        case refused(status: Int, headers: [(String, String)], body: String)
+
+        public var connection: WebSocketConnection? {
+            if case .upgraded(let connection) = self { return connection }
+            return nil
+        }
+
+        public var status: Int {
+            switch self {
+            case .upgraded: 101
+            case .refused(let status, _, _): status
+            }
+        }
+    }
+
+    public struct ClientError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Connects to `host:port`, completes TLS, and asks to upgrade `path` to a WebSocket.
+    ///
+    /// - Parameters:
+    ///   - origins: `Origin` header values to send (none for a device; two to test a duplicate header).
+    ///   - headers: extra request headers.
+    /// - Throws: when TCP or TLS fails, or the gateway closes the connection without an HTTP answer (as it
+    ///   does when it refuses the certificate).
+    public static func connect(
+        host: String = "127.0.0.1",
+        port: Int,
+        path: String,
+        origins: [String] = [],
+        headers: [(String, String)] = [],
+        tls: TLSOptions,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> Outcome {
+        var requestHeaders = HTTPHeaders()
+        requestHeaders.add(name: "Host", value: "\(tls.serverName ?? host):\(port)")
+        requestHeaders.add(name: "Upgrade", value: "websocket")
+        requestHeaders.add(name: "Connection", value: "Upgrade")
+        let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+        requestHeaders.add(name: "Sec-WebSocket-Key", value: key)
+        requestHeaders.add(name: "Sec-WebSocket-Version", value: "13")
+        for origin in origins { requestHeaders.add(name: "Origin", value: origin) }
+        for (name, value) in headers { requestHeaders.add(name: name, value: value) }
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: requestHeaders)
+        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, group: group)
+    }
+
+    /// Sends an arbitrary request head (a plain GET, a POST, a request with broken upgrade headers) and returns
+    /// the gateway's answer; for diagnostics and tests of refusals.
+    public static func send(
+        request head: HTTPRequestHead,
+        host: String = "127.0.0.1",
+        port: Int,
+        tls: TLSOptions,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> Outcome {
+        let key = head.headers["Sec-WebSocket-Key"].first ?? ""
+        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, group: group)
+    }
+
+    private static func exchange(
+        host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions, group: any EventLoopGroup
+    ) async throws -> Outcome {
+        let context = try tls.makeContext()
+        let serverName = tls.serverName
+        let channel = try await ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port).get()
+        let promise = channel.eventLoop.makePromise(of: Outcome.self)
+        do {
+            try await channel.eventLoop.submit {
+                let pipeline = channel.pipeline.syncOperations
+                try pipeline.addHandler(NIOSSLClientHandler(context: context, serverHostname: serverName))
+                let encoder = HTTPRequestEncoder()
+                let decoder = ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
+                try pipeline.addHandler(encoder)
+                try pipeline.addHandler(decoder)
+                try pipeline.addHandler(
+                    UpgradeResponseHandler(
+                        requestHead: head, key: key, encoder: encoder, decoder: decoder, promise: promise))
+            }.get()
+        } catch {
+            promise.fail(error)
+            channel.close(promise: nil)
+        }
+        return try await promise.futureResult.get()
+    }
+}
+
+/// Sends the upgrade request and turns the answer into an ``GatewayClient/Outcome``: on 101 it replaces the
+/// HTTP codec with WebSocket framing (leftover bytes go straight to the frame decoder); otherwise it collects
+/// the refusal's status and body.
+final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let requestHead: HTTPRequestHead
+    private let key: String
+    private let encoder: HTTPRequestEncoder
+    private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
+    private let promise: EventLoopPromise<GatewayClient.Outcome>
+    private var refusal: (status: Int, headers: [(String, String)], body: ByteBuffer)?
+    private var done = false
+    private var switchingHead: HTTPResponseHead?
+
+    init(
+        requestHead: HTTPRequestHead, key: String, encoder: HTTPRequestEncoder,
+        decoder: ByteToMessageHandler<HTTPResponseDecoder>, promise: EventLoopPromise<GatewayClient.Outcome>
+    ) {
+        self.requestHead = requestHead
+        self.key = key
+        self.encoder = encoder
+        self.decoder = decoder
+        self.promise = promise
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        sendRequest(context: context)
+        context.fireChannelActive()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { sendRequest(context: context) }
+    }
+
+    private var sent = false
+    private func sendRequest(context: ChannelHandlerContext) {
+        guard !sent else { return }
+        sent = true
+        context.write(Self.wrapOutboundOut(.head(requestHead)), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !done else { return }
+        switch Self.unwrapInboundIn(data) {
+        case .head(let head) where head.status == .switchingProtocols:
+            // The decoder still emits the response's end; swap the codecs only after it.
+            switchingHead = head
+        case .head(let head):
+            refusal = (Int(head.status.code), head.headers.map { ($0.name, $0.value) }, context.channel.allocator.buffer(capacity: 64))
+        case .body(var part):
+            refusal?.body.writeBuffer(&part)
+        case .end:
+            if let switchingHead {
+                upgrade(context: context, head: switchingHead)
+            } else if let refusal {
+                done = true
+                promise.succeed(.refused(status: refusal.status, headers: refusal.headers, body: String(buffer: refusal.body)))
+                context.close(promise: nil)
+            }
+        }
+    }
+
+    private func upgrade(context: ChannelHandlerContext, head: HTTPResponseHead) {
+        done = true
+        let expected = WebSocketAccept.value(forKey: key)
+        guard head.headers["Sec-WebSocket-Accept"].first == expected else {
+            promise.fail(GatewayClient.ClientError(description: "the gateway's Sec-WebSocket-Accept does not match"))
+            context.close(promise: nil)
+            return
+        }
+        do {
+            let pipeline = context.pipeline.syncOperations
+            let (messages, continuation) = AsyncStream<WebSocketMessage>.makeStream()
+            let connection = WebSocketConnection(channel: context.channel, messages: messages)
+            try pipeline.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 26)), position: .after(decoder))
+            try pipeline.addHandler(WebSocketFrameEncoder())
+            try pipeline.addHandler(InboundMessageHandler(continuation: continuation))
+            pipeline.removeHandler(encoder, promise: nil)
+            pipeline.removeHandler(decoder, promise: nil)
+            pipeline.removeHandler(context: context, promise: nil)
+            promise.succeed(.upgraded(connection))
+        } catch {
+            promise.fail(error)
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !done {
+            done = true
+            promise.fail(error)
+        }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done {
+            done = true
+            promise.fail(GatewayClient.ClientError(description: "the gateway closed the connection without answering"))
+        }
+        context.fireChannelInactive()
+    }
+}
+
+@available(*, unavailable)
+extension UpgradeResponseHandler: Sendable {}

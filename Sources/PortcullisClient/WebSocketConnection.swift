@@ -1,0 +1,147 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOWebSocket
+
+/// A message received on a WebSocket connection.
+public enum WebSocketMessage: Sendable, Equatable {
+    case text(String)
+    case binary([UInt8])
+    /// The peer's close frame: its status code (nil when it sent none) and reason.
+    case close(code: Int?, reason: String)
+}
+
+/// An upgraded WebSocket connection to the gateway. Frames the client sends are masked (RFC 6455 §5.3);
+/// pings are answered automatically.
+public final class WebSocketConnection: Sendable {
+    let channel: any Channel
+    /// Messages in arrival order; ends when the connection closes. Consume it from one task.
+    public let messages: AsyncStream<WebSocketMessage>
+
+    init(channel: any Channel, messages: AsyncStream<WebSocketMessage>) {
+        self.channel = channel
+        self.messages = messages
+    }
+
+    public func send(text: String) async throws {
+        try await send(frame: WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: text)))
+    }
+
+    public func send(binary: [UInt8]) async throws {
+        try await send(frame: WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: ByteBuffer(bytes: binary)))
+    }
+
+    /// Sends a frame exactly as given (tests use it for unmasked or malformed frames).
+    public func send(frame: WebSocketFrame) async throws {
+        try await channel.writeAndFlush(frame).get()
+    }
+
+    /// The next message, or nil once the connection has closed.
+    public func receive() async -> WebSocketMessage? {
+        var iterator = messages.makeAsyncIterator()
+        return await iterator.next()
+    }
+
+    /// Starts the close handshake and waits (up to `timeout`) for the connection to close.
+    public func close(code: UInt16 = 1000, timeout: TimeAmount = .seconds(5)) async {
+        var data = channel.allocator.buffer(capacity: 2)
+        data.writeInteger(code)
+        try? await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data)).get()
+        let channel = self.channel
+        let deadline = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        try? await channel.closeFuture.get()
+        deadline.cancel()
+    }
+
+    /// Whether the TCP connection is still open.
+    public var isActive: Bool { channel.isActive }
+
+    /// Resolves when the connection has closed.
+    public func waitUntilClosed() async {
+        try? await channel.closeFuture.get()
+    }
+}
+
+/// Reassembles fragmented messages, answers pings, and completes the close handshake the peer starts.
+final class InboundMessageHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let continuation: AsyncStream<WebSocketMessage>.Continuation
+    private var fragments: ByteBuffer?
+    private var fragmentOpcode: WebSocketOpcode = .text
+    private var closing = false
+
+    init(continuation: AsyncStream<WebSocketMessage>.Continuation) {
+        self.continuation = continuation
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = Self.unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text, .binary:
+            if frame.fin {
+                deliver(opcode: frame.opcode, payload: frame.unmaskedData)
+            } else {
+                fragmentOpcode = frame.opcode
+                fragments = frame.unmaskedData
+            }
+        case .continuation:
+            var part = frame.unmaskedData
+            fragments?.writeBuffer(&part)
+            if frame.fin, let whole = fragments {
+                fragments = nil
+                deliver(opcode: fragmentOpcode, payload: whole)
+            }
+        case .ping:
+            context.writeAndFlush(
+                Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)),
+                promise: nil)
+        case .connectionClose:
+            var payload = frame.unmaskedData
+            let code = payload.readInteger(as: UInt16.self).map(Int.init)
+            let reason = payload.readString(length: payload.readableBytes) ?? ""
+            continuation.yield(.close(code: code, reason: reason))
+            if !closing {
+                closing = true
+                var reply = context.channel.allocator.buffer(capacity: 2)
+                if let code { reply.writeInteger(UInt16(code)) }
+                context.writeAndFlush(
+                    Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: reply)),
+                    promise: nil)
+            }
+            context.close(promise: nil)
+        default:
+            break
+        }
+    }
+
+
+    private func deliver(opcode: WebSocketOpcode, payload: ByteBuffer) {
+        if opcode == .text {
+            continuation.yield(.text(String(buffer: payload)))
+        } else {
+            continuation.yield(.binary(Array(payload.readableBytesView)))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        continuation.finish()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension InboundMessageHandler: Sendable {}
+
+/// RFC 6455 §4.2.2: the `Sec-WebSocket-Accept` answer to a key.
+enum WebSocketAccept {
+    static func value(forKey key: String) -> String {
+        let digest = Insecure.SHA1.hash(data: Data((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8))
+        return Data(digest).base64EncodedString()
+    }
+}

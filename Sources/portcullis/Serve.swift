@@ -1,0 +1,155 @@
+import ArgumentParser
+@preconcurrency import Foundation
+import Logging
+import PortcullisConfig
+import PortcullisGateway
+import PortcullisPKI
+import PortcullisYAML
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `portcullis serve`: run the gateway from a configuration file, or with the embedded development default.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the gateway.",
+        discussion: """
+            With --dev, needs nothing else: creates a development PKI in --pki (default ./pki) when it has no \
+            CA, loads ./policies, audits to ./audit and listens on 127.0.0.1:8443.
+
+            Exit status: 0 after a clean shutdown (SIGINT/SIGTERM); 1 when the gateway cannot start (every \
+            problem is listed, configuration errors with file:line).
+            """
+    )
+
+    @Option(name: .long, help: ArgumentHelp("YAML configuration file.", valueName: "file"))
+    var config: String?
+
+    @Flag(name: .long, help: "Run with the embedded development default (creating a dev PKI when needed).")
+    var dev = false
+
+    @Option(name: .long, help: ArgumentHelp("Listen address, overriding the configuration.", valueName: "host:port"))
+    var listen: String?
+
+    @Option(name: .long, help: ArgumentHelp("PKI directory: its ca.crt, issued/server.crt, private/server.key and crl.pem.", valueName: "dir"))
+    var pki: String?
+
+    @Option(name: .long, help: ArgumentHelp("Policies directory.", valueName: "dir"))
+    var policies: String?
+
+    @Option(name: .customLong("audit-dir"), help: ArgumentHelp("Audit log directory.", valueName: "dir"))
+    var auditDir: String?
+
+    func validate() throws {
+        if config == nil && !dev {
+            throw ValidationError("give --config FILE, or --dev for the embedded development default")
+        }
+        if config != nil && dev {
+            throw ValidationError("--config and --dev exclude each other")
+        }
+        if let listen, parseListenAddress(listen) == nil {
+            throw ValidationError("--listen must be HOST:PORT, e.g. 127.0.0.1:8443 or [::1]:8443")
+        }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "portcullis")
+        logger.logLevel = .info
+        var configuration: GatewayConfiguration
+        var bootstrap: PKIDirectory.DevelopmentBootstrap?
+        let pkiDirectory = pki ?? ProcessInfo.processInfo.environment["PORTCULLIS_PKI"] ?? "pki"
+        if dev {
+            do {
+                bootstrap = try PKIDirectory(path: pkiDirectory).bootstrapDevelopment()
+            } catch {
+                fail(["cannot prepare the development PKI in \(pkiDirectory): \(error)"])
+            }
+            configuration = .development(pki: pkiDirectory)
+        } else {
+            do {
+                configuration = try GatewayConfiguration.load(path: config!)
+            } catch let error as DiagnosticsError {
+                fail(["invalid configuration:"] + error.diagnostics.map { "  \($0)" })
+            }
+            if let pki { configuration.tls = GatewayConfiguration.tls(fromPKI: pki, minimumVersion: configuration.tls.minimumVersion) }
+        }
+        if let listen, let (host, port) = parseListenAddress(listen) {
+            (configuration.listenHost, configuration.listenPort) = (host, port)
+        }
+        if let policies { configuration.policiesDirectory = policies }
+        if let auditDir { configuration.auditDirectory = auditDir }
+
+        let gateway: Gateway
+        let address: String
+        do {
+            gateway = try Gateway(configuration: configuration, logger: logger)
+            let bound = try await gateway.start()
+            address = "\(configuration.listenHost):\(bound.port ?? configuration.listenPort)"
+        } catch let error as GatewayStartupError {
+            fail(["cannot start:"] + error.problems.map { "  \($0)" })
+        }
+        if let bootstrap {
+            printDevelopmentBanner(configuration: configuration, address: address, pki: pkiDirectory, bootstrap: bootstrap)
+        } else {
+            emit("portcullis: listening on \(address); audit log in \(configuration.auditDirectory)/audit.jsonl\n")
+        }
+
+        let (stop, continuation) = AsyncStream<Int32>.makeStream()
+        var sources: [any DispatchSourceSignal] = []
+        for signal in [SIGINT, SIGTERM] {
+            Glibc.signal(signal, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+            source.setEventHandler { continuation.yield(signal) }
+            source.resume()
+            sources.append(source)
+        }
+        defer { sources.forEach { $0.cancel() } }
+        for await signal in stop {
+            logger.info("shutting down", metadata: ["signal": "\(signal)"])
+            break
+        }
+        await gateway.shutdown()
+    }
+
+    private func printDevelopmentBanner(
+        configuration: GatewayConfiguration, address: String, pki: String, bootstrap: PKIDirectory.DevelopmentBootstrap
+    ) {
+        let directory = PKIDirectory(path: pki)
+        let made = bootstrap.createdCA ? "created a development CA and issued \(bootstrap.issued.joined(separator: ", "))"
+            : bootstrap.issued.isEmpty ? "reusing the existing PKI" : "reusing the CA, issued \(bootstrap.issued.joined(separator: ", "))"
+        let port = address.split(separator: ":").last.map(String.init) ?? "8443"
+        let device = "-cert \(directory.certificatePath("demo-device")) -key \(directory.keyPath("demo-device"))"
+        emit("""
+            Portcullis development gateway listening on wss://\(address)  (\(made) in \(pki)/)
+              policies:  \(configuration.policiesDirectory)/
+              audit log: \(configuration.auditDirectory)/audit.jsonl
+              routes:    \(configuration.routes.map { "\($0.path) (\($0.kind.rawValue))" }.joined(separator: ", "))
+
+            Connect the demo device with openssl (expect "HTTP/1.1 101 Switching Protocols"):
+              (printf 'GET /v1/echo HTTP/1.1\\r\\nHost: localhost:\(port)\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 1) | openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile \(directory.caCertificatePath) \(device)
+
+            Connect it with Python (pip install websockets) and echo a message:
+              python3 -c 'import asyncio, ssl, websockets
+            async def main():
+                tls = ssl.create_default_context(cafile="\(directory.caCertificatePath)")
+                tls.load_cert_chain("\(directory.certificatePath("demo-device"))", "\(directory.keyPath("demo-device"))")
+                async with websockets.connect("wss://localhost:\(port)/v1/echo", ssl=tls) as ws:
+                    await ws.send("hello from demo-device"); print(await ws.recv())
+            asyncio.run(main())'
+
+            Stop with Ctrl-C.
+
+            """)
+    }
+
+    /// Writes to standard output unbuffered, so the banner shows at once even when piped.
+    private func emit(_ text: String) {
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+
+    private func fail(_ lines: [String]) -> Never {
+        FileHandle.standardError.write(Data(lines.map { "portcullis: \($0)" }.joined(separator: "\n").utf8 + [10]))
+        Foundation.exit(1)
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PortcullisAudit
+import PortcullisClient
+import PortcullisConfig
+import PortcullisGateway
+import PortcullisPKI
+import Testing
+import X509
+
+/// The policy the integration tests run under.
+let testPolicy = """
+    identity_mapping:
+      - source: san_uri
+        match: "spiffe://example.test/device/*"
+        identity: "device-{*}"
+      - source: cn
+
+    rules:
+      - name: devices-echo
+        identities: [demo-device, device-42, expired-device, no-client-auth, revoked-device, foreign-device]
+        routes: [/v1/echo]
+        origins: ["https://console.example.test"]
+        allow_missing_origin: true
+      - name: console-echo
+        identities: [console-user]
+        routes: [/v1/echo]
+        origins: ["https://console.example.test"]
+    """
+
+/// A real gateway on 127.0.0.1, an ephemeral port, with a PKI, policies and audit log in a temporary directory.
+final class TestGateway: @unchecked Sendable {
+    let pki: TestPKI
+    let gateway: Gateway
+    let port: Int
+    let device: TestPKI.Credential
+    let deviceCertificate: Certificate
+    let console: TestPKI.Credential
+    let stranger: TestPKI.Credential
+    let expired: TestPKI.Credential
+    let noClientAuth: TestPKI.Credential
+    let revoked: TestPKI.Credential
+    let foreign: TestPKI.Credential
+    let spiffeDevice: TestPKI.Credential
+    var auditPath: String { gateway.auditLog.path }
+
+    static func start(handshakeTimeout: Double = 10, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2) async throws
+        -> TestGateway
+    {
+        try await TestGateway(handshakeTimeout: handshakeTimeout, minimumTLS: minimumTLS)
+    }
+
+    private init(handshakeTimeout: Double, minimumTLS: GatewayConfiguration.TLSVersion) async throws {
+        pki = try TestPKI()
+        (device, deviceCertificate) = try pki.client("demo-device")
+        (console, _) = try pki.client("console-user")
+        (stranger, _) = try pki.client("stranger")
+        (spiffeDevice, _) = try pki.client("spiffe-device", profile: .client(uris: ["spiffe://example.test/device/42"]))
+        (expired, _) = try pki.client(
+            "expired-device", notValidBefore: Date().addingTimeInterval(-10 * 86400),
+            notValidAfter: Date().addingTimeInterval(-86400))
+        (noClientAuth, _) = try pki.client("no-client-auth", profile: .server(dnsNames: ["no-client-auth"], ipAddresses: []))
+        let revokedCertificate: Certificate
+        (revoked, revokedCertificate) = try pki.client("revoked-device")
+        (foreign, _) = try pki.client("foreign-device", by: try TestPKI.foreignAuthority())
+        try pki.revoke([revokedCertificate])
+
+        let policies = "\(pki.directory)/policies"
+        try FileManager.default.createDirectory(atPath: policies, withIntermediateDirectories: true)
+        try testPolicy.write(toFile: "\(policies)/test.yaml", atomically: true, encoding: .utf8)
+        var configuration = GatewayConfiguration(
+            listenHost: "127.0.0.1", listenPort: 0,
+            tls: GatewayConfiguration.tls(fromPKI: pki.pki.path, minimumVersion: minimumTLS),
+            allowedOrigins: ["https://console.example.test", "https://other.example.test"],
+            routes: [.init(path: "/v1/echo", kind: .echo)],
+            policiesDirectory: policies,
+            auditDirectory: "\(pki.directory)/audit",
+            handshakeTimeout: handshakeTimeout)
+        configuration.maxMessageBytes = 64 * 1024
+        gateway = try Gateway(configuration: configuration, logger: Logger(label: "test"), threads: 1)
+        port = try await gateway.start().port!
+    }
+
+    func tls(_ credential: TestPKI.Credential?) -> GatewayClient.TLSOptions {
+        GatewayClient.TLSOptions(
+            certificateChain: credential?.certificate, privateKey: credential?.key, trustRoots: pki.caPath)
+    }
+
+    /// Connects with our own client to `/v1/echo` (or `path`).
+    func connect(
+        _ credential: TestPKI.Credential?, path: String = "/v1/echo", origins: [String] = []
+    ) async throws -> GatewayClient.Outcome {
+        try await GatewayClient.connect(port: port, path: path, origins: origins, tls: tls(credential))
+    }
+
+    /// Waits (up to 5 s) for an audit record matching `predicate`; records are written off the event loop.
+    func auditRecord(
+        timeout: Double = 5, where predicate: (AuditRecord) -> Bool
+    ) async throws -> AuditRecord? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            gateway.auditLog.flush()
+            if let record = try AuditLog.read(path: auditPath).first(where: predicate) { return record }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    func auditRecords() throws -> [AuditRecord] {
+        gateway.auditLog.flush()
+        return try AuditLog.read(path: auditPath)
+    }
+
+    func stop() async {
+        await gateway.shutdown()
+        pki.remove()
+    }
+}
+
+/// Runs `body` against a fresh gateway and always shuts it down.
+func withGateway(
+    handshakeTimeout: Double = 10, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2,
+    _ body: (TestGateway) async throws -> Void
+) async throws {
+    let gateway = try await TestGateway.start(handshakeTimeout: handshakeTimeout, minimumTLS: minimumTLS)
+    do {
+        try await body(gateway)
+    } catch {
+        await gateway.stop()
+        throw error
+    }
+    await gateway.stop()
+}
