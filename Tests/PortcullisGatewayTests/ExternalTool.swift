@@ -1,0 +1,83 @@
+import Foundation
+import Testing
+
+/// A third-party program the interop tests drive (openssl, gnutls-cli, python3). A missing tool fails the
+/// test: CI installs them all (`.ci/run`), so absence is a broken environment, not a reason to skip.
+struct ExternalTool {
+    let path: String
+
+    init(_ name: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let directories = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        let found = directories.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+        path = try #require(found, "\(name) is not installed; .ci/run installs it", sourceLocation: sourceLocation)
+    }
+
+    struct Result {
+        var status: Int32
+        var output: String
+        var error: String
+        var all: String { output + error }
+    }
+
+    /// Runs the tool with `input` on standard input, keeping stdin open `holdInput` seconds (TLS clients exit on
+    /// EOF before the answer arrives otherwise) and killing it after `timeout` seconds.
+    func run(
+        _ arguments: [String], input: String = "", holdInput: Double = 1.0, timeout: Double = 20,
+        environment: [String: String]? = nil
+    ) async throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let stdin = Pipe()
+        let stdout = Pipe()
+        let stderr = Pipe()
+        process.standardInput = stdin
+        process.standardOutput = stdout
+        process.standardError = stderr
+        let collected = OutputCollector()
+        stdout.fileHandleForReading.readabilityHandler = { collected.append(out: $0.availableData) }
+        stderr.fileHandleForReading.readabilityHandler = { collected.append(err: $0.availableData) }
+        try process.run()
+        try? stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
+        try await Task.sleep(for: .milliseconds(Int(holdInput * 1000)))
+        try? stdin.fileHandleForWriting.close()
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        stdout.fileHandleForReading.readabilityHandler = nil
+        stderr.fileHandleForReading.readabilityHandler = nil
+        collected.append(out: (try? stdout.fileHandleForReading.readToEnd()) ?? Data())
+        collected.append(err: (try? stderr.fileHandleForReading.readToEnd()) ?? Data())
+        let (output, error) = collected.value
+        return Result(status: process.terminationStatus, output: output, error: error)
+    }
+}
+
+private final class OutputCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var out = Data()
+    private var err = Data()
+
+    func append(out data: Data) { lock.withLock { out.append(data) } }
+    func append(err data: Data) { lock.withLock { err.append(data) } }
+    var value: (String, String) {
+        lock.withLock { (String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self)) }
+    }
+}
+
+/// A WebSocket opening handshake as a device would type it.
+func upgradeRequest(path: String = "/v1/echo", origin: String? = nil, upgrade: Bool = true) -> String {
+    var lines = ["GET \(path) HTTP/1.1", "Host: localhost"]
+    if upgrade {
+        lines += ["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                  "Sec-WebSocket-Version: 13"]
+    }
+    if let origin { lines.append("Origin: \(origin)") }
+    return lines.joined(separator: "\r\n") + "\r\n\r\n"
+}
