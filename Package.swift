@@ -97,11 +97,20 @@ let package = Package(
         ),
         .testTarget(
             name: "PortcullisPolicyTests",
-            dependencies: ["PortcullisPolicy", "PortcullisPKI"]
+            dependencies: ["PortcullisPolicy", "PortcullisYAML"]
+        ),
+        // Runs the built `portcullis` binary as an operator would.
+        .testTarget(
+            name: "PortcullisCLITests",
+            dependencies: ["portcullis"]
+        ),
+        .testTarget(
+            name: "PortcullisConfigTests",
+            dependencies: ["PortcullisConfig", "PortcullisYAML"]
         ),
         .testTarget(
             name: "PortcullisPKITests",
-            dependencies: ["PortcullisPKI"]
+            dependencies: ["PortcullisPKI", .product(name: "X509", package: "swift-certificates")]
         ),
         .testTarget(
             name: "PortcullisGatewayTests",

@@ -1,4 +1,5 @@
 import Foundation
+import SwiftASN1
 
 #if canImport(Glibc)
 import Glibc
@@ -53,6 +54,11 @@ public enum AtomicFile {
 
     public static func write(_ text: String, to path: String, mode: mode_t = 0o644) throws {
         try write(Array(text.utf8), to: path, mode: mode)
+    }
+
+    /// Writes a PEM document as tools expect a PEM file: ending with a newline, so files concatenate into bundles.
+    public static func write(_ document: PEMDocument, to path: String, mode: mode_t = 0o644) throws {
+        try write(document.pemString + "\n", to: path, mode: mode)
     }
 
     /// Creates a directory (and parents) with the given mode, leaving an existing one as it is.

@@ -68,8 +68,8 @@ public struct CertificateRevocationList: Sendable {
             signatureBytes, for: tbsBytes, signatureAlgorithm: signatureAlgorithm)
     }
 
-    public var pemString: String {
-        PEMDocument(type: "X509 CRL", derBytes: derBytes).pemString
+    public var pemDocument: PEMDocument {
+        PEMDocument(type: "X509 CRL", derBytes: derBytes)
     }
 
     // MARK: Signing

@@ -56,8 +56,8 @@ public struct PKIDirectory: Sendable {
             try prepareLayout()
             let authority = try CertificateAuthority.makeRoot(name: name, key: try algorithm.generate(), now: now)
             // Key first: a CA certificate without its key would be unusable, a key alone is merely unused.
-            try AtomicFile.write(try authority.privateKey.serializeAsPEM().pemString, to: caKeyPath, mode: 0o600)
-            try AtomicFile.write(try authority.certificate.serializeAsPEM().pemString, to: caCertificatePath)
+            try AtomicFile.write(try authority.privateKey.serializeAsPEM(), to: caKeyPath, mode: 0o600)
+            try AtomicFile.write(try authority.certificate.serializeAsPEM(), to: caCertificatePath)
             return authority
         }
     }
@@ -96,8 +96,8 @@ public struct PKIDirectory: Sendable {
             let certificate = try authority.issue(
                 commonName: name, publicKey: key.publicKey, profile: profile,
                 notValidAfter: now.addingTimeInterval(TimeInterval(days) * 86400), now: now)
-            try AtomicFile.write(try key.serializeAsPEM().pemString, to: keyPath(name), mode: 0o600)
-            try AtomicFile.write(try certificate.serializeAsPEM().pemString, to: certificatePath(name))
+            try AtomicFile.write(try key.serializeAsPEM(), to: keyPath(name), mode: 0o600)
+            try AtomicFile.write(try certificate.serializeAsPEM(), to: certificatePath(name))
             return certificate
         }
     }
@@ -112,7 +112,7 @@ public struct PKIDirectory: Sendable {
             let crl = try CertificateRevocationList.sign(
                 entries: entries, by: try loadCA(), number: number, thisUpdate: now,
                 nextUpdate: now.addingTimeInterval(validity))
-            try AtomicFile.write(crl.pemString, to: crlPath)
+            try AtomicFile.write(crl.pemDocument, to: crlPath)
             return crl
         }
     }

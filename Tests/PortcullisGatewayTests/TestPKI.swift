@@ -39,8 +39,8 @@ struct TestPKI {
             commonName: name, publicKey: key.publicKey, profile: profile, notValidBefore: notValidBefore,
             notValidAfter: notValidAfter)
         try AtomicFile.makeDirectory("\(pki.path)/issued")
-        try AtomicFile.write(try key.serializeAsPEM().pemString, to: pki.keyPath(name), mode: 0o600)
-        try AtomicFile.write(try certificate.serializeAsPEM().pemString, to: pki.certificatePath(name))
+        try AtomicFile.write(try key.serializeAsPEM(), to: pki.keyPath(name), mode: 0o600)
+        try AtomicFile.write(try certificate.serializeAsPEM(), to: pki.certificatePath(name))
         return (Credential(certificate: pki.certificatePath(name), key: pki.keyPath(name)), certificate)
     }
 

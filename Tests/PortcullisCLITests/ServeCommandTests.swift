@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+
+/// The built binary, next to the test bundle.
+func portcullisBinary() throws -> String {
+    let bundleDirectory = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
+    let candidates = [
+        bundleDirectory.appendingPathComponent("portcullis").path,
+        bundleDirectory.deletingLastPathComponent().appendingPathComponent("portcullis").path,
+    ]
+    return try #require(candidates.first { FileManager.default.isExecutableFile(atPath: $0) }, "portcullis binary not built")
+}
+
+var repositoryRoot: URL {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+}
+
+/// A `portcullis` process started in a directory, its output gathered as it comes.
+final class RunningCommand: @unchecked Sendable {
+    let process = Process()
+    private let lock = NSLock()
+    private var collected = Data()
+
+    init(_ arguments: [String], in directory: String) throws {
+        process.executableURL = URL(fileURLWithPath: try portcullisBinary())
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            self?.lock.withLock { self?.collected.append(data) }
+        }
+        try process.run()
+    }
+
+    var output: String { lock.withLock { String(decoding: collected, as: UTF8.self) } }
+
+    /// Waits for `text` to appear in the output (or the process to end).
+    func waitFor(_ text: String, timeout: Double = 30) async throws -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if output.contains(text) { return true }
+            if !process.isRunning { return output.contains(text) }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
+    func waitForExit(timeout: Double = 30) async throws -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        if process.isRunning {
+            process.terminate()
+            return nil
+        }
+        return process.terminationStatus
+    }
+}
+
+func shell(_ command: String, in directory: String, timeout: Double = 30) async throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/bash")
+    process.arguments = ["-c", command]
+    process.currentDirectoryURL = URL(fileURLWithPath: directory)
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+    if process.isRunning { process.terminate() }
+    return String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+}
+
+func scratchDirectory() throws -> String {
+    let path = NSTemporaryDirectory() + "portcullis-cli-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+@Suite("portcullis serve")
+struct ServeCommandTests {
+    @Test("serve --dev creates the PKI, prints commands that work as printed, and drains on SIGTERM")
+    func devModeEndToEnd() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
+        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
+        #expect(serve.output.contains("created a development CA and issued server, demo-device"))
+        for key in ["ca", "server", "demo-device"] {
+            let mode = try FileManager.default.attributesOfItem(atPath: "\(directory)/pki/private/\(key).key")[.posixPermissions] as? NSNumber
+            #expect(mode?.intValue == 0o600)
+        }
+
+        // The banner's openssl command, run exactly as printed.
+        let lines = serve.output.split(separator: "\n").map(String.init)
+        let openssl = try #require(lines.first { $0.contains("| openssl s_client") })
+        let upgraded = try await shell(openssl.trimmingCharacters(in: .whitespaces), in: directory)
+        #expect(upgraded.contains("HTTP/1.1 101 Switching Protocols"), "\(upgraded)")
+
+        // The banner's Python command, from `python3 -c '` to the closing `'`.
+        let start = try #require(serve.output.range(of: "python3 -c '"))
+        let end = try #require(serve.output.range(of: "asyncio.run(main())'", range: start.upperBound..<serve.output.endIndex))
+        let python = String(serve.output[start.lowerBound..<end.upperBound])
+        let echoed = try await shell(python, in: directory)
+        #expect(echoed.contains("hello from demo-device"), "\(echoed)")
+
+        serve.process.terminate()  // SIGTERM
+        #expect(try await serve.waitForExit() == 0)
+        let audit = try String(contentsOfFile: "\(directory)/audit/audit.jsonl", encoding: .utf8)
+        #expect(audit.contains("\"event\":\"session_opened\""))
+        #expect(audit.contains("\"event\":\"gateway_stopped\""))
+
+        // A second run reuses the PKI.
+        let again = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        #expect(try await again.waitFor("Stop with Ctrl-C."))
+        #expect(again.output.contains("reusing the existing PKI"))
+        again.process.terminate()
+        #expect(try await again.waitForExit() == 0)
+    }
+
+    @Test("An invalid configuration is refused at start with every problem and its line")
+    func invalidConfiguration() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try """
+            listen: 127.0.0.1:8443
+            tls:
+              certificate: server.crt
+            routes:
+              - path: /v1/echo
+                kind: mirror
+            handshake_timout: 10s
+            """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
+        let serve = try RunningCommand(["serve", "--config", "gateway.yaml"], in: directory)
+        #expect(try await serve.waitForExit() == 1)
+        #expect(serve.output.contains("gateway.yaml:2: tls needs 'key'"), "\(serve.output)")
+        #expect(serve.output.contains("gateway.yaml:6: unknown route kind 'mirror'"))
+        #expect(serve.output.contains("gateway.yaml:7: unknown key 'handshake_timout'"))
+    }
+
+    @Test("Unreadable files and a bad policy stop the start with a message naming them")
+    func startupFailures() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: "\(directory)/policies", withIntermediateDirectories: true)
+        try "rules:\n  - name: x\n    identities: [a]\n    routes: [/v1/echo]\n    bogus: 1\n"
+            .write(toFile: "\(directory)/policies/bad.yaml", atomically: true, encoding: .utf8)
+        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        #expect(try await serve.waitForExit() == 1)
+        #expect(serve.output.contains("policies/bad.yaml:5: unknown key 'bogus'"), "\(serve.output)")
+
+        let missing = try RunningCommand(["serve", "--dev", "--policies", "nowhere"], in: directory)
+        #expect(try await missing.waitForExit() == 1)
+        #expect(missing.output.contains("nowhere: policies directory not found"), "\(missing.output)")
+
+        let usage = try RunningCommand(["serve"], in: directory)
+        #expect(try await usage.waitForExit() != 0)
+        #expect(usage.output.contains("--config FILE, or --dev"))
+    }
+}

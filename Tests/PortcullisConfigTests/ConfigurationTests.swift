@@ -1,0 +1,96 @@
+import PortcullisConfig
+import PortcullisYAML
+import Testing
+
+@Suite("Gateway configuration")
+struct ConfigurationTests {
+    @Test("A complete file decodes, with relative paths resolved against its directory")
+    func completeFile() throws {
+        let config = try GatewayConfiguration.parse(
+            """
+            listen: "[::1]:9443"
+            tls:
+              certificate: pki/issued/server.crt
+              key: pki/private/server.key
+              client_ca: /etc/portcullis/clients.pem
+              crl: pki/crl.pem
+              min_version: "1.3"
+            allowed_origins: ["https://console.example.test"]
+            routes:
+              - path: /v1/echo
+                kind: echo
+            policies: policies
+            audit_dir: /var/log/portcullis
+            handshake_timeout: 5s
+            max_header_bytes: 4096
+            max_message_bytes: 65536
+            """, file: "/etc/portcullis/gateway.yaml", baseDirectory: "/etc/portcullis")
+        #expect(config.listenHost == "::1" && config.listenPort == 9443)
+        #expect(config.tls.certificateChain == "/etc/portcullis/pki/issued/server.crt")
+        #expect(config.tls.clientCA == "/etc/portcullis/clients.pem")
+        #expect(config.tls.crl == "/etc/portcullis/pki/crl.pem")
+        #expect(config.tls.minimumVersion == .v1_3)
+        #expect(config.routes == [.init(path: "/v1/echo", kind: .echo)])
+        #expect(config.policiesDirectory == "/etc/portcullis/policies")
+        #expect(config.auditDirectory == "/var/log/portcullis")
+        #expect(config.handshakeTimeout == 5)
+        #expect(config.maxHeaderBytes == 4096 && config.maxMessageBytes == 65536)
+    }
+
+    @Test("Defaults: port 443 on all interfaces, TLS 1.2 minimum, a 10 s handshake deadline, 1 MiB messages")
+    func defaults() throws {
+        let config = try GatewayConfiguration.parse(
+            "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n", file: "g.yaml",
+            baseDirectory: ".")
+        #expect(config.listenPort == 443 && config.listenHost == "0.0.0.0")
+        #expect(config.tls.minimumVersion == .v1_2)
+        #expect(config.tls.crl == nil)
+        #expect(config.handshakeTimeout == 10)
+        #expect(config.maxMessageBytes == 1 << 20)
+    }
+
+    @Test("Every problem is reported with file and line")
+    func everyProblemListed() {
+        do {
+            _ = try GatewayConfiguration.parse(
+                """
+                listen: nowhere
+                tls:
+                  certificate: a
+                  min_version: "1.1"
+                allowed_origins: ["https://ok.example", "https://bad.example/path"]
+                routes:
+                  - path: /v1/echo
+                    kind: broker-ish
+                handshake_timeout: soon
+                colour: blue
+                """, file: "g.yaml", baseDirectory: ".")
+            Issue.record("expected the configuration to be refused")
+        } catch let error as DiagnosticsError {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("g.yaml:1: listen must be HOST:PORT") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:2: tls needs 'key'") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:2: tls needs 'client_ca'") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:4: tls.min_version") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:5: 'https://bad.example/path' is not an origin") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:8: unknown route kind 'broker-ish'") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:9: handshake_timeout must be a positive duration") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:10: unknown key 'colour'") })
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test("Durations and listen addresses parse as operators write them")
+    func smallParsers() {
+        #expect(parseDuration("500ms") == 0.5)
+        #expect(parseDuration("2m") == 120)
+        #expect(parseDuration("1h") == 3600)
+        #expect(parseDuration("10") == 10)
+        #expect(parseDuration("ten") == nil)
+        #expect(parseListenAddress("127.0.0.1:0")! == ("127.0.0.1", 0))
+        #expect(parseListenAddress("[::1]:8443")! == ("::1", 8443))
+        #expect(parseListenAddress("localhost") == nil)
+        #expect(parseListenAddress("host:70000") == nil)
+    }
+}

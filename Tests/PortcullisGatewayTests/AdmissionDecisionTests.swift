@@ -1,0 +1,74 @@
+import PortcullisConfig
+import PortcullisGateway
+import PortcullisPolicy
+import Testing
+
+/// The admission decision as a pure function: no sockets, no event loop.
+@Suite("Admission decisions without sockets")
+struct AdmissionDecisionTests {
+    static let admission = Admission(
+        routes: [.init(path: "/v1/echo", kind: .echo)],
+        policies: PolicySet(
+            mappings: [IdentityMappingRule(source: .commonName)],
+            rules: [PolicyRule(name: "devices", identities: ["demo-device"], routes: ["/v1/echo"], allowMissingOrigin: true)]),
+        gatewayOrigins: OriginMatcher(["https://console.example.test"]),
+        maxHeaderBytes: 1024)
+
+    static let certificate = CertificateFacts(commonName: "demo-device", subject: "CN=demo-device", fingerprint: "00", serial: "01")
+
+    static func request(
+        method: String = "GET", uri: String = "/v1/echo", version: (Int, Int) = (1, 1),
+        drop: Set<String> = [], add: [(String, String)] = []
+    ) -> UpgradeRequest {
+        let base: [(String, String)] = [
+            ("Host", "localhost"), ("Upgrade", "websocket"), ("Connection", "keep-alive, Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13"),
+        ]
+        return UpgradeRequest(
+            method: method, uri: uri, version: version,
+            headers: base.filter { !drop.contains($0.0) }.map { (name: $0.0, value: $0.1) } + add.map { (name: $0.0, value: $0.1) })
+    }
+
+    func outcome(_ request: UpgradeRequest) -> String {
+        switch Self.admission.decide(request, certificate: Self.certificate) {
+        case .admit(let identity, let rule, _): "admit \(identity.name) by \(rule)"
+        case .refuse(let refusal, _): "\(refusal.status) \(refusal.reason)"
+        }
+    }
+
+    @Test("A proper upgrade (query string and token lists included) is admitted")
+    func admitted() {
+        #expect(outcome(Self.request()) == "admit demo-device by devices")
+        #expect(outcome(Self.request(uri: "/v1/echo?client=7")) == "admit demo-device by devices")
+        #expect(outcome(Self.request(add: [("Origin", "https://console.example.test")])) == "admit demo-device by devices")
+    }
+
+    @Test("Refusals come in admission order, each with its status and code")
+    func refusals() {
+        #expect(outcome(Self.request(method: "POST")) == "405 method_not_allowed")
+        #expect(outcome(Self.request(version: (1, 0))) == "400 invalid_upgrade_request")
+        #expect(outcome(Self.request(drop: ["Upgrade"])) == "426 upgrade_required")
+        #expect(outcome(Self.request(drop: ["Connection"])) == "400 invalid_upgrade_request")
+        #expect(outcome(Self.request(drop: ["Sec-WebSocket-Version"])) == "426 unsupported_websocket_version")
+        #expect(outcome(Self.request(drop: ["Sec-WebSocket-Key"])) == "400 invalid_websocket_key")
+        #expect(outcome(Self.request(drop: ["Sec-WebSocket-Key"], add: [("Sec-WebSocket-Key", "c2hvcnQ=")])) == "400 invalid_websocket_key")
+        #expect(outcome(Self.request(add: [("Origin", "https://a.example"), ("Origin", "https://b.example")])) == "400 multiple_origin_headers")
+        #expect(outcome(Self.request(add: [("X-Big", String(repeating: "x", count: 2000))])) == "431 headers_too_large")
+        #expect(outcome(Self.request(uri: "/v2/echo")) == "404 unknown_route")
+        #expect(outcome(Self.request(add: [("Origin", "https://evil.example")])) == "403 origin_not_allowed")
+        // A bad request is refused as such even when the route is unknown too: validation comes first.
+        #expect(outcome(Self.request(method: "PUT", uri: "/nowhere")) == "405 method_not_allowed")
+    }
+
+    @Test("A certificate no mapping rule matches is refused before origin and policy")
+    func unmappedCertificate() {
+        let admission = Admission(routes: Self.admission.routes, policies: .empty,
+                                  gatewayOrigins: OriginMatcher([]), maxHeaderBytes: 1024)
+        guard case .refuse(let refusal, _) = admission.decide(Self.request(add: [("Origin", "https://evil.example")]), certificate: Self.certificate) else {
+            Issue.record("expected a refusal")
+            return
+        }
+        #expect(refusal.status == 403)
+        #expect(refusal.reason == "no_identity_mapping")
+    }
+}

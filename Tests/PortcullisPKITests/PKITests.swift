@@ -1,0 +1,227 @@
+import Foundation
+import PortcullisPKI
+import Testing
+import X509
+
+/// A temporary directory per test (tests run in parallel).
+func temporaryDirectory() throws -> String {
+    let path = NSTemporaryDirectory() + "portcullis-pki-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+func permissions(_ path: String) throws -> Int {
+    (try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? NSNumber)?.intValue ?? -1
+}
+
+func run(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let directories = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":")
+    let path = try #require(
+        directories.map { "\($0)/\(tool)" }.first { FileManager.default.isExecutableFile(atPath: $0) },
+        "\(tool) is not installed; .ci/run installs it")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+@Suite("Development PKI")
+struct DevelopmentPKITests {
+    @Test("serve --dev's bootstrap creates the layout with private keys 0600, and a second run reuses it")
+    func bootstrapCreatesThenReuses() throws {
+        let root = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let pki = PKIDirectory(path: "\(root)/pki")
+        let first = try pki.bootstrapDevelopment()
+        #expect(first.createdCA)
+        #expect(first.issued == ["server", "demo-device"])
+        for key in [pki.caKeyPath, pki.keyPath("server"), pki.keyPath("demo-device")] {
+            #expect(try permissions(key) == 0o600, "\(key)")
+        }
+        #expect(try permissions("\(root)/pki/private") == 0o700)
+        let caBefore = try String(contentsOfFile: pki.caCertificatePath, encoding: .utf8)
+        let second = try pki.bootstrapDevelopment()
+        #expect(!second.createdCA && second.issued.isEmpty)
+        #expect(try String(contentsOfFile: pki.caCertificatePath, encoding: .utf8) == caBefore)
+    }
+
+    @Test("Issued chains verify with OpenSSL and GnuTLS for their purpose")
+    func chainsVerifyWithThirdPartyTools() throws {
+        let root = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let pki = PKIDirectory(path: "\(root)/pki")
+        _ = try pki.bootstrapDevelopment()
+        let client = try run("openssl", ["verify", "-purpose", "sslclient", "-CAfile", pki.caCertificatePath, pki.certificatePath("demo-device")])
+        #expect(client.status == 0, "\(client.output)")
+        let server = try run("openssl", ["verify", "-purpose", "sslserver", "-CAfile", pki.caCertificatePath, pki.certificatePath("server")])
+        #expect(server.status == 0, "\(server.output)")
+        let wrongPurpose = try run("openssl", ["verify", "-purpose", "sslserver", "-CAfile", pki.caCertificatePath, pki.certificatePath("demo-device")])
+        #expect(wrongPurpose.status != 0)
+        let gnutls = try run("certtool", ["--verify", "--load-ca-certificate", pki.caCertificatePath, "--infile", pki.certificatePath("demo-device")])
+        #expect(gnutls.status == 0, "\(gnutls.output)")
+        let san = try run("openssl", ["x509", "-noout", "-ext", "subjectAltName", "-in", pki.certificatePath("server")])
+        #expect(san.output.contains("DNS:localhost") && san.output.contains("IP Address:127.0.0.1") && san.output.contains("IP Address:0:0:0:0:0:0:0:1"))
+    }
+
+    @Test("Serial numbers are random, positive and unique")
+    func serials() {
+        let serials = (0..<1000).map { _ in SerialNumbers.random() }
+        #expect(Set(serials.map { Array($0.bytes) }).count == 1000)
+        #expect(serials.allSatisfy { ($0.bytes.first ?? 0) & 0x80 == 0 && $0.bytes.count >= 8 })
+    }
+}
+
+@Suite("Certificate revocation lists")
+struct CRLTests {
+    @Test("A signed CRL reads back, and OpenSSL accepts it and refuses the revoked certificate with it")
+    func crlRoundTripAndOpenSSL() throws {
+        let root = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let pki = PKIDirectory(path: "\(root)/pki")
+        _ = try pki.bootstrapDevelopment()
+        let device = try readPEMCertificates(path: pki.certificatePath("demo-device"))[0]
+        let crl = try pki.writeCRL(
+            entries: [.init(serial: Array(device.serialNumber.bytes), revocationDate: Date(), reason: .keyCompromise)],
+            number: 7)
+        let read = try CertificateRevocationList(pemEncoded: try String(contentsOfFile: pki.crlPath, encoding: .utf8))
+        #expect(read.isRevoked(serial: device.serialNumber))
+        #expect(read.entries.first?.reason == .keyCompromise)
+        #expect(read.number == [7])
+        #expect(read.nextUpdate != nil)
+        #expect(read.isSigned(by: try pki.loadCA().certificate))
+        #expect(crl.derBytes == read.derBytes)
+
+        let verify = try run("openssl", ["crl", "-in", pki.crlPath, "-CAfile", pki.caCertificatePath, "-verify", "-noout"])
+        #expect(verify.output.contains("verify OK"), "\(verify.output)")
+        let bundle = "\(root)/ca-and-crl.pem"
+        try (String(contentsOfFile: pki.caCertificatePath, encoding: .utf8) + String(contentsOfFile: pki.crlPath, encoding: .utf8))
+            .write(toFile: bundle, atomically: true, encoding: .utf8)
+        let refused = try run("openssl", ["verify", "-crl_check", "-CAfile", bundle, pki.certificatePath("demo-device")])
+        #expect(refused.status != 0)
+        #expect(refused.output.contains("certificate revoked"), "\(refused.output)")
+        let server = try run("openssl", ["verify", "-crl_check", "-CAfile", bundle, pki.certificatePath("server")])
+        #expect(server.status == 0, "\(server.output)")
+    }
+
+    @Test("A CRL made by openssl ca -gencrl is read, including its reasons")
+    func readsOpenSSLCRL() throws {
+        let root = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let pki = PKIDirectory(path: "\(root)/pki")
+        _ = try pki.bootstrapDevelopment()
+        let device = try readPEMCertificates(path: pki.certificatePath("demo-device"))[0]
+        let serialHex = device.serialNumber.bytes.map { String(format: "%02X", $0) }.joined()
+        try "R\t301231235959Z\t241125000000Z,keyCompromise\t\(serialHex)\tunknown\t/CN=demo-device\n"
+            .write(toFile: "\(root)/index.txt", atomically: true, encoding: .utf8)
+        try """
+            [ca]
+            default_ca = dev
+            [dev]
+            database = \(root)/index.txt
+            crlnumber = \(root)/crlnumber
+            default_md = sha256
+            default_crl_days = 7
+            """.write(toFile: "\(root)/ca.cnf", atomically: true, encoding: .utf8)
+        try "05\n".write(toFile: "\(root)/crlnumber", atomically: true, encoding: .utf8)
+        let made = try run("openssl", ["ca", "-gencrl", "-config", "\(root)/ca.cnf", "-cert", pki.caCertificatePath,
+                                        "-keyfile", pki.caKeyPath, "-out", "\(root)/openssl-crl.pem"])
+        #expect(made.status == 0, "\(made.output)")
+        let crl = try CertificateRevocationList(pemEncoded: try String(contentsOfFile: "\(root)/openssl-crl.pem", encoding: .utf8))
+        #expect(crl.isRevoked(serial: device.serialNumber))
+        #expect(crl.entry(for: device.serialNumber)?.reason == .keyCompromise)
+        #expect(crl.number == [5])
+        #expect(crl.isSigned(by: try pki.loadCA().certificate))
+    }
+
+    @Test("Garbage and tampered CRLs are refused", arguments: [
+        "not pem at all", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    ])
+    func garbage(text: String) {
+        #expect(throws: PKIError.self) { try CertificateRevocationList(pemEncoded: text) }
+    }
+
+    @Test("A CRL signed by another CA is not accepted as the bundle's")
+    func foreignSignature() throws {
+        let ca = try CertificateAuthority.makeRoot(name: "A", key: try KeyAlgorithm.p256.generate())
+        let other = try CertificateAuthority.makeRoot(name: "A", key: try KeyAlgorithm.p256.generate())
+        let crl = try CertificateRevocationList.sign(entries: [], by: other, number: 1, nextUpdate: Date().addingTimeInterval(60))
+        #expect(!crl.isSigned(by: ca.certificate))
+        #expect(crl.isSigned(by: other.certificate))
+    }
+}
+
+@Suite("Client certificate verification")
+struct ClientVerifierTests {
+    let ca: CertificateAuthority
+    let verifier: ClientCertificateVerifier
+    let revoked: Certificate
+
+    init() throws {
+        ca = try CertificateAuthority.makeRoot(name: "Test CA", key: try KeyAlgorithm.p256.generate())
+        revoked = try ca.issue(commonName: "revoked", publicKey: try KeyAlgorithm.p256.generate().publicKey,
+                               profile: .client(), notValidAfter: Date().addingTimeInterval(3600))
+        let crl = try CertificateRevocationList.sign(
+            entries: [.init(serial: Array(revoked.serialNumber.bytes), revocationDate: Date(), reason: .superseded)],
+            by: ca, number: 1, nextUpdate: Date().addingTimeInterval(3600))
+        verifier = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate], crls: [crl]))
+    }
+
+    func leaf(_ profile: CertificateProfile = .client(), notBefore: Date? = nil, notAfter: Date = Date().addingTimeInterval(3600),
+              by issuer: CertificateAuthority? = nil) throws -> Certificate {
+        try (issuer ?? ca).issue(commonName: "device", publicKey: try KeyAlgorithm.p256.generate().publicKey, profile: profile,
+                                 notValidBefore: notBefore, notValidAfter: notAfter)
+    }
+
+    func reason(_ result: ClientVerification) -> String {
+        switch result {
+        case .trusted: "trusted"
+        case .refused(let refusal, _): refusal.rawValue
+        }
+    }
+
+    @Test("Each failure gets its own reason code")
+    func reasons() async throws {
+        let foreign = try CertificateAuthority.makeRoot(name: "Test CA", key: try KeyAlgorithm.p256.generate())
+        #expect(reason(await verifier.verify(presented: [try leaf()])) == "trusted")
+        #expect(reason(await verifier.verify(presented: [try leaf(by: foreign)])) == "certificate_untrusted")
+        #expect(reason(await verifier.verify(presented: [try leaf(notBefore: Date().addingTimeInterval(-7200), notAfter: Date().addingTimeInterval(-3600))])) == "certificate_expired")
+        #expect(reason(await verifier.verify(presented: [try leaf(notBefore: Date().addingTimeInterval(3600), notAfter: Date().addingTimeInterval(7200))])) == "certificate_not_yet_valid")
+        #expect(reason(await verifier.verify(presented: [try leaf(.server(dnsNames: ["x"], ipAddresses: []))])) == "certificate_missing_client_auth")
+        #expect(reason(await verifier.verify(presented: [revoked])) == "certificate_revoked")
+        #expect(reason(await verifier.verify(presented: [])) == "certificate_untrusted")
+    }
+
+    @Test("The clock is a parameter: a certificate valid now is expired later")
+    func injectedClock() async throws {
+        let certificate = try leaf()
+        #expect(reason(await verifier.verify(presented: [certificate], now: Date().addingTimeInterval(7200))) == "certificate_expired")
+        #expect(reason(verifier.recheck(leaf: certificate, now: Date().addingTimeInterval(7200)) ?? .trusted(chain: [])) == "certificate_expired")
+    }
+
+    @Test("The re-check for resumed sessions finds revocation and expiry")
+    func recheck() throws {
+        #expect(verifier.recheck(leaf: try leaf()) == nil)
+        #expect(reason(verifier.recheck(leaf: revoked) ?? .trusted(chain: [])) == "certificate_revoked")
+    }
+}
+
+@Suite("Atomic files")
+struct AtomicFileTests {
+    @Test("Writes replace whole files with the requested mode and leave no temporary file")
+    func atomicWrite() throws {
+        let root = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try AtomicFile.write("first", to: "\(root)/key.pem", mode: 0o600)
+        try AtomicFile.write("second", to: "\(root)/key.pem", mode: 0o600)
+        #expect(try String(contentsOfFile: "\(root)/key.pem", encoding: .utf8) == "second")
+        #expect(try permissions("\(root)/key.pem") == 0o600)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root) == ["key.pem"])
+        #expect(throws: AtomicFile.WriteError.self) { try AtomicFile.write("x", to: "\(root)/missing/dir/file") }
+    }
+}
