@@ -1,3 +1,4 @@
+import Foundation
 import PortcullisConfig
 import PortcullisYAML
 import Testing
@@ -92,5 +93,18 @@ struct ConfigurationTests {
         #expect(parseListenAddress("[::1]:8443")! == ("::1", 8443))
         #expect(parseListenAddress("localhost") == nil)
         #expect(parseListenAddress("host:70000") == nil)
+    }
+}
+
+@Suite("Shipped configuration example")
+struct ExampleConfigurationTests {
+    @Test("portcullis.example.yaml is valid and listens on 443")
+    func exampleIsValid() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let config = try GatewayConfiguration.load(path: root.appendingPathComponent("portcullis.example.yaml").path)
+        #expect(config.listenPort == 443)
+        #expect(config.tls.crl?.hasSuffix("pki/crl.pem") == true)
+        #expect(config.auditDirectory == "/var/log/portcullis")
     }
 }
