@@ -7,6 +7,8 @@ import NIOWebSocket
 public enum WebSocketMessage: Sendable, Equatable {
     case text(String)
     case binary([UInt8])
+    /// The answer to a ping this client sent, with its payload (for round-trip measurements).
+    case pong([UInt8])
     /// The peer's close frame: its status code (nil when it sent none) and reason.
     case close(code: Int?, reason: String)
 }
@@ -97,6 +99,8 @@ final class InboundMessageHandler: ChannelInboundHandler {
             context.writeAndFlush(
                 Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)),
                 promise: nil)
+        case .pong:
+            continuation.yield(.pong(Array(frame.unmaskedData.readableBytesView)))
         case .connectionClose:
             var payload = frame.unmaskedData
             let code = payload.readInteger(as: UInt16.self).map(Int.init)
