@@ -32,9 +32,6 @@ final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
         var record = connection.auditRecord(event: "http_refused", decision: "deny", reason: refusal.reason,
                                             detail: refusal.detail)
         record.status = refusal.status
-        record.path = String(head.uri.prefix { $0 != "?" })
-        record.origin = head.headers["Origin"].first
-        record.rule = refusal.rule
         connection.conclude(record)
 
         let body = context.channel.allocator.buffer(string: refusal.message + "\n")

@@ -28,6 +28,9 @@ final class Connection: @unchecked Sendable {
     var resumed = false
     var facts: CertificateFacts?
     var outcome: AdmissionOutcome?
+    /// The upgrade request's path and `Origin`, carried into every later record of this connection.
+    var path: String?
+    var origin: String?
     var upgraded = false
     /// Whether the end of this connection's admission has been audited already.
     var concluded = false
@@ -45,6 +48,8 @@ final class Connection: @unchecked Sendable {
     /// Admission for the upgrade request `head` (memoised: the upgrader and the responder may both ask).
     func evaluate(_ head: HTTPRequestHead, channel: any Channel) -> AdmissionOutcome {
         if let outcome { return outcome }
+        path = String(head.uri.prefix { $0 != "?" && $0 != "#" })
+        origin = head.headers["Origin"].first
         let outcome = decide(head, channel: channel)
         self.outcome = outcome
         return outcome
@@ -96,6 +101,8 @@ final class Connection: @unchecked Sendable {
         record.session = id
         record.tlsVersion = tlsVersion
         if tlsCompleted { record.resumed = resumed }
+        record.path = path
+        record.origin = origin
         if let facts = facts ?? presentedFacts {
             record.subject = facts.subject
             record.fingerprint = facts.fingerprint
@@ -104,10 +111,9 @@ final class Connection: @unchecked Sendable {
             record.sans = sans.isEmpty ? nil : sans
         }
         switch outcome {
-        case .admit(let identity, let rule, let route):
+        case .admit(let identity, let rule, _):
             record.identity = identity.name
             record.rule = rule
-            record.path = route.path
         case .refuse(let refusal, let identity):
             record.identity = identity?.name
             record.rule = refusal.rule

@@ -127,7 +127,7 @@ public final class Gateway: Sendable {
                 }
                 return channel.eventLoop.makeSucceededFuture(nil)
             },
-            upgradePipelineHandler: { channel, head in
+            upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
                     guard case .admit(_, _, let route) = connection.outcome else {
                         throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget
@@ -141,9 +141,8 @@ public final class Gateway: Sendable {
                             minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096,
                             maxAccumulatedFrameSize: maxMessageBytes))
                     try pipeline.addHandler(WebSocketSessionHandler(connection: connection, route: route))
-                    var record = connection.auditRecord(event: "session_opened", decision: "allow", reason: "admitted")
-                    record.origin = head.headers["Origin"].first
-                    connection.conclude(record)
+                    connection.conclude(
+                        connection.auditRecord(event: "session_opened", decision: "allow", reason: "admitted"))
                 }
             })
         try pipeline.configureHTTPServerPipeline(

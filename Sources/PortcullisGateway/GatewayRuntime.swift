@@ -3,6 +3,7 @@ import NIOSSL
 import PortcullisConfig
 import PortcullisPKI
 import PortcullisPolicy
+import PortcullisYAML
 import SwiftASN1
 import X509
 
@@ -20,19 +21,29 @@ public struct GatewayRuntime: Sendable {
     ///
     /// - Throws: ``GatewayStartupError`` naming the file and the problem.
     public static func load(_ configuration: GatewayConfiguration) throws -> GatewayRuntime {
-        let policies: PolicySet
+        // Every stage is tried so that one start lists every problem, not only the first.
+        var problems: [String] = []
+        var policies: PolicySet?
         do {
             policies = try PolicySet.load(directory: configuration.policiesDirectory)
-        } catch let error as CustomStringConvertible & Error {
-            throw GatewayStartupError(problems: error.description.split(separator: "\n").map(String.init))
+        } catch let error as DiagnosticsError {
+            problems += error.diagnostics.map(\.description)
         }
-        let trust: ClientTrust
+        var trust: ClientTrust?
         do {
             trust = try ClientTrust.load(caBundlePath: configuration.tls.clientCA, crlPath: configuration.tls.crl)
         } catch {
-            throw GatewayStartupError(problems: ["client CA / CRL: \(error)"])
+            problems.append("client CA / CRL: \(error)")
         }
-        let sslContext = try makeSSLContext(configuration.tls, clientCAs: trust.roots + trust.intermediates)
+        var sslContext: NIOSSLContext?
+        do {
+            sslContext = try makeSSLContext(configuration.tls, clientCAs: (trust?.roots ?? []) + (trust?.intermediates ?? []))
+        } catch let error as GatewayStartupError {
+            problems += error.problems
+        }
+        guard let policies, let trust, let sslContext, problems.isEmpty else {
+            throw GatewayStartupError(problems: problems)
+        }
         return GatewayRuntime(
             configuration: configuration,
             sslContext: sslContext,

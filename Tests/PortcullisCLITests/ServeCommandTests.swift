@@ -158,6 +158,18 @@ struct ServeCommandTests {
         #expect(try await missing.waitForExit() == 1)
         #expect(missing.output.contains("nowhere: policies directory not found"), "\(missing.output)")
 
+        // One start lists every problem: the bad policy and the missing TLS files together.
+        try """
+            listen: 127.0.0.1:0
+            tls: {certificate: missing.crt, key: missing.key, client_ca: missing-ca.crt}
+            routes: [{path: /v1/echo, kind: echo}]
+            """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
+        let everything = try RunningCommand(["serve", "--config", "gateway.yaml"], in: directory)
+        #expect(try await everything.waitForExit() == 1)
+        #expect(everything.output.contains("policies/bad.yaml:5: unknown key 'bogus'"), "\(everything.output)")
+        #expect(everything.output.contains("missing-ca.crt: no such file"))
+        #expect(everything.output.contains("missing.crt: cannot read the server certificate chain"))
+
         let usage = try RunningCommand(["serve"], in: directory)
         #expect(try await usage.waitForExit() != 0)
         #expect(usage.output.contains("--config FILE, or --dev"))

@@ -33,6 +33,8 @@ struct AdmissionTests {
             #expect(opened.peer?.hasPrefix("127.0.0.1:") == true)
             let closed = try #require(await gw.auditRecord { $0.event == "session_closed" })
             #expect(closed.closeCode == 1000)
+            #expect(closed.origin == "https://console.example.test" && closed.identity == "demo-device")
+            #expect(closed.session == opened.session)
             #expect(closed.messagesIn == 2 && closed.messagesOut == 2)
             #expect(closed.bytesIn == 9 && closed.bytesOut == 9)
             #expect(closed.durationMs != nil)
