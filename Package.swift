@@ -39,6 +39,7 @@ let package = Package(
         .target(
             name: "PortcullisPKI",
             dependencies: [
+                "PortcullisYAML",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),

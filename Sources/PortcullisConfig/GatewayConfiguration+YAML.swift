@@ -38,7 +38,7 @@ extension GatewayConfiguration {
             }
         }
         if let tls = top["tls"] {
-            let tlsKeys: Set<String> = ["certificate", "key", "client_ca", "crl", "min_version"]
+            let tlsKeys: Set<String> = ["certificate", "key", "client_ca", "client_intermediates", "crl", "min_version"]
             if let fields = reader.mapping(tls.value, what: "tls", allowed: tlsKeys) {
                 for required in ["certificate", "key", "client_ca"] where fields[required] == nil {
                     reader.report(line: tls.line, "tls needs '\(required)'")
@@ -51,6 +51,11 @@ extension GatewayConfiguration {
                 }
                 if let value = fields["client_ca"], let text = reader.string(value.value, what: "tls.client_ca") {
                     config.tls.clientCA = resolve(text)
+                }
+                if let value = fields["client_intermediates"],
+                    let text = reader.string(value.value, what: "tls.client_intermediates")
+                {
+                    config.tls.clientIntermediates = resolve(text)
                 }
                 if let value = fields["crl"], let text = reader.string(value.value, what: "tls.crl") {
                     config.tls.crl = resolve(text)

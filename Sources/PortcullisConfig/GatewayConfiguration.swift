@@ -29,19 +29,22 @@ public struct GatewayConfiguration: Sendable, Equatable {
         /// PEM file with the server certificate first, then any intermediates.
         public var certificateChain: String
         public var privateKey: String
-        /// PEM bundle of the CAs that issue client certificates.
+        /// PEM bundle of the CAs that issue client certificates (self-signed ones are the trust anchors).
         public var clientCA: String
+        /// PEM file of further intermediate CAs (an issuing CA the root signed); nil for none.
+        public var clientIntermediates: String?
         /// PEM CRL(s) checked during every handshake; nil for none.
         public var crl: String?
         public var minimumVersion: TLSVersion
 
         public init(
-            certificateChain: String, privateKey: String, clientCA: String, crl: String? = nil,
-            minimumVersion: TLSVersion = .v1_2
+            certificateChain: String, privateKey: String, clientCA: String, clientIntermediates: String? = nil,
+            crl: String? = nil, minimumVersion: TLSVersion = .v1_2
         ) {
             self.certificateChain = certificateChain
             self.privateKey = privateKey
             self.clientCA = clientCA
+            self.clientIntermediates = clientIntermediates
             self.crl = crl
             self.minimumVersion = minimumVersion
         }
@@ -86,14 +89,16 @@ public struct GatewayConfiguration: Sendable, Equatable {
         self.maxMessageBytes = maxMessageBytes
     }
 
-    /// The TLS files of a `pki/` directory laid out by `portcullis pki` (and `serve --dev`).
+    /// The TLS files of a `pki/` directory laid out by `portcullis pki` (and `serve --dev`): the server's
+    /// chain, the root as client CA, the issuing CA when there is one, and the CRL once one exists.
     public static func tls(fromPKI directory: String, minimumVersion: TLSVersion = .v1_2) -> TLS {
-        let crl = "\(directory)/crl.pem"
+        func existing(_ path: String) -> String? { FileManager.default.fileExists(atPath: path) ? path : nil }
         return TLS(
-            certificateChain: "\(directory)/issued/server.crt",
+            certificateChain: existing("\(directory)/issued/server.chain.pem") ?? "\(directory)/issued/server.crt",
             privateKey: "\(directory)/private/server.key",
             clientCA: "\(directory)/ca.crt",
-            crl: FileManager.default.fileExists(atPath: crl) ? crl : nil,
+            clientIntermediates: existing("\(directory)/issuing-ca.crt"),
+            crl: existing("\(directory)/crl.pem"),
             minimumVersion: minimumVersion)
     }
 

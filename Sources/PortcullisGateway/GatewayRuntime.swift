@@ -31,7 +31,9 @@ public struct GatewayRuntime: Sendable {
         }
         var trust: ClientTrust?
         do {
-            trust = try ClientTrust.load(caBundlePath: configuration.tls.clientCA, crlPath: configuration.tls.crl)
+            trust = try ClientTrust.load(
+                caBundlePath: configuration.tls.clientCA, intermediatesPath: configuration.tls.clientIntermediates,
+                crlPath: configuration.tls.crl)
         } catch {
             problems.append("client CA / CRL: \(error)")
         }

@@ -55,6 +55,31 @@ public struct CertificateAuthority: Sendable {
         return CertificateAuthority(certificate: certificate, privateKey: key)
     }
 
+    /// A new issuing CA signed by this one, so this (root) key can be kept offline.
+    public func makeIntermediate(
+        name: String, key: Certificate.PrivateKey, validity: TimeInterval = 5 * 365 * 86400, now: Date = Date()
+    ) throws -> CertificateAuthority {
+        let issuerKeyIdentifier = try? certificate.extensions.subjectKeyIdentifier?.keyIdentifier
+        let certificate = try Certificate(
+            version: .v3,
+            serialNumber: SerialNumbers.random(),
+            publicKey: key.publicKey,
+            notValidBefore: now.addingTimeInterval(-300),
+            notValidAfter: min(now.addingTimeInterval(validity), self.certificate.notValidAfter),
+            issuer: self.certificate.subject,
+            subject: try DistinguishedName { CommonName(name) },
+            signatureAlgorithm: privateKey.signatureAlgorithm,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: key.publicKey)
+                if let issuerKeyIdentifier { AuthorityKeyIdentifier(keyIdentifier: issuerKeyIdentifier) }
+            },
+            issuerPrivateKey: privateKey
+        )
+        return CertificateAuthority(certificate: certificate, privateKey: key)
+    }
+
     /// Issues a certificate for `publicKey` under `profile`.
     ///
     /// - Parameters:
@@ -125,16 +150,20 @@ public enum SerialNumbers {
     }
 }
 
+/// Why a PKI operation was refused; `description` is the one-line reason the CLI prints.
 public enum PKIError: Error, CustomStringConvertible, Equatable {
     case invalidIPAddress(String)
     case unreadable(path: String, reason: String)
     case invalidCRL(String)
+    /// Bad input: the message says which and why.
+    case invalid(String)
 
     public var description: String {
         switch self {
         case .invalidIPAddress(let address): "'\(address)' is not an IPv4 or IPv6 address"
         case .unreadable(let path, let reason): "\(path): \(reason)"
         case .invalidCRL(let reason): "invalid CRL: \(reason)"
+        case .invalid(let message): message
         }
     }
 }

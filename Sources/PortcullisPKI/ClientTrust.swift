@@ -17,14 +17,19 @@ public struct ClientTrust: Sendable {
 
     /// Loads a PEM CA bundle and an optional PEM CRL file (which may hold several CRLs).
     ///
-    /// Self-signed certificates in the bundle are roots; the others are intermediates. A CRL must be signed by a
-    /// CA of the bundle.
-    public static func load(caBundlePath: String, crlPath: String?) throws -> ClientTrust {
-        let bundle = try readPEMCertificates(path: caBundlePath)
+    /// Self-signed certificates in the bundle are roots; the others, and those of `intermediatesPath`, are
+    /// intermediates. A CRL must be signed by one of these CAs.
+    public static func load(caBundlePath: String, intermediatesPath: String? = nil, crlPath: String?) throws
+        -> ClientTrust
+    {
+        var bundle = try readPEMCertificates(path: caBundlePath)
         guard !bundle.isEmpty else {
             throw PKIError.unreadable(path: caBundlePath, reason: "no CERTIFICATE in the CA bundle")
         }
         let roots = bundle.filter { $0.issuer == $0.subject }
+        if let intermediatesPath {
+            bundle += try readPEMCertificates(path: intermediatesPath).filter { $0.issuer != $0.subject }
+        }
         let intermediates = bundle.filter { $0.issuer != $0.subject }
         guard !roots.isEmpty else {
             throw PKIError.unreadable(path: caBundlePath, reason: "the CA bundle holds no self-signed root")

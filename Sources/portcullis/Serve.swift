@@ -57,7 +57,7 @@ struct Serve: AsyncParsableCommand {
         var logger = Logger(label: "portcullis")
         logger.logLevel = .info
         var configuration: GatewayConfiguration
-        var bootstrap: PKIDirectory.DevelopmentBootstrap?
+        var bootstrap: (createdCA: Bool, issued: [InventoryEntry])?
         let pkiDirectory = pki ?? ProcessInfo.processInfo.environment["PORTCULLIS_PKI"] ?? "pki"
         if dev {
             do {
@@ -113,11 +113,12 @@ struct Serve: AsyncParsableCommand {
     }
 
     private func printDevelopmentBanner(
-        configuration: GatewayConfiguration, address: String, pki: String, bootstrap: PKIDirectory.DevelopmentBootstrap
+        configuration: GatewayConfiguration, address: String, pki: String, bootstrap: (createdCA: Bool, issued: [InventoryEntry])
     ) {
         let directory = PKIDirectory(path: pki)
-        let made = bootstrap.createdCA ? "created a development CA and issued \(bootstrap.issued.joined(separator: ", "))"
-            : bootstrap.issued.isEmpty ? "reusing the existing PKI" : "reusing the CA, issued \(bootstrap.issued.joined(separator: ", "))"
+        let names = bootstrap.issued.map(\.name).joined(separator: ", ")
+        let made = bootstrap.createdCA ? "created a development CA and issued \(names)"
+            : bootstrap.issued.isEmpty ? "reusing the existing PKI" : "reusing the CA, issued \(names)"
         let port = address.split(separator: ":").last.map(String.init) ?? "8443"
         let device = "-cert \(directory.certificatePath("demo-device")) -key \(directory.keyPath("demo-device"))"
         emit("""

@@ -18,8 +18,9 @@ struct TestPKI {
         directory = NSTemporaryDirectory() + "portcullis-test-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         pki = PKIDirectory(path: "\(directory)/pki")
-        authority = try pki.createCA(name: "Portcullis Test CA")
-        try pki.issue(name: "server", profile: .server(dnsNames: ["localhost"], ipAddresses: ["127.0.0.1", "::1"]), days: 30)
+        try pki.initialize(name: "Portcullis Test CA")
+        authority = try pki.loadCA()
+        try pki.issue(.init(name: "server", profile: .server(dnsNames: ["localhost"], ipAddresses: ["127.0.0.1", "::1"])))
     }
 
     var caPath: String { pki.caCertificatePath }
@@ -49,13 +50,14 @@ struct TestPKI {
         try CertificateAuthority.makeRoot(name: "Some Other CA", key: try KeyAlgorithm.p256.generate())
     }
 
-    /// Writes `crl.pem` revoking `certificates`.
+    /// Writes `crl.pem` revoking `certificates` (made outside the inventory, so signed here directly).
     func revoke(_ certificates: [Certificate], number: UInt64 = 1) throws {
-        try pki.writeCRL(
+        let crl = try CertificateRevocationList.sign(
             entries: certificates.map {
                 CertificateRevocationList.Entry(serial: Array($0.serialNumber.bytes), revocationDate: Date(), reason: .keyCompromise)
             },
-            number: number)
+            by: authority, number: number, nextUpdate: Date().addingTimeInterval(86400))
+        try AtomicFile.write(crl.pemDocument, to: pki.crlPath)
     }
 
     func remove() {

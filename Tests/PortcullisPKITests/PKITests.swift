@@ -40,7 +40,8 @@ struct DevelopmentPKITests {
         let pki = PKIDirectory(path: "\(root)/pki")
         let first = try pki.bootstrapDevelopment()
         #expect(first.createdCA)
-        #expect(first.issued == ["server", "demo-device"])
+        #expect(first.issued.map(\.name) == ["server", "demo-device"])
+        #expect(try pki.loadInventory().entries.map(\.name) == ["server", "demo-device"])
         for key in [pki.caKeyPath, pki.keyPath("server"), pki.keyPath("demo-device")] {
             #expect(try permissions(key) == 0o600, "\(key)")
         }
@@ -86,13 +87,12 @@ struct CRLTests {
         let pki = PKIDirectory(path: "\(root)/pki")
         _ = try pki.bootstrapDevelopment()
         let device = try readPEMCertificates(path: pki.certificatePath("demo-device"))[0]
-        let crl = try pki.writeCRL(
-            entries: [.init(serial: Array(device.serialNumber.bytes), revocationDate: Date(), reason: .keyCompromise)],
-            number: 7)
+        try pki.revoke(name: "demo-device", serial: nil, reason: .keyCompromise)
+        let (crl, _) = try pki.regenerateCRL()
         let read = try CertificateRevocationList(pemEncoded: try String(contentsOfFile: pki.crlPath, encoding: .utf8))
         #expect(read.isRevoked(serial: device.serialNumber))
         #expect(read.entries.first?.reason == .keyCompromise)
-        #expect(read.number == [7])
+        #expect(read.number == [2])
         #expect(read.nextUpdate != nil)
         #expect(read.isSigned(by: try pki.loadCA().certificate))
         #expect(crl.derBytes == read.derBytes)
