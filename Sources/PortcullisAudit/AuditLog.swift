@@ -9,6 +9,9 @@ import Glibc
 /// `record(_:)` only appends to an in-memory queue and returns; a dedicated writer thread encodes, writes
 /// and fsyncs in batches, so callers on an event loop never block on the disk. The queue is bounded: when it
 /// is full the record is counted as dropped (and the count is itself audited once the queue drains).
+///
+/// Several processes append to the same log (the gateway, and `portcullis pki` run by an admin): each batch
+/// is written under an exclusive `flock` of the file, and numbered after the last record on disk.
 public final class AuditLog: @unchecked Sendable {
     public let directory: String
     public let path: String
@@ -18,8 +21,8 @@ public final class AuditLog: @unchecked Sendable {
     // Guarded by `condition`.
     private let condition = NSCondition()
     private var pending: [AuditRecord] = []
-    private var nextSeq: UInt64
-    private var writtenSeq: UInt64
+    private var enqueued: UInt64 = 0
+    private var written: UInt64 = 0
     private var dropped = 0
     private var stopping = false
     private var writeError: String?
@@ -34,13 +37,10 @@ public final class AuditLog: @unchecked Sendable {
         self.capacity = capacity
         try FileManager.default.createDirectory(
             atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
-        let lastSeq = Self.lastSequence(in: path)
         fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
         guard fd >= 0 else {
             throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
         }
-        nextSeq = lastSeq + 1
-        writtenSeq = lastSeq
         let thread = Thread { [unowned self] in self.run() }
         thread.name = "portcullis-audit"
         self.thread = thread
@@ -51,7 +51,7 @@ public final class AuditLog: @unchecked Sendable {
         Glibc.close(fd)
     }
 
-    /// Queues `record`; never blocks on I/O. Sequence number and time are assigned here, in call order.
+    /// Queues `record`; never blocks on I/O. The time is taken here; the sequence number when it is written.
     public func record(_ record: AuditRecord) {
         var record = record
         condition.lock()
@@ -61,9 +61,8 @@ public final class AuditLog: @unchecked Sendable {
             dropped += 1
             return
         }
-        record.seq = nextSeq
         record.time = Self.timestamp(Date())
-        nextSeq += 1
+        enqueued += 1
         pending.append(record)
         condition.signal()
     }
@@ -72,8 +71,8 @@ public final class AuditLog: @unchecked Sendable {
     public func flush() {
         condition.lock()
         defer { condition.unlock() }
-        let target = nextSeq - 1
-        while writtenSeq < target && writeError == nil {
+        let target = enqueued
+        while written < target && writeError == nil {
             condition.wait()
         }
     }
@@ -98,35 +97,55 @@ public final class AuditLog: @unchecked Sendable {
                 return
             }
             var batch = pending
+            let counted = UInt64(batch.count)
             pending.removeAll(keepingCapacity: true)
             if dropped > 0 {
                 var notice = AuditRecord(
                     event: "audit_overflow", reason: "audit_queue_full",
                     detail: "\(dropped) records were dropped because the audit queue was full")
-                notice.seq = nextSeq
                 notice.time = Self.timestamp(Date())
-                nextSeq += 1
                 dropped = 0
                 batch.append(notice)
             }
             condition.unlock()
 
-            var text = ""
-            for record in batch {
-                text += record.jsonLine()
-                text += "\n"
-            }
-            let error = writeAll(Array(text.utf8))
+            let error = append(&batch)
 
             condition.lock()
             if let error {
                 writeError = error
                 FileHandle.standardError.write(Data("portcullis: audit log write failed: \(error)\n".utf8))
             }
-            writtenSeq = batch.last?.seq ?? writtenSeq
+            written += counted
             condition.broadcast()
             condition.unlock()
         }
+    }
+
+    /// Size of the file after our last append; another process appended when it differs.
+    private var knownSize: off_t = -1
+    private var lastSeq: UInt64 = 0
+
+    /// Numbers and appends `batch` under the file lock, continuing the sequence of whatever is on disk.
+    private func append(_ batch: inout [AuditRecord]) -> String? {
+        while flock(fd, LOCK_EX) != 0 {
+            if errno != EINTR { return String(cString: strerror(errno)) }
+        }
+        defer { flock(fd, LOCK_UN) }
+        var status = stat()
+        if fstat(fd, &status) == 0, status.st_size != knownSize {
+            lastSeq = Self.lastSequence(in: path)
+        }
+        var text = ""
+        for index in batch.indices {
+            lastSeq += 1
+            batch[index].seq = lastSeq
+            text += batch[index].jsonLine()
+            text += "\n"
+        }
+        let error = writeAll(Array(text.utf8))
+        knownSize = fstat(fd, &status) == 0 ? status.st_size : -1
+        return error
     }
 
     private func writeAll(_ bytes: [UInt8]) -> String? {

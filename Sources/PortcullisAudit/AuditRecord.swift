@@ -35,6 +35,12 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var messagesOut: Int?
     public var bytesIn: Int?
     public var bytesOut: Int?
+    /// For `pki_operation` records: what was done (`issue`, `sign`, `renew`, `rotate`, `revoke`, `crl`, `init`).
+    public var operation: String?
+    /// For `pki_operation` records: the certificate's name in the PKI.
+    public var name: String?
+    /// For `pki_operation` records: the local user who ran the command.
+    public var user: String?
 
     public init(event: String, decision: String? = nil, reason: String? = nil, detail: String? = nil) {
         self.event = event
@@ -45,7 +51,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case seq, time, event, decision, reason, detail, identity, subject, sans, fingerprint, serial, peer, origin,
-            path, rule, status, session, resumed
+            path, rule, status, session, resumed, operation, name, user
         case tlsVersion = "tls_version"
         case closeCode = "close_code"
         case durationMs = "duration_ms"
@@ -81,6 +87,9 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         out += String(seq)
         add(.time, time)
         add(.event, event)
+        add(.operation, operation)
+        add(.name, name)
+        add(.user, user)
         add(.decision, decision)
         add(.reason, reason)
         add(.identity, identity)

@@ -90,6 +90,10 @@ struct Serve: AsyncParsableCommand {
             fail(["cannot start:"] + error.problems.map { "  \($0)" })
         }
         if let bootstrap {
+            // The development PKI went through the same issuance as `pki issue`, and is audited the same way.
+            let audit = PKIAudit(log: gateway.auditLog)
+            if bootstrap.createdCA { audit.record("init", nil, detail: "development CA created by serve --dev") }
+            for entry in bootstrap.issued { audit.record("issue", entry, detail: "serve --dev") }
             printDevelopmentBanner(configuration: configuration, address: address, pki: pkiDirectory, bootstrap: bootstrap)
         } else {
             emit("portcullis: listening on \(address); audit log in \(configuration.auditDirectory)/audit.jsonl\n")
