@@ -29,6 +29,7 @@ public final class AuditLog: @unchecked Sendable {
 
     private let fd: Int32
     private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
 
     /// Opens (creating when needed) the log in `directory`, continuing its sequence numbers.
     public init(directory: String, capacity: Int = 65_536) throws {
@@ -41,7 +42,11 @@ public final class AuditLog: @unchecked Sendable {
         guard fd >= 0 else {
             throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
         }
-        let thread = Thread { [unowned self] in self.run() }
+        // The thread holds the log until `close()` stops it, so records queued just before never outlive it.
+        let thread = Thread { [self] in
+            self.run()
+            self.finished.signal()
+        }
         thread.name = "portcullis-audit"
         self.thread = thread
         thread.start()
@@ -77,13 +82,15 @@ public final class AuditLog: @unchecked Sendable {
         }
     }
 
-    /// Flushes and stops the writer thread; later records are ignored.
+    /// Flushes and stops the writer thread, waiting for it to finish; later records are ignored.
     public func close() {
         flush()
         condition.lock()
+        let wasStopping = stopping
         stopping = true
         condition.broadcast()
         condition.unlock()
+        if !wasStopping { finished.wait() }
     }
 
     private func run() {

@@ -20,12 +20,12 @@ final class RunningCommand: @unchecked Sendable {
     let process = Process()
     private let lock = NSLock()
     private var collected = Data()
+    private let pipe = Pipe()
 
     init(_ arguments: [String], in directory: String) throws {
         process.executableURL = URL(fileURLWithPath: try portcullisBinary())
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
-        let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
         pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
@@ -55,6 +55,10 @@ final class RunningCommand: @unchecked Sendable {
             process.terminate()
             return nil
         }
+        // Whatever the handler has not delivered yet is still in the pipe.
+        pipe.fileHandleForReading.readabilityHandler = nil
+        let rest = (try? pipe.fileHandleForReading.readToEnd()) ?? Data()
+        lock.withLock { collected.append(rest) }
         return process.terminationStatus
     }
 }
