@@ -189,6 +189,11 @@ func describe(_ entry: InventoryEntry, pki: PKIDirectory) -> String {
     return lines.joined(separator: "\n")
 }
 
+/// Prints an issued certificate: as JSON for tools, or a headline and its details for people.
+func show(_ entry: InventoryEntry, pki: PKIDirectory, json: Bool, headline: String) {
+    if json { printJSON(CertificateView(entry, pki: pki)) } else { say(headline + "\n" + describe(entry, pki: pki)) }
+}
+
 /// Parses `30d`, `12h`, `90m`, `1w` into seconds.
 func parseWindow(_ text: String) -> TimeInterval? {
     let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400]

@@ -72,7 +72,7 @@ struct PKIIssue: ParsableCommand {
             let entry = try pki.issue(
                 .init(name: name, profile: certificateProfile, days: sans.days, key: key, autoRenew: sans.autoRenew))
             audit.record("issue", entry)
-            if json { printJSON(CertificateView(entry, pki: pki)) } else { say("issued \(profile.rawValue) certificate\n" + describe(entry, pki: pki)) }
+            show(entry, pki: pki, json: json, headline: "issued \(profile.rawValue) certificate")
         }
     }
 }

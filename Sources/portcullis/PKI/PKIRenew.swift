@@ -27,9 +27,7 @@ struct PKIRenew: ParsableCommand {
         try options.perform { audit in
             let (entry, old) = try pki.renew(name: name, newKey: newKey)
             audit.record("renew", entry, detail: "supersedes serial \(old.serial)")
-            if json { printJSON(CertificateView(entry, pki: pki)) } else {
-                say("renewed '\(name)' (previous serial \(old.serial) is superseded)\n" + describe(entry, pki: pki))
-            }
+            show(entry, pki: pki, json: json, headline: "renewed '\(name)' (previous serial \(old.serial) is superseded)")
         }
     }
 }
@@ -71,10 +69,8 @@ struct PKIRotate: ParsableCommand {
             if old.state == .revoked {
                 audit.record("revoke", old, reason: "superseded", detail: "revoked by rotation")
             }
-            if json { printJSON(CertificateView(entry, pki: pki)) } else {
-                let fate = old.state == .revoked ? "revoked now" : "revoked after \(day(old.revokeAfter!))"
-                say("rotated '\(name)': new key and certificate; previous serial \(old.serial) \(fate)\n" + describe(entry, pki: pki))
-            }
+            let fate = old.state == .revoked ? "revoked now" : "revoked after \(day(old.revokeAfter!))"
+            show(entry, pki: pki, json: json, headline: "rotated '\(name)': new key and certificate; previous serial \(old.serial) \(fate)")
         }
     }
 }

@@ -38,7 +38,7 @@ struct PKISign: ParsableCommand {
             let entry = try pki.sign(
                 requestPEM: text, name: name, profile: certificateProfile, days: sans.days, autoRenew: sans.autoRenew)
             audit.record("sign", entry)
-            if json { printJSON(CertificateView(entry, pki: pki)) } else { say("signed \(request)\n" + describe(entry, pki: pki)) }
+            show(entry, pki: pki, json: json, headline: "signed \(request)")
         }
     }
 }
