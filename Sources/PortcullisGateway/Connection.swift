@@ -79,9 +79,15 @@ final class Connection: @unchecked Sendable {
                         detail: "no verified client certificate on this TLS session"),
                 identity: nil)
         }
-        var serializer = DER.Serializer()
-        try? serializer.serialize(leaf)
-        let facts = CertificateFacts(certificate: leaf, derBytes: serializer.serializedBytes)
+        // A full handshake already extracted the leaf's facts from the bytes the client sent.
+        let facts: CertificateFacts
+        if !resumed, let presentedFacts {
+            facts = presentedFacts
+        } else {
+            var serializer = DER.Serializer()
+            try? serializer.serialize(leaf)
+            facts = CertificateFacts(certificate: leaf, derBytes: serializer.serializedBytes)
+        }
         self.facts = facts
         if case .refused(let reason, let detail) = runtime.verifier.recheck(leaf: leaf) {
             return .refuse(
