@@ -26,6 +26,8 @@ let package = Package(
             name: "PortcullisYAML",
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
+        // Pure: the broker's wire protocol (JSON objects and the binary envelope), shared by gateway and client.
+        .target(name: "PortcullisProtocol"),
         // Pure: identity mapping, policy model and decisions, origin matching. No NIO.
         .target(
             name: "PortcullisPolicy",
@@ -64,7 +66,7 @@ let package = Package(
         .target(
             name: "PortcullisGateway",
             dependencies: [
-                "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit", "PortcullisConfig",
+                "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit", "PortcullisConfig", "PortcullisProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -80,6 +82,7 @@ let package = Package(
         .target(
             name: "PortcullisClient",
             dependencies: [
+                "PortcullisProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

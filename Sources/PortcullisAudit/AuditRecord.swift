@@ -35,6 +35,8 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var messagesOut: Int?
     public var bytesIn: Int?
     public var bytesOut: Int?
+    /// For message events: the topic or subscription filter involved.
+    public var topic: String?
     /// For `pki_operation` records: what was done (`issue`, `sign`, `renew`, `rotate`, `revoke`, `crl`, `init`).
     public var operation: String?
     /// For `pki_operation` records: the certificate's name in the PKI.
@@ -51,7 +53,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case seq, time, event, decision, reason, detail, identity, subject, sans, fingerprint, serial, peer, origin,
-            path, rule, status, session, resumed, operation, name, user
+            path, rule, status, session, resumed, operation, name, user, topic
         case tlsVersion = "tls_version"
         case closeCode = "close_code"
         case durationMs = "duration_ms"
@@ -97,6 +99,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         add(.path, path)
         add(.origin, origin)
         add(.rule, rule)
+        add(.topic, topic)
         add(.status, status)
         add(.session, session)
         add(.closeCode, closeCode)

@@ -82,6 +82,7 @@ public enum GatewayClient {
         origins: [String] = [],
         headers: [(String, String)] = [],
         tls: TLSOptions,
+        answerPings: Bool = true,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
         var requestHeaders = HTTPHeaders()
@@ -94,7 +95,7 @@ public enum GatewayClient {
         for origin in origins { requestHeaders.add(name: "Origin", value: origin) }
         for (name, value) in headers { requestHeaders.add(name: name, value: value) }
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: requestHeaders)
-        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, group: group)
+        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, answerPings: answerPings, group: group)
     }
 
     /// Sends an arbitrary request head (a plain GET, a POST, a request with broken upgrade headers) and returns
@@ -107,11 +108,12 @@ public enum GatewayClient {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
         let key = head.headers["Sec-WebSocket-Key"].first ?? ""
-        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, group: group)
+        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, answerPings: true, group: group)
     }
 
     private static func exchange(
-        host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions, group: any EventLoopGroup
+        host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions, answerPings: Bool,
+        group: any EventLoopGroup
     ) async throws -> Outcome {
         let context = try tls.makeContext()
         let serverName = tls.serverName
@@ -129,7 +131,8 @@ public enum GatewayClient {
                 try pipeline.addHandler(decoder)
                 try pipeline.addHandler(
                     UpgradeResponseHandler(
-                        requestHead: head, key: key, encoder: encoder, decoder: decoder, promise: promise))
+                        requestHead: head, key: key, encoder: encoder, decoder: decoder, answerPings: answerPings,
+                        promise: promise))
             }.get()
         } catch {
             promise.fail(error)
@@ -151,14 +154,17 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
     private let encoder: HTTPRequestEncoder
     private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
     private let promise: EventLoopPromise<GatewayClient.Outcome>
+    private let answerPings: Bool
     private var refusal: (status: Int, headers: [(String, String)], body: ByteBuffer)?
     private var done = false
     private var switchingHead: HTTPResponseHead?
 
     init(
         requestHead: HTTPRequestHead, key: String, encoder: HTTPRequestEncoder,
-        decoder: ByteToMessageHandler<HTTPResponseDecoder>, promise: EventLoopPromise<GatewayClient.Outcome>
+        decoder: ByteToMessageHandler<HTTPResponseDecoder>, answerPings: Bool,
+        promise: EventLoopPromise<GatewayClient.Outcome>
     ) {
+        self.answerPings = answerPings
         self.requestHead = requestHead
         self.key = key
         self.encoder = encoder
@@ -218,7 +224,7 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
             let connection = WebSocketConnection(channel: context.channel, messages: messages)
             try pipeline.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 26)), position: .after(decoder))
             try pipeline.addHandler(WebSocketFrameEncoder())
-            try pipeline.addHandler(InboundMessageHandler(continuation: continuation))
+            try pipeline.addHandler(InboundMessageHandler(continuation: continuation, answerPings: answerPings))
             pipeline.removeHandler(encoder, promise: nil)
             pipeline.removeHandler(decoder, promise: nil)
             pipeline.removeHandler(context: context, promise: nil)

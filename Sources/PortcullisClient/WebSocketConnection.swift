@@ -74,8 +74,12 @@ final class InboundMessageHandler: ChannelInboundHandler {
     private var fragmentOpcode: WebSocketOpcode = .text
     private var closing = false
 
-    init(continuation: AsyncStream<WebSocketMessage>.Continuation) {
+    /// False only to play a peer that ignores heartbeats (tests of the gateway's ping timeout).
+    private let answerPings: Bool
+
+    init(continuation: AsyncStream<WebSocketMessage>.Continuation, answerPings: Bool = true) {
         self.continuation = continuation
+        self.answerPings = answerPings
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -96,6 +100,7 @@ final class InboundMessageHandler: ChannelInboundHandler {
                 deliver(opcode: fragmentOpcode, payload: whole)
             }
         case .ping:
+            guard answerPings else { return }
             context.writeAndFlush(
                 Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData)),
                 promise: nil)

@@ -25,7 +25,7 @@ extension GatewayConfiguration {
         var config = GatewayConfiguration(tls: TLS(certificateChain: "", privateKey: "", clientCA: ""))
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
-            "max_header_bytes", "max_message_bytes",
+            "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes",
         ]
         guard let root = reader.parse(text), let top = reader.mapping(root, what: "the configuration", allowed: keys)
         else { throw DiagnosticsError(reader.diagnostics) }
@@ -127,6 +127,17 @@ extension GatewayConfiguration {
             let number = reader.integer(value.value, what: "max_message_bytes", range: 125...(64 << 20))
         {
             config.maxMessageBytes = number
+        }
+        if let value = top["ping_interval"], let seconds = reader.duration(value.value, what: "ping_interval") {
+            config.pingInterval = seconds
+        }
+        if let value = top["ping_timeout"], let seconds = reader.duration(value.value, what: "ping_timeout") {
+            config.pingTimeout = seconds
+        }
+        if let value = top["max_outbound_bytes"],
+            let number = reader.integer(value.value, what: "max_outbound_bytes", range: 1024...(1 << 30))
+        {
+            config.maxOutboundBytes = number
         }
         guard reader.diagnostics.isEmpty else { throw DiagnosticsError(reader.diagnostics) }
         return config

@@ -8,6 +8,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public enum RouteKind: String, Sendable, CaseIterable {
         /// Each message is sent back: for diagnostics and to show admission end to end.
         case echo
+        /// The built-in publish/subscribe broker (`docs/protocol.md`), under the identity's topic ACLs.
+        case broker
     }
 
     public struct Route: Sendable, Equatable {
@@ -64,6 +66,13 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var maxHeaderBytes: Int
     /// Largest WebSocket frame and reassembled message.
     public var maxMessageBytes: Int
+    /// Seconds between the gateway's pings on an idle-or-not session.
+    public var pingInterval: Double = 20
+    /// Seconds a peer has to answer a ping before the session is closed.
+    public var pingTimeout: Double = 20
+    /// Bytes a session may have queued towards its client; a subscriber that falls further behind is closed
+    /// with 1013 rather than let the gateway's memory grow.
+    public var maxOutboundBytes: Int = 4 << 20
 
     public init(
         listenHost: String = "0.0.0.0",
@@ -111,7 +120,7 @@ public struct GatewayConfiguration: Sendable, Equatable {
             listenPort: 8443,
             tls: tls(fromPKI: pki),
             allowedOrigins: ["https://localhost:8443", "https://127.0.0.1:8443"],
-            routes: [Route(path: "/v1/echo", kind: .echo)],
+            routes: [Route(path: "/v1/echo", kind: .echo), Route(path: "/v1/messages", kind: .broker)],
             policiesDirectory: policies,
             auditDirectory: audit)
     }

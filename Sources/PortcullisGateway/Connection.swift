@@ -35,6 +35,10 @@ final class Connection: @unchecked Sendable {
     /// Whether the end of this connection's admission has been audited already.
     var concluded = false
     var handshakeTimeout: Scheduled<Void>?
+    /// The admitted session's topic permissions and limits.
+    var permissions = MessagePermissions()
+    /// Whether this connection counts towards its identity's open sessions (released when it closes).
+    var holdsSessionSlot = false
 
     init(gateway: Gateway, runtime: GatewayRuntime, peer: String, eventLoop: any EventLoop) {
         self.gateway = gateway
@@ -95,7 +99,18 @@ final class Connection: @unchecked Sendable {
                         detail: (resumed ? "resumed TLS session: " : "") + detail),
                 identity: nil)
         }
-        return runtime.admission.decide(request, certificate: facts)
+        let outcome = runtime.admission.decide(request, certificate: facts)
+        guard case .admit(let identity, let rule, let route) = outcome else { return outcome }
+        permissions = runtime.admission.policies.permissions(for: identity, route: route.path, admittingRule: rule)
+        guard gateway.usage.reserveSession(identity.name, limit: permissions.limits.sessions) else {
+            return .refuse(
+                Refusal(status: 429, reason: "session_limit", message: "too many open sessions for this identity",
+                        detail: "'\(identity.name)' already has \(permissions.limits.sessions ?? 0) open sessions (rule \(rule))",
+                        rule: rule),
+                identity: identity)
+        }
+        holdsSessionSlot = true
+        return outcome
     }
 
     /// An audit record pre-filled with what this connection knows: peer, session id, certificate, identity.

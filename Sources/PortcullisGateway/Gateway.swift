@@ -17,6 +17,8 @@ public final class Gateway: Sendable {
     private let group: MultiThreadedEventLoopGroup
     public let auditLog: AuditLog
     private let logger: Logger
+    let broker = Broker()
+    let usage = IdentityUsage()
 
     /// Loads everything the configuration names and opens the audit log; nothing listens yet.
     ///
@@ -140,7 +142,8 @@ public final class Gateway: Sendable {
                         NIOWebSocketFrameAggregator(
                             minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096,
                             maxAccumulatedFrameSize: maxMessageBytes))
-                    try pipeline.addHandler(WebSocketSessionHandler(connection: connection, route: route))
+                    try pipeline.addHandler(
+                        WebSocketSessionHandler(connection: connection, route: route, configuration: connection.runtime.configuration))
                     connection.conclude(
                         connection.auditRecord(event: "session_opened", decision: "allow", reason: "admitted"))
                 }
@@ -161,7 +164,12 @@ public final class Gateway: Sendable {
                     detail: "TLS and the WebSocket upgrade were not completed within \(timeout) s"))
             channel.close(promise: nil)
         }
-        channel.closeFuture.whenComplete { _ in connection.handshakeTimeout?.cancel() }
+        channel.closeFuture.whenComplete { _ in
+            connection.handshakeTimeout?.cancel()
+            if connection.holdsSessionSlot, case .admit(let identity, _, _) = connection.outcome {
+                self.usage.releaseSession(identity.name, subscriptions: 0)
+            }
+        }
     }
 
     static func describe(_ address: SocketAddress?) -> String {

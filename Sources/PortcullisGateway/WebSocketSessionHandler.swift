@@ -2,15 +2,19 @@ import NIOCore
 import NIOWebSocket
 import PortcullisAudit
 import PortcullisConfig
+import PortcullisPolicy
+import PortcullisProtocol
 
 /// An admitted WebSocket session: RFC 6455 control frames (ping/pong, the close handshake), UTF-8 validation
-/// of text messages, and the route's behaviour (here `echo`). On close it audits the session's figures.
+/// of text messages, heartbeats, a bounded outbound queue, and the route's behaviour (`echo`, or the broker
+/// under the identity's topic ACLs and limits). On close it audits the session's figures.
 final class WebSocketSessionHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
-    private let connection: Connection
-    private let route: GatewayConfiguration.Route
+    let connection: Connection
+    let route: GatewayConfiguration.Route
+    let configuration: GatewayConfiguration
     private let openedAt = NIODeadline.now()
     private var messagesIn = 0
     private var messagesOut = 0
@@ -18,18 +22,51 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     private var bytesOut = 0
     /// The close code sent or received first; 1006 (abnormal) when the connection simply dropped.
     private var closeCode: Int?
+    private var closeReason: String?
     private var sentClose = false
 
-    init(connection: Connection, route: GatewayConfiguration.Route) {
+    /// Bytes written towards the client and not yet handed to the socket.
+    private var queuedBytes = 0
+    private var heartbeat: RepeatedTask?
+    private var pingOutstandingSince: NIODeadline?
+
+    // Broker state.
+    var subscriber: Subscriber?
+    var subscriptions: Set<String> = []
+    var violations = 0
+    var lastRateLimitAudit: NIODeadline?
+
+    init(connection: Connection, route: GatewayConfiguration.Route, configuration: GatewayConfiguration) {
         self.connection = connection
         self.route = route
+        self.configuration = configuration
+    }
+
+    var identity: String {
+        if case .admit(let identity, _, _) = connection.outcome { return identity.name }
+        return ""
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let interval = TimeAmount.milliseconds(Int64(configuration.pingInterval * 1000))
+        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            let (handler, context) = loopBound.value
+            handler.beat(context: context)
+        }
+        if route.kind == .broker {
+            subscriber = Subscriber(id: UInt64.random(in: 0...UInt64.max), eventLoop: context.eventLoop) { frame in
+                let (handler, context) = loopBound.value
+                handler.deliver(frame, context: context)
+            }
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = Self.unwrapInboundIn(data)
         // RFC 6455 §5.1: a server must close the connection on an unmasked client frame.
         guard frame.maskKey != nil else {
-            close(context: context, code: .protocolError)
+            close(context: context, code: .protocolError, reason: "unmasked_frame")
             return
         }
         switch frame.opcode {
@@ -38,16 +75,22 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
             messagesIn += 1
             bytesIn += payload.readableBytes
             if frame.opcode == .text, String(validating: payload.readableBytesView, as: UTF8.self) == nil {
-                close(context: context, code: .dataInconsistentWithMessage)
+                close(context: context, code: .dataInconsistentWithMessage, reason: "invalid_utf8")
                 return
             }
-            handleMessage(context: context, opcode: frame.opcode, payload: payload)
+            guard !sentClose else { return }
+            switch route.kind {
+            case .echo:
+                send(OutboundFrame(binary: frame.opcode == .binary, buffer: payload), context: context)
+            case .broker:
+                handleBrokerMessage(context: context, binary: frame.opcode == .binary, payload: payload)
+            }
         case .ping:
             guard !sentClose else { return }
             context.writeAndFlush(
                 Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .pong:
-            break
+            pingOutstandingSince = nil
         case .connectionClose:
             var payload = frame.unmaskedData
             let received = payload.readWebSocketErrorCode()
@@ -63,26 +106,63 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
                     .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             }
         default:
-            close(context: context, code: .protocolError)
+            close(context: context, code: .protocolError, reason: "unknown_opcode")
         }
     }
 
-    private func handleMessage(context: ChannelHandlerContext, opcode: WebSocketOpcode, payload: ByteBuffer) {
-        switch route.kind {
-        case .echo:
-            guard !sentClose else { return }
-            messagesOut += 1
-            bytesOut += payload.readableBytes
-            context.writeAndFlush(Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: opcode, data: payload)), promise: nil)
+    /// Sends a data frame, counting it against the outbound bound: a client that does not read closes with
+    /// 1013 instead of making the gateway buffer without limit.
+    func send(_ frame: OutboundFrame, context: ChannelHandlerContext) {
+        guard !sentClose else { return }
+        let size = frame.buffer.readableBytes
+        if queuedBytes + size > configuration.maxOutboundBytes {
+            connection.gateway.audit(
+                connection.auditRecord(
+                    event: "session_slow_consumer", decision: "deny", reason: "slow_consumer",
+                    detail: "\(queuedBytes) bytes already queued towards the client (limit \(configuration.maxOutboundBytes))"))
+            close(context: context, code: .unknown(1013), reason: "slow_consumer")
+            return
         }
+        queuedBytes += size
+        messagesOut += 1
+        bytesOut += size
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { _ in loopBound.value.queuedBytes -= size }
+        context.writeAndFlush(
+            Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: frame.binary ? .binary : .text, data: frame.buffer)),
+            promise: promise)
+    }
+
+    func deliver(_ frame: OutboundFrame, context: ChannelHandlerContext) {
+        send(frame, context: context)
+    }
+
+    /// The heartbeat: ping, and close a peer that left the previous ping unanswered past the timeout.
+    private func beat(context: ChannelHandlerContext) {
+        guard !sentClose else { return }
+        if let since = pingOutstandingSince {
+            if NIODeadline.now() - since >= .milliseconds(Int64(configuration.pingTimeout * 1000)) {
+                close(context: context, code: .goingAway, reason: "heartbeat_timeout")
+                context.close(promise: nil)
+            }
+            return
+        }
+        pingOutstandingSince = .now()
+        context.writeAndFlush(
+            Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(string: "portcullis"))),
+            promise: nil)
     }
 
     /// Starts the close handshake with `code`; the connection closes once the peer answers or a few
     /// seconds pass.
-    func close(context: ChannelHandlerContext, code: WebSocketErrorCode) {
+    func close(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String? = nil) {
         guard !sentClose else { return }
         sentClose = true
-        if closeCode == nil { closeCode = Int(UInt16(webSocketErrorCode: code)) }
+        if closeCode == nil {
+            closeCode = Int(UInt16(webSocketErrorCode: code))
+            closeReason = reason
+        }
         var data = context.channel.allocator.buffer(capacity: 2)
         data.write(webSocketErrorCode: code)
         context.writeAndFlush(Self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)),
@@ -97,20 +177,30 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         // One place maps protocol errors to close codes (RFC 6455 §7.4.1).
         switch error {
         case NIOWebSocketError.invalidFrameLength:
-            close(context: context, code: .messageTooLarge)
+            close(context: context, code: .messageTooLarge, reason: "message_too_large")
         case is NIOWebSocketError:
-            close(context: context, code: .protocolError)
+            close(context: context, code: .protocolError, reason: "protocol_error")
         case NIOWebSocketFrameAggregator.Error.accumulatedFrameSizeIsTooLarge:
-            close(context: context, code: .messageTooLarge)
+            close(context: context, code: .messageTooLarge, reason: "message_too_large")
         case is NIOWebSocketFrameAggregator.Error:
-            close(context: context, code: .protocolError)
+            close(context: context, code: .protocolError, reason: "protocol_error")
         default:
             context.close(promise: nil)
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        var record = connection.auditRecord(event: "session_closed")
+        heartbeat?.cancel()
+        heartbeat = nil
+        if let subscriber {
+            for filter in subscriptions {
+                connection.gateway.broker.unsubscribe(filter, subscriber)
+                connection.gateway.usage.releaseSubscription(identity)
+            }
+        }
+        // The subscriber's delivery closure holds this handler: drop it so neither outlives the connection.
+        subscriber = nil
+        var record = connection.auditRecord(event: "session_closed", reason: closeReason)
         record.closeCode = closeCode ?? 1006
         record.durationMs = Int((NIODeadline.now() - openedAt).nanoseconds / 1_000_000)
         record.messagesIn = messagesIn

@@ -19,8 +19,17 @@ public struct PolicyRule: Sendable, Hashable {
     public var origins: OriginMatcher?
     /// Whether a client sending no `Origin` header (a device, not a browser) is admitted under this rule.
     public var allowMissingOrigin: Bool
+    /// Topic patterns this rule lets the identity publish to (or, for a deny rule, forbids), with `{identity}`
+    /// and `{cn}` standing for the session's values.
+    public var publish: [String]
+    public var subscribe: [String]
+    /// Limits of sessions admitted by this rule.
+    public var limits: Limits
     /// `file:line` of the rule, for explanations and diagnostics.
     public var location: String
+
+    /// A deny rule with topic patterns denies those topics; without them it denies the route itself.
+    public var deniesRoute: Bool { effect == .deny && publish.isEmpty && subscribe.isEmpty }
 
     public init(
         name: String,
@@ -30,6 +39,9 @@ public struct PolicyRule: Sendable, Hashable {
         routes: [String],
         origins: OriginMatcher? = nil,
         allowMissingOrigin: Bool = false,
+        publish: [String] = [],
+        subscribe: [String] = [],
+        limits: Limits = Limits(),
         location: String = ""
     ) {
         self.name = name
@@ -39,6 +51,9 @@ public struct PolicyRule: Sendable, Hashable {
         self.routes = routes
         self.origins = origins
         self.allowMissingOrigin = allowMissingOrigin
+        self.publish = publish
+        self.subscribe = subscribe
+        self.limits = limits
         self.location = location
     }
 

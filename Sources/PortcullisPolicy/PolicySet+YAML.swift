@@ -116,7 +116,8 @@ extension PolicySet {
 
     private static func readRule(_ value: YAMLValue, reader: YAMLReader) -> PolicyRule? {
         let allowed: Set<String> = [
-            "name", "effect", "identities", "groups", "routes", "origins", "allow_missing_origin",
+            "name", "effect", "identities", "groups", "routes", "origins", "allow_missing_origin", "publish",
+            "subscribe", "limits",
         ]
         guard let fields = reader.mapping(value, what: "a rule", allowed: allowed) else { return nil }
         let before = reader.diagnostics.count
@@ -164,6 +165,56 @@ extension PolicySet {
         {
             rule.allowMissingOrigin = flag
         }
+        for key in ["publish", "subscribe"] {
+            guard let field = fields[key], let patterns = reader.strings(field.value, what: key) else { continue }
+            for pattern in patterns {
+                if let problem = patternProblem(pattern) {
+                    reader.report(line: field.value.line, "\(key) pattern '\(pattern)': \(problem)")
+                }
+            }
+            if key == "publish" { rule.publish = patterns } else { rule.subscribe = patterns }
+        }
+        if let limits = fields["limits"] {
+            rule.limits = readLimits(limits.value, reader: reader)
+        }
         return reader.diagnostics.count == before ? rule : nil
+    }
+
+    /// Identity variables a topic pattern may use.
+    static let topicVariables = ["{identity}", "{cn}"]
+
+    private static func patternProblem(_ pattern: String) -> String? {
+        var probe = pattern
+        for variable in topicVariables { probe = probe.replacingOccurrences(of: variable, with: "x") }
+        if probe.contains("{") || probe.contains("}") {
+            return "unknown variable (known: \(topicVariables.joined(separator: ", ")))"
+        }
+        return Topic.problem(withFilter: probe)
+    }
+
+    private static func readLimits(_ value: YAMLValue, reader: YAMLReader) -> Limits {
+        var limits = Limits()
+        let keys: Set<String> = [
+            "sessions", "messages_per_second", "bytes_per_second", "subscriptions", "max_message_bytes",
+            "on_rate_limit", "max_violations",
+        ]
+        guard let fields = reader.mapping(value, what: "limits", allowed: keys) else { return limits }
+        func number(_ key: String, _ range: ClosedRange<Int>) -> Int? {
+            fields[key].flatMap { reader.integer($0.value, what: "limits.\(key)", range: range) }
+        }
+        limits.sessions = number("sessions", 1...1_000_000)
+        limits.messagesPerSecond = number("messages_per_second", 1...10_000_000).map(Double.init)
+        limits.bytesPerSecond = number("bytes_per_second", 1...(1 << 40)).map(Double.init)
+        limits.subscriptions = number("subscriptions", 1...1_000_000)
+        limits.maxMessageBytes = number("max_message_bytes", 1...(64 << 20))
+        limits.maxViolations = number("max_violations", 1...1_000_000) ?? limits.maxViolations
+        if let field = fields["on_rate_limit"], let text = reader.string(field.value, what: "limits.on_rate_limit") {
+            if let parsed = Limits.OnRateLimit(rawValue: text) {
+                limits.onRateLimit = parsed
+            } else {
+                reader.report(line: field.value.line, "limits.on_rate_limit must be 'drop' or 'close', not '\(text)'")
+            }
+        }
+        return limits
     }
 }

@@ -61,6 +61,38 @@ public struct PolicySet: Sendable {
         return Set(indices).sorted().map { rules[$0] }
     }
 
+    /// The message permissions of a session of `identity` on `route` admitted by `admittingRule`: the union of
+    /// the publish/subscribe grants of every allow rule for that identity and route, the topic denials of every
+    /// deny rule, and the limits of the admitting rule.
+    public func permissions(for identity: Identity, route: String, admittingRule: String) -> MessagePermissions {
+        var permissions = MessagePermissions()
+        for rule in rules(for: identity) where rule.grants(route: route) {
+            let publish = rule.publish.compactMap { substitute($0, identity: identity) }
+            let subscribe = rule.subscribe.compactMap { substitute($0, identity: identity) }
+            if rule.effect == .allow {
+                permissions.publish += publish
+                permissions.subscribe += subscribe
+            } else {
+                permissions.denyPublish += publish
+                permissions.denySubscribe += subscribe
+            }
+            if rule.name == admittingRule { permissions.limits = rule.limits }
+        }
+        return permissions
+    }
+
+    /// The pattern with the session's values in place of `{identity}` and `{cn}`; nil when a value is missing
+    /// or would change the pattern's shape (a `/`, `+` or `#` in a CN must not widen a grant).
+    func substitute(_ pattern: String, identity: Identity) -> String? {
+        var result = pattern
+        let values: [(String, String?)] = [("{identity}", identity.name), ("{cn}", identity.certificate.commonName)]
+        for (variable, value) in values where result.contains(variable) {
+            guard let value, !value.isEmpty, !value.contains(where: { "/+#".contains($0) }) else { return nil }
+            result = result.replacingOccurrences(of: variable, with: value)
+        }
+        return result
+    }
+
     /// Decides whether `identity` may open `route` with the given `Origin` header (nil when absent).
     ///
     /// Order, as in the admission design: the gateway-wide origin allow-list, then an explicit deny (which
@@ -75,7 +107,7 @@ public struct PolicySet: Sendable {
             return .refuse(.originNotAllowed, rule: nil, detail: "origin '\(origin)' is not on the gateway's allow-list")
         }
         let applicable = rules(for: identity).filter { $0.grants(route: route) }
-        if let deny = applicable.first(where: { $0.effect == .deny }) {
+        if let deny = applicable.first(where: { $0.deniesRoute }) {
             return .refuse(
                 .deniedByRule, rule: deny.name,
                 detail: "rule '\(deny.name)' (\(deny.location)) denies '\(identity.name)' on \(route)")

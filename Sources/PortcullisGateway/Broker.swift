@@ -1,0 +1,139 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import PortcullisPolicy
+
+/// A frame ready to send to any number of subscribers: encoded once per publish, its buffer shared.
+struct OutboundFrame: Sendable {
+    var binary: Bool
+    var buffer: ByteBuffer
+}
+
+/// A subscribing session as the broker sees it: where to deliver, from any thread.
+final class Subscriber: Sendable {
+    let id: UInt64
+    let eventLoop: any EventLoop
+    private let deliverOnLoop: NIOLoopBound<(OutboundFrame) -> Void>
+
+    init(id: UInt64, eventLoop: any EventLoop, deliver: @escaping (OutboundFrame) -> Void) {
+        self.id = id
+        self.eventLoop = eventLoop
+        self.deliverOnLoop = NIOLoopBound(deliver, eventLoop: eventLoop)
+    }
+
+    /// Hands `frame` to the session on its own event loop; frames from one publisher keep their order.
+    func deliver(_ frame: OutboundFrame) {
+        if eventLoop.inEventLoop {
+            deliverOnLoop.value(frame)
+        } else {
+            eventLoop.execute { self.deliverOnLoop.value(frame) }
+        }
+    }
+}
+
+/// The built-in publish/subscribe broker, shared by every session of every event loop.
+///
+/// Exact filters are found by hash lookup; filters with wildcards are matched one by one. A session receives a
+/// message once even when several of its filters match.
+final class Broker: Sendable {
+    private struct State {
+        var exact: [String: [UInt64: Subscriber]] = [:]
+        var wildcard: [String: [UInt64: Subscriber]] = [:]
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    func subscribe(_ filter: String, _ subscriber: Subscriber) {
+        let isWildcard = filter.contains("+") || filter.contains("#")
+        state.withLockedValue { state in
+            if isWildcard {
+                state.wildcard[filter, default: [:]][subscriber.id] = subscriber
+            } else {
+                state.exact[filter, default: [:]][subscriber.id] = subscriber
+            }
+        }
+    }
+
+    func unsubscribe(_ filter: String, _ subscriber: Subscriber) {
+        state.withLockedValue { state in
+            state.exact[filter]?[subscriber.id] = nil
+            if state.exact[filter]?.isEmpty == true { state.exact[filter] = nil }
+            state.wildcard[filter]?[subscriber.id] = nil
+            if state.wildcard[filter]?.isEmpty == true { state.wildcard[filter] = nil }
+        }
+    }
+
+    /// Delivers `frame` to every session subscribed to a filter matching `topic`; returns how many.
+    @discardableResult
+    func publish(_ frame: OutboundFrame, to topic: String) -> Int {
+        let subscribers = state.withLockedValue { state -> [Subscriber] in
+            var found = state.exact[topic] ?? [:]
+            for (filter, subscribers) in state.wildcard where Topic.matches(filter: filter, topic: topic) {
+                found.merge(subscribers) { first, _ in first }
+            }
+            return Array(found.values)
+        }
+        for subscriber in subscribers { subscriber.deliver(frame) }
+        return subscribers.count
+    }
+}
+
+/// What each identity uses across all its sessions, against the limits its policy sets.
+final class IdentityUsage: Sendable {
+    private struct Usage {
+        var sessions = 0
+        var subscriptions = 0
+        var messages: TokenBucket?
+        var bytes: TokenBucket?
+    }
+
+    private let usage = NIOLockedValueBox([String: Usage]())
+
+    /// Counts a new session unless the identity already has `limit` open.
+    func reserveSession(_ identity: String, limit: Int?) -> Bool {
+        usage.withLockedValue { usage in
+            if let limit, usage[identity, default: Usage()].sessions >= limit { return false }
+            usage[identity, default: Usage()].sessions += 1
+            return true
+        }
+    }
+
+    func releaseSession(_ identity: String, subscriptions: Int) {
+        usage.withLockedValue { usage in
+            usage[identity]?.sessions -= 1
+            usage[identity]?.subscriptions -= subscriptions
+            if usage[identity]?.sessions == 0 { usage[identity] = nil }
+        }
+    }
+
+    func reserveSubscription(_ identity: String, limit: Int?) -> Bool {
+        usage.withLockedValue { usage in
+            if let limit, usage[identity, default: Usage()].subscriptions >= limit { return false }
+            usage[identity, default: Usage()].subscriptions += 1
+            return true
+        }
+    }
+
+    func releaseSubscription(_ identity: String) {
+        usage.withLockedValue { $0[identity]?.subscriptions -= 1 }
+    }
+
+    /// Takes one message of `bytes` from the identity's rate budget; false when over its limits.
+    func admitMessage(_ identity: String, bytes: Int, limits: Limits, now: Double) -> Bool {
+        guard limits.messagesPerSecond != nil || limits.bytesPerSecond != nil else { return true }
+        return usage.withLockedValue { usage in
+            var entry = usage[identity, default: Usage()]
+            defer { usage[identity] = entry }
+            if let rate = limits.messagesPerSecond, entry.messages == nil { entry.messages = TokenBucket(rate: rate, now: now) }
+            if let rate = limits.bytesPerSecond, entry.bytes == nil { entry.bytes = TokenBucket(rate: rate, now: now) }
+            // Check both before taking from either, so a refused message costs nothing.
+            var messages = entry.messages
+            var byteBudget = entry.bytes
+            guard messages?.take(1, now: now) ?? true, byteBudget?.take(Double(bytes), now: now) ?? true else {
+                return false
+            }
+            entry.messages = messages
+            entry.bytes = byteBudget
+            return true
+        }
+    }
+}

@@ -1,0 +1,133 @@
+import NIOCore
+import NIOWebSocket
+import PortcullisAudit
+import PortcullisPolicy
+import PortcullisProtocol
+
+/// The broker route: requests decoded from frames, checked against the session's permissions and its
+/// identity's limits, answered with `ack` or `error` frames.
+extension WebSocketSessionHandler {
+    func handleBrokerMessage(context: ChannelHandlerContext, binary: Bool, payload: ByteBuffer) {
+        let limits = connection.permissions.limits
+        if let maximum = limits.maxMessageBytes, payload.readableBytes > maximum {
+            close(context: context, code: .messageTooLarge, reason: "message_too_large")
+            return
+        }
+        let decoded: Result<MessagingProtocol.Request, MessagingProtocol.DecodingError> = payload.withUnsafeReadableBytes { bytes in
+            Result { () throws(MessagingProtocol.DecodingError) in
+                binary ? try MessagingProtocol.decodeRequest(binary: bytes) : try MessagingProtocol.decodeRequest(text: bytes)
+            }
+        }
+        let request: MessagingProtocol.Request
+        switch decoded {
+        case .success(let value):
+            request = value
+        case .failure(let error):
+            refuse(context: context, id: error.id, code: error.code, message: error.message, topic: nil, violation: true)
+            return
+        }
+        switch request {
+        case .subscribe(let filter, let id):
+            subscribe(context: context, filter: filter, id: id)
+        case .unsubscribe(let filter, let id):
+            if subscriptions.remove(filter) != nil, let subscriber {
+                connection.gateway.broker.unsubscribe(filter, subscriber)
+                connection.gateway.usage.releaseSubscription(identity)
+            }
+            if let id { sendAck(context: context, id: id) }
+        case .publish(let topic, let body, let id):
+            publish(context: context, topic: topic, body: body, id: id, size: payload.readableBytes)
+        }
+    }
+
+    private func subscribe(context: ChannelHandlerContext, filter: String, id: [UInt8]?) {
+        if let problem = Topic.problem(withFilter: filter) {
+            refuse(context: context, id: id, code: "invalid_topic", message: problem, topic: filter, violation: true)
+            return
+        }
+        if case .forbidden(let why) = connection.permissions.maySubscribe(to: filter) {
+            refuse(context: context, id: id, code: "forbidden", message: why, topic: filter, violation: true)
+            return
+        }
+        if !subscriptions.contains(filter) {
+            guard connection.gateway.usage.reserveSubscription(identity, limit: connection.permissions.limits.subscriptions)
+            else {
+                refuse(
+                    context: context, id: id, code: "subscription_limit",
+                    message: "at most \(connection.permissions.limits.subscriptions ?? 0) subscriptions for this identity",
+                    topic: filter, violation: false)
+                return
+            }
+            subscriptions.insert(filter)
+            if let subscriber { connection.gateway.broker.subscribe(filter, subscriber) }
+        }
+        if let id { sendAck(context: context, id: id) }
+    }
+
+    private func publish(
+        context: ChannelHandlerContext, topic: String, body: MessagingProtocol.Payload, id: [UInt8]?, size: Int
+    ) {
+        if let problem = Topic.problem(withName: topic) {
+            refuse(context: context, id: id, code: "invalid_topic", message: problem, topic: topic, violation: true)
+            return
+        }
+        if case .forbidden(let why) = connection.permissions.mayPublish(to: topic) {
+            refuse(context: context, id: id, code: "forbidden", message: why, topic: topic, violation: true)
+            return
+        }
+        let limits = connection.permissions.limits
+        let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
+        guard connection.gateway.usage.admitMessage(identity, bytes: size, limits: limits, now: now) else {
+            rateLimited(context: context, id: id, topic: topic)
+            return
+        }
+        let (binary, bytes) = MessagingProtocol.encodeMessage(topic: topic, from: identity, payload: body)
+        connection.gateway.broker.publish(
+            OutboundFrame(binary: binary, buffer: context.channel.allocator.buffer(bytes: bytes)), to: topic)
+        if let id { sendAck(context: context, id: id) }
+    }
+
+    private func rateLimited(context: ChannelHandlerContext, id: [UInt8]?, topic: String) {
+        let limits = connection.permissions.limits
+        // One audit record a second at most: a flood must not flood the audit log too.
+        let now = NIODeadline.now()
+        if lastRateLimitAudit.map({ now - $0 >= .seconds(1) }) ?? true {
+            lastRateLimitAudit = now
+            var record = connection.auditRecord(
+                event: "message_denied", decision: "deny", reason: "rate_limited",
+                detail: "over \(limits.messagesPerSecond.map { "\(Int($0)) messages/s" } ?? "")"
+                    + "\(limits.bytesPerSecond.map { " \(Int($0)) bytes/s" } ?? "") (\(limits.onRateLimit.rawValue))")
+            record.topic = topic
+            connection.gateway.audit(record)
+        }
+        if limits.onRateLimit == .close {
+            close(context: context, code: .policyViolation, reason: "rate_limited")
+        } else {
+            sendError(context: context, id: id, code: "rate_limited", message: "rate limit exceeded; message dropped")
+        }
+    }
+
+    /// Answers an error frame and audits it; a violation counts towards closing the session with 1008.
+    private func refuse(
+        context: ChannelHandlerContext, id: [UInt8]?, code: String, message: String, topic: String?, violation: Bool
+    ) {
+        var record = connection.auditRecord(event: "message_denied", decision: "deny", reason: code, detail: message)
+        record.topic = topic
+        connection.gateway.audit(record)
+        sendError(context: context, id: id, code: code, message: message)
+        guard violation else { return }
+        violations += 1
+        if violations >= connection.permissions.limits.maxViolations {
+            close(context: context, code: .policyViolation, reason: "too_many_violations")
+        }
+    }
+
+    private func sendAck(context: ChannelHandlerContext, id: [UInt8]) {
+        send(OutboundFrame(binary: false, buffer: context.channel.allocator.buffer(bytes: MessagingProtocol.encodeAck(id: id))), context: context)
+    }
+
+    private func sendError(context: ChannelHandlerContext, id: [UInt8]?, code: String, message: String) {
+        let bytes = MessagingProtocol.encodeError(id: id, code: code, message: message)
+        send(OutboundFrame(binary: false, buffer: context.channel.allocator.buffer(bytes: bytes)), context: context)
+    }
+}
