@@ -55,6 +55,11 @@ public final class WebSocketConnection: Sendable {
         deadline.cancel()
     }
 
+    /// Stops (or resumes) reading from the socket: a client that falls behind, as far as the gateway can tell.
+    public func setReading(_ reading: Bool) async throws {
+        try await channel.setOption(ChannelOptions.autoRead, value: reading).get()
+    }
+
     /// Whether the TCP connection is still open.
     public var isActive: Bool { channel.isActive }
 

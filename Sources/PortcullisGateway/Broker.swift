@@ -6,6 +6,8 @@ import PortcullisPolicy
 struct OutboundFrame: Sendable {
     var binary: Bool
     var buffer: ByteBuffer
+    /// The topic of a delivered message (nil for acks, errors and echoes), for the receiver's deny check.
+    var topic: String? = nil
 }
 
 /// A subscribing session as the broker sees it: where to deliver, from any thread.

@@ -101,7 +101,7 @@ final class Connection: @unchecked Sendable {
         }
         let outcome = runtime.admission.decide(request, certificate: facts)
         guard case .admit(let identity, let rule, let route) = outcome else { return outcome }
-        permissions = runtime.admission.policies.permissions(for: identity, route: route.path, admittingRule: rule)
+        permissions = runtime.admission.policies.permissions(for: identity, route: route.path)
         guard gateway.usage.reserveSession(identity.name, limit: permissions.limits.sessions) else {
             return .refuse(
                 Refusal(status: 429, reason: "session_limit", message: "too many open sessions for this identity",

@@ -83,7 +83,7 @@ extension WebSocketSessionHandler {
         }
         let (binary, bytes) = MessagingProtocol.encodeMessage(topic: topic, from: identity, payload: body)
         connection.gateway.broker.publish(
-            OutboundFrame(binary: binary, buffer: context.channel.allocator.buffer(bytes: bytes)), to: topic)
+            OutboundFrame(binary: binary, buffer: context.channel.allocator.buffer(bytes: bytes), topic: topic), to: topic)
         if let id { sendAck(context: context, id: id) }
     }
 

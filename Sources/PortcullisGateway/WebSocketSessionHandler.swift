@@ -135,6 +135,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     }
 
     func deliver(_ frame: OutboundFrame, context: ChannelHandlerContext) {
+        if let topic = frame.topic, !connection.permissions.mayReceive(topic) { return }
         send(frame, context: context)
     }
 

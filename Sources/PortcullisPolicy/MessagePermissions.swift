@@ -18,6 +18,11 @@ public struct MessagePermissions: Sendable, Equatable {
         self.limits = limits
     }
 
+    /// Whether a message on `topic` may be delivered to the session (no denied pattern matches it).
+    public func mayReceive(_ topic: String) -> Bool {
+        !denySubscribe.contains { Topic.matches(filter: $0, topic: topic) }
+    }
+
     public enum Verdict: Sendable, Equatable {
         case allowed
         /// Refused; the reason names the pattern or the absence of one.
@@ -36,10 +41,11 @@ public struct MessagePermissions: Sendable, Equatable {
     }
 
     /// May the session subscribe to `filter` (a valid filter)? A grant must cover the whole filter, and no
-    /// denied pattern may overlap it.
+    /// denied pattern may cover it. A filter that only overlaps a denied pattern is allowed, and the denied
+    /// topics are held back at delivery (``mayReceive(_:)``): an explicit deny wins either way.
     public func maySubscribe(to filter: String) -> Verdict {
-        if let deny = denySubscribe.first(where: { Topic.overlaps($0, filter) }) {
-            return .forbidden("subscribing to '\(filter)' overlaps the denied '\(deny)'")
+        if let deny = denySubscribe.first(where: { Topic.covers(pattern: $0, filter: filter) }) {
+            return .forbidden("subscribing to '\(filter)' is denied by '\(deny)'")
         }
         guard subscribe.contains(where: { Topic.covers(pattern: $0, filter: filter) }) else {
             return .forbidden("no grant covers a subscription to '\(filter)'")
@@ -79,6 +85,22 @@ public struct Limits: Sendable, Hashable {
         self.maxMessageBytes = maxMessageBytes
         self.onRateLimit = onRateLimit
         self.maxViolations = maxViolations
+    }
+}
+
+extension Limits {
+    /// Each limit at its strictest among `all`: the smallest number, `close` over `drop`.
+    public static func tightest(_ all: [Limits]) -> Limits {
+        func minimum<T: Comparable>(_ values: [T?]) -> T? { values.compactMap { $0 }.min() }
+        var result = Limits()
+        result.sessions = minimum(all.map(\.sessions))
+        result.messagesPerSecond = minimum(all.map(\.messagesPerSecond))
+        result.bytesPerSecond = minimum(all.map(\.bytesPerSecond))
+        result.subscriptions = minimum(all.map(\.subscriptions))
+        result.maxMessageBytes = minimum(all.map(\.maxMessageBytes))
+        result.maxViolations = minimum(all.map(\.maxViolations)) ?? result.maxViolations
+        result.onRateLimit = all.contains { $0.onRateLimit == .close } ? .close : .drop
+        return result
     }
 }
 

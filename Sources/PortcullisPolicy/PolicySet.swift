@@ -61,23 +61,25 @@ public struct PolicySet: Sendable {
         return Set(indices).sorted().map { rules[$0] }
     }
 
-    /// The message permissions of a session of `identity` on `route` admitted by `admittingRule`: the union of
-    /// the publish/subscribe grants of every allow rule for that identity and route, the topic denials of every
-    /// deny rule, and the limits of the admitting rule.
-    public func permissions(for identity: Identity, route: String, admittingRule: String) -> MessagePermissions {
+    /// The message permissions of a session of `identity` on `route`: the union of the publish/subscribe
+    /// grants of every allow rule for that identity and route, the topic denials of every deny rule, and the
+    /// tightest of their limits (so the order of rules never loosens a limit).
+    public func permissions(for identity: Identity, route: String) -> MessagePermissions {
         var permissions = MessagePermissions()
+        var limits: [Limits] = []
         for rule in rules(for: identity) where rule.grants(route: route) {
             let publish = rule.publish.compactMap { substitute($0, identity: identity) }
             let subscribe = rule.subscribe.compactMap { substitute($0, identity: identity) }
             if rule.effect == .allow {
                 permissions.publish += publish
                 permissions.subscribe += subscribe
+                limits.append(rule.limits)
             } else {
                 permissions.denyPublish += publish
                 permissions.denySubscribe += subscribe
             }
-            if rule.name == admittingRule { permissions.limits = rule.limits }
         }
+        permissions.limits = Limits.tightest(limits)
         return permissions
     }
 

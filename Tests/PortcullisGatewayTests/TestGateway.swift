@@ -28,6 +28,43 @@ let testPolicy = """
         identities: [console-user]
         routes: [/v1/echo]
         origins: ["https://console.example.test"]
+      - name: devices-messages
+        identities: [demo-device, device-42]
+        routes: [/v1/messages]
+        allow_missing_origin: true
+        publish: ["devices/{identity}/telemetry"]
+        subscribe: ["devices/{identity}/commands/#"]
+      - name: operator-messages
+        identities: [operator]
+        routes: [/v1/messages]
+        allow_missing_origin: true
+        publish: ["devices/+/commands/#"]
+        subscribe: ["devices/+/telemetry"]
+      - name: operator-no-vault
+        effect: deny
+        identities: [operator]
+        routes: [/v1/messages]
+        publish: ["devices/vault/#"]
+        subscribe: ["devices/vault/#"]
+      - name: everyone-fanout
+        identities: ["*"]
+        routes: [/v1/messages]
+        allow_missing_origin: true
+        publish: ["fanout/#"]
+        subscribe: ["fanout/#"]
+      - name: limited
+        identities: [limited]
+        routes: [/v1/messages]
+        allow_missing_origin: true
+        publish: ["load/#"]
+        subscribe: ["load/#"]
+        limits: {sessions: 1, messages_per_second: 5, subscriptions: 2, max_message_bytes: 1024, max_violations: 3}
+      - name: strict
+        identities: [strict]
+        routes: [/v1/messages]
+        allow_missing_origin: true
+        publish: ["load/#"]
+        limits: {messages_per_second: 2, on_rate_limit: close}
     """
 
 /// A real gateway on 127.0.0.1, an ephemeral port, with a PKI, policies and audit log in a temporary directory.
@@ -44,15 +81,21 @@ final class TestGateway: @unchecked Sendable {
     let revoked: TestPKI.Credential
     let foreign: TestPKI.Credential
     let spiffeDevice: TestPKI.Credential
+    let operatorCredential: TestPKI.Credential
+    let limited: TestPKI.Credential
+    let strict: TestPKI.Credential
     var auditPath: String { gateway.auditLog.path }
 
-    static func start(handshakeTimeout: Double = 10, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2) async throws
-        -> TestGateway
-    {
-        try await TestGateway(handshakeTimeout: handshakeTimeout, minimumTLS: minimumTLS)
+    static func start(
+        handshakeTimeout: Double = 10, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2,
+        adjust: (inout GatewayConfiguration) -> Void = { _ in }
+    ) async throws -> TestGateway {
+        try await TestGateway(handshakeTimeout: handshakeTimeout, minimumTLS: minimumTLS, adjust: adjust)
     }
 
-    private init(handshakeTimeout: Double, minimumTLS: GatewayConfiguration.TLSVersion) async throws {
+    private init(
+        handshakeTimeout: Double, minimumTLS: GatewayConfiguration.TLSVersion, adjust: (inout GatewayConfiguration) -> Void
+    ) async throws {
         pki = try TestPKI()
         (device, deviceCertificate) = try pki.client("demo-device")
         (console, _) = try pki.client("console-user")
@@ -65,6 +108,9 @@ final class TestGateway: @unchecked Sendable {
         let revokedCertificate: Certificate
         (revoked, revokedCertificate) = try pki.client("revoked-device")
         (foreign, _) = try pki.client("foreign-device", by: try TestPKI.foreignAuthority())
+        (operatorCredential, _) = try pki.client("operator")
+        (limited, _) = try pki.client("limited")
+        (strict, _) = try pki.client("strict")
         try pki.revoke([revokedCertificate])
 
         let policies = "\(pki.directory)/policies"
@@ -74,11 +120,12 @@ final class TestGateway: @unchecked Sendable {
             listenHost: "127.0.0.1", listenPort: 0,
             tls: GatewayConfiguration.tls(fromPKI: pki.pki.path, minimumVersion: minimumTLS),
             allowedOrigins: ["https://console.example.test", "https://other.example.test"],
-            routes: [.init(path: "/v1/echo", kind: .echo)],
+            routes: [.init(path: "/v1/echo", kind: .echo), .init(path: "/v1/messages", kind: .broker)],
             policiesDirectory: policies,
             auditDirectory: "\(pki.directory)/audit",
             handshakeTimeout: handshakeTimeout)
         configuration.maxMessageBytes = 64 * 1024
+        adjust(&configuration)
         gateway = try Gateway(configuration: configuration, logger: Logger(label: "test"), threads: 1)
         port = try await gateway.start().port!
     }
@@ -95,16 +142,21 @@ final class TestGateway: @unchecked Sendable {
         try await GatewayClient.connect(port: port, path: path, origins: origins, tls: tls(credential))
     }
 
+    /// A publish/subscribe session on `/v1/messages`.
+    func broker(_ credential: TestPKI.Credential) async throws -> BrokerSession {
+        try await BrokerSession.connect(port: port, tls: tls(credential))
+    }
+
     /// Waits (up to 5 s) for an audit record matching `predicate`; records are written off the event loop.
     func auditRecord(
         timeout: Double = 5, where predicate: (AuditRecord) -> Bool
     ) async throws -> AuditRecord? {
         let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
+        repeat {
             gateway.auditLog.flush()
             if let record = try AuditLog.read(path: auditPath).first(where: predicate) { return record }
             try await Task.sleep(for: .milliseconds(20))
-        }
+        } while Date() < deadline
         return nil
     }
 
@@ -122,9 +174,10 @@ final class TestGateway: @unchecked Sendable {
 /// Runs `body` against a fresh gateway and always shuts it down.
 func withGateway(
     handshakeTimeout: Double = 10, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2,
+    adjust: (inout GatewayConfiguration) -> Void = { _ in },
     _ body: (TestGateway) async throws -> Void
 ) async throws {
-    let gateway = try await TestGateway.start(handshakeTimeout: handshakeTimeout, minimumTLS: minimumTLS)
+    let gateway = try await TestGateway.start(handshakeTimeout: handshakeTimeout, minimumTLS: minimumTLS, adjust: adjust)
     do {
         try await body(gateway)
     } catch {
