@@ -113,6 +113,10 @@ let package = Package(
             dependencies: ["PortcullisConfig", "PortcullisYAML"]
         ),
         .testTarget(
+            name: "PortcullisProtocolTests",
+            dependencies: ["PortcullisProtocol"]
+        ),
+        .testTarget(
             name: "PortcullisPKITests",
             dependencies: ["PortcullisPKI", .product(name: "X509", package: "swift-certificates")]
         ),

@@ -1,0 +1,205 @@
+import PortcullisYAML
+import PortcullisPolicy
+import Testing
+
+@Suite("Topics and ACLs")
+struct TopicTests {
+    @Test(
+        "Matching follows MQTT",
+        arguments: [
+            ("devices/+/telemetry", "devices/42/telemetry", true),
+            ("devices/+/telemetry", "devices/42/status", false),
+            ("devices/+/telemetry", "devices/42/telemetry/extra", false),
+            ("devices/#", "devices", true),  // '#' includes the parent level
+            ("devices/#", "devices/42/commands/reboot", true),
+            ("devices/#", "device", false),
+            ("#", "anything/at/all", true),
+            ("+", "one", true),
+            ("+", "one/two", false),
+            ("+/+", "a/b", true),
+            ("a/+/c", "a//c", true),  // an empty level is still a level
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/", false),
+        ])
+    func matching(filter: String, topic: String, matches: Bool) {
+        #expect(Topic.matches(filter: filter, topic: topic) == matches)
+    }
+
+    @Test("Invalid topics and filters are named", arguments: [
+        ("", false), ("a/#/b", false), ("a/b#", false), ("a+/b", false), ("a\u{0}b", false),
+        (String(repeating: "a", count: 1025), false), ("a/+/#", true), ("#", true),
+    ])
+    func filterValidity(filter: String, valid: Bool) {
+        #expect((Topic.problem(withFilter: filter) == nil) == valid)
+    }
+
+    @Test("Wildcards are for subscriptions only")
+    func topicNames() {
+        #expect(Topic.problem(withName: "devices/42/telemetry") == nil)
+        #expect(Topic.problem(withName: "devices/+/telemetry") != nil)
+        #expect(Topic.problem(withName: "devices/#") != nil)
+    }
+
+    @Test(
+        "A grant covers a subscription only when it matches every topic the subscription could",
+        arguments: [
+            ("devices/+/telemetry", "devices/42/telemetry", true),
+            ("devices/+/telemetry", "devices/+/telemetry", true),
+            ("devices/+/telemetry", "devices/#", false),
+            ("devices/#", "devices/+/telemetry", true),
+            ("devices/#", "devices", true),
+            ("devices/42/#", "devices/+/telemetry", false),
+            ("devices/42/telemetry", "devices/+/telemetry", false),
+            ("a/b", "a/b/c", false),
+        ])
+    func covers(pattern: String, filter: String, covered: Bool) {
+        #expect(Topic.covers(pattern: pattern, filter: filter) == covered)
+    }
+
+    /// SplitMix64: a seeded generator, so a failing property can be replayed from its seed.
+    struct SplitMix64: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    static func randomTopic(_ rng: inout SplitMix64) -> String {
+        (0..<Int.random(in: 1...4, using: &rng)).map { _ in ["a", "b", "c"].randomElement(using: &rng)! }.joined(separator: "/")
+    }
+
+    static func randomFilter(_ rng: inout SplitMix64) -> String {
+        var levels = (0..<Int.random(in: 1...4, using: &rng)).map { _ in ["a", "b", "+"].randomElement(using: &rng)! }
+        if Bool.random(using: &rng) { levels.append("#") }
+        return levels.joined(separator: "/")
+    }
+
+    /// Every topic of up to four levels over {a, b, c}: small enough to enumerate, rich enough to disagree.
+    static let universe: [String] = {
+        var all: [String] = []
+        var frontier = ["a", "b", "c"]
+        for _ in 0..<4 {
+            all += frontier
+            frontier = frontier.flatMap { prefix in ["a", "b", "c"].map { "\(prefix)/\($0)" } }
+        }
+        return all
+    }()
+
+    @Test("Properties over random filters: covers implies every match, overlaps is symmetric and exact", arguments: [1, 2, 3] as [UInt64])
+    func properties(seed: UInt64) {
+        var rng = SplitMix64(state: seed)
+        for _ in 0..<300 {
+            let pattern = Self.randomFilter(&rng)
+            let filter = Self.randomFilter(&rng)
+            let matchedByFilter = Self.universe.filter { Topic.matches(filter: filter, topic: $0) }
+            let matchedByPattern = Set(Self.universe.filter { Topic.matches(filter: pattern, topic: $0) })
+            if Topic.covers(pattern: pattern, filter: filter) {
+                #expect(matchedByFilter.allSatisfy(matchedByPattern.contains), "\(pattern) covers \(filter)")
+            }
+            let share = matchedByFilter.contains(where: matchedByPattern.contains)
+            #expect(Topic.overlaps(pattern, filter) == Topic.overlaps(filter, pattern))
+            // Within this universe, a shared topic means overlap; overlap may also come from deeper topics.
+            if share { #expect(Topic.overlaps(pattern, filter), "\(pattern) and \(filter) share a topic") }
+            let topic = Self.randomTopic(&rng)
+            #expect(Topic.matches(filter: topic, topic: topic))
+        }
+    }
+}
+
+@Suite("Message permissions")
+struct MessagePermissionTests {
+    static let policies = try! PolicySet.parse([(
+        "m.yaml",
+        """
+        identity_mapping:
+          - source: cn
+        rules:
+          - name: devices
+            identities: ["*"]
+            routes: [/v1/messages]
+            publish: ["devices/{identity}/telemetry"]
+            subscribe: ["devices/{cn}/commands/#"]
+            limits: {messages_per_second: 50, sessions: 4}
+          - name: operator
+            identities: [operator]
+            routes: [/v1/messages]
+            publish: ["devices/+/commands/#"]
+            subscribe: ["devices/+/telemetry"]
+            limits: {messages_per_second: 500, subscriptions: 10, on_rate_limit: close}
+          - name: vault
+            effect: deny
+            identities: [operator]
+            routes: [/v1/messages]
+            subscribe: ["devices/vault/#"]
+        """
+    )])
+
+    static func permissions(_ name: String) -> MessagePermissions {
+        let identity = policies.identify(facts(cn: name))!
+        return policies.permissions(for: identity, route: "/v1/messages")
+    }
+
+    @Test("Identity variables make one rule serve a fleet")
+    func variables() {
+        let device = Self.permissions("device-7")
+        #expect(device.mayPublish(to: "devices/device-7/telemetry") == .allowed)
+        #expect(device.mayPublish(to: "devices/device-8/telemetry") != .allowed)
+        #expect(device.maySubscribe(to: "devices/device-7/commands/#") == .allowed)
+        #expect(device.maySubscribe(to: "devices/+/commands/#") != .allowed)
+    }
+
+    @Test("A CN with '/', '+' or '#' never widens a grant")
+    func hostileCommonName() {
+        let sneaky = Self.permissions("x/+")
+        #expect(sneaky.publish.isEmpty)
+        #expect(sneaky.mayPublish(to: "devices/x/anything/telemetry") != .allowed)
+    }
+
+    @Test("Grants add up across rules; a deny wins; limits are the tightest")
+    func combination() {
+        let operatorPermissions = Self.permissions("operator")
+        #expect(operatorPermissions.maySubscribe(to: "devices/+/telemetry") == .allowed)
+        #expect(operatorPermissions.maySubscribe(to: "devices/vault/telemetry") != .allowed)
+        #expect(operatorPermissions.mayReceive("devices/42/telemetry"))
+        #expect(!operatorPermissions.mayReceive("devices/vault/telemetry"))
+        #expect(operatorPermissions.mayPublish(to: "devices/operator/telemetry") == .allowed)  // from the '*' rule
+        #expect(operatorPermissions.limits.messagesPerSecond == 50)
+        #expect(operatorPermissions.limits.sessions == 4)
+        #expect(operatorPermissions.limits.subscriptions == 10)
+        #expect(operatorPermissions.limits.onRateLimit == .close)
+    }
+
+    @Test("Bad patterns and limits are reported with their line", arguments: [
+        ("rules:\n  - name: a\n    identities: [x]\n    routes: [/m]\n    publish: [\"a/#/b\"]\n", 5, "'#'"),
+        ("rules:\n  - name: a\n    identities: [x]\n    routes: [/m]\n    subscribe: [\"a/{user}\"]\n", 5, "unknown variable"),
+        ("rules:\n  - name: a\n    identities: [x]\n    routes: [/m]\n    limits: {messages_per_second: -1}\n", 5, "messages_per_second"),
+        ("rules:\n  - name: a\n    identities: [x]\n    routes: [/m]\n    limits: {on_rate_limit: kick}\n", 5, "on_rate_limit"),
+        ("rules:\n  - name: a\n    identities: [x]\n    routes: [/m]\n    limits: {burst: 3}\n", 5, "unknown key 'burst'"),
+    ])
+    func diagnostics(yaml: String, line: Int, message: String) {
+        do {
+            _ = try PolicySet.parse([("p.yaml", yaml)])
+            Issue.record("accepted")
+        } catch let error as DiagnosticsError {
+            #expect(error.diagnostics.contains { $0.line == line && $0.message.contains(message) }, "\(error)")
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+
+    @Test("Token buckets allow the rate and a burst, refuse beyond, and let a large message through once full")
+    func tokenBucket() {
+        var bucket = TokenBucket(rate: 10, now: 0)
+        var results = (0..<11).map { _ in bucket.take(now: 0) }
+        results += [bucket.take(now: 0.1), bucket.take(now: 0.1)]
+        #expect(results == Array(repeating: true, count: 10) + [false, true, false])
+        var bytes = TokenBucket(rate: 100, now: 0)
+        // Larger than the burst, from a full bucket: it passes and leaves the bucket in debt.
+        let large = [bytes.take(250, now: 0), bytes.take(1, now: 1), bytes.take(1, now: 2)]
+        #expect(large == [true, false, true])
+    }
+}
