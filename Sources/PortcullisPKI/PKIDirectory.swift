@@ -448,7 +448,8 @@ extension FileTransaction {
 
 extension PKIDirectory {
     /// Creates the development PKI when the directory has no CA: a CA, a server certificate for localhost,
-    /// 127.0.0.1 and ::1 (auto-renewed by `pki watch --renew`), and the `demo-device` client certificate.
+    /// 127.0.0.1 and ::1 (auto-renewed by `pki watch --renew`), and the `demo-device` and `demo-operator`
+    /// client certificates.
     /// Existing material is reused as it is; a missing certificate is issued again.
     /// - Returns: what was made, for the start-up message and the audit log.
     public func bootstrapDevelopment(now: Date = Date()) throws -> (createdCA: Bool, issued: [InventoryEntry]) {
@@ -460,6 +461,7 @@ extension PKIDirectory {
         let wanted: [IssueRequest] = [
             IssueRequest(name: "server", profile: .server(dnsNames: ["localhost"], ipAddresses: ["127.0.0.1", "::1"]), autoRenew: true),
             IssueRequest(name: "demo-device", profile: .client()),
+            IssueRequest(name: "demo-operator", profile: .client()),
         ]
         var issued: [InventoryEntry] = []
         for request in wanted where try loadInventory().active(request.name) == nil {

@@ -143,6 +143,9 @@ struct Serve: AsyncParsableCommand {
                     await ws.send("hello from demo-device"); print(await ws.recv())
             asyncio.run(main())'
 
+            Publish and subscribe on /v1/messages (docs/protocol.md): see the README's walkthrough, with
+            pki/issued/demo-operator.crt subscribing to devices/+/telemetry.
+
             Stop with Ctrl-C.
 
             """)

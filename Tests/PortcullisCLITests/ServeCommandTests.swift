@@ -94,7 +94,7 @@ struct ServeCommandTests {
             atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
         let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
         #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
-        #expect(serve.output.contains("created a development CA and issued server, demo-device"))
+        #expect(serve.output.contains("created a development CA and issued server, demo-device, demo-operator"))
         for key in ["ca", "server", "demo-device"] {
             let mode = try FileManager.default.attributesOfItem(atPath: "\(directory)/pki/private/\(key).key")[.posixPermissions] as? NSNumber
             #expect(mode?.intValue == 0o600)
@@ -112,6 +112,19 @@ struct ServeCommandTests {
         let python = String(serve.output[start.lowerBound..<end.upperBound])
         let echoed = try await shell(python, in: directory)
         #expect(echoed.contains("hello from demo-device"), "\(echoed)")
+
+        // The README's walkthrough: the operator subscribes, the device publishes.
+        let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on wss://") }?
+            .split(separator: ":").dropFirst(2).first?.prefix { $0.isNumber })
+        let environment = "PORTCULLIS_URL=wss://localhost:\(port)/v1/messages"
+        let root = repositoryRoot.path
+        async let subscribed = shell("\(environment) python3 \(root)/docs/examples/operator_subscribe.py 3", in: directory)
+        try await Task.sleep(for: .seconds(1))
+        let published = try await shell("\(environment) python3 \(root)/docs/examples/device_publish.py", in: directory)
+        #expect(published.contains(#"{"type":"ack","id":"pub-2"}"#), "\(published)")
+        #expect(published.contains(#""code":"forbidden""#))
+        let operatorOutput = try await subscribed
+        #expect(operatorOutput.contains(#"devices/demo-device/telemetry from demo-device: {"seq": 2, "celsius": 20.2}"#), "\(operatorOutput)")
 
         serve.process.terminate()  // SIGTERM
         #expect(try await serve.waitForExit() == 0)

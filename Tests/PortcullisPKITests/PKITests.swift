@@ -40,9 +40,9 @@ struct DevelopmentPKITests {
         let pki = PKIDirectory(path: "\(root)/pki")
         let first = try pki.bootstrapDevelopment()
         #expect(first.createdCA)
-        #expect(first.issued.map(\.name) == ["server", "demo-device"])
-        #expect(try pki.loadInventory().entries.map(\.name) == ["server", "demo-device"])
-        for key in [pki.caKeyPath, pki.keyPath("server"), pki.keyPath("demo-device")] {
+        #expect(first.issued.map(\.name) == ["server", "demo-device", "demo-operator"])
+        #expect(try pki.loadInventory().entries.map(\.name) == ["server", "demo-device", "demo-operator"])
+        for key in [pki.caKeyPath, pki.keyPath("server"), pki.keyPath("demo-device"), pki.keyPath("demo-operator")] {
             #expect(try permissions(key) == 0o600, "\(key)")
         }
         #expect(try permissions("\(root)/pki/private") == 0o700)
