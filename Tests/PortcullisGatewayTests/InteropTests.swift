@@ -211,4 +211,52 @@ struct InteropTests {
             #expect(closed.messagesIn == 2)
         }
     }
+
+    static let pythonBroker = #"""
+        import asyncio, json, ssl, sys
+        import websockets
+
+        async def main(role, port, ca, cert, key, count):
+            tls = ssl.create_default_context(cafile=ca)
+            tls.load_cert_chain(cert, key)
+            async with websockets.connect(f"wss://localhost:{port}/v1/messages", ssl=tls) as ws:
+                if role == "subscribe":
+                    await ws.send(json.dumps({"type": "subscribe", "topic": "devices/+/telemetry", "id": "s"}))
+                    print(await ws.recv(), flush=True)
+                    for _ in range(count):
+                        print(await ws.recv(), flush=True)
+                else:
+                    for n in range(count):
+                        await ws.send(json.dumps({"type": "publish", "topic": "devices/demo-device/telemetry",
+                                                  "payload": {"n": n, "note": "caf\u00e9"}, "id": n}))
+                        print(await ws.recv(), flush=True)
+                    await ws.send(b"\x01\x00\x1ddevices/demo-device/telemetry\x00\xff")
+
+        asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])))
+        """#
+
+    @Test("A Python websockets client publishes and another Python client receives, stamped with the sender")
+    func pythonPublishSubscribe() async throws {
+        try await withGateway { gw in
+            let script = "\(gw.pki.directory)/broker.py"
+            try Self.pythonBroker.write(toFile: script, atomically: true, encoding: .utf8)
+            let python = try ExternalTool("python3")
+            async let subscriber = python.run(
+                [script, "subscribe", "\(gw.port)", gw.pki.caPath, gw.operatorCredential.certificate,
+                 gw.operatorCredential.key, "5"], holdInput: 0)
+            try await Task.sleep(for: .seconds(1.5))
+            let publisher = try await python.run(
+                [script, "publish", "\(gw.port)", gw.pki.caPath, gw.device.certificate, gw.device.key, "4"], holdInput: 0)
+            #expect(publisher.output.split(separator: "\n").count == 4, "\(publisher.all)")
+            #expect(publisher.output.contains(#"{"type":"ack","id":3}"#))
+            let lines = try await subscriber.output.split(separator: "\n").map(String.init)
+            #expect(lines.first == #"{"type":"ack","id":"s"}"#, "\(lines)")
+            #expect(lines.count == 6)
+            #expect(lines.dropFirst().prefix(4).enumerated().allSatisfy { index, line in
+                line == #"{"type":"message","topic":"devices/demo-device/telemetry","from":"demo-device","payload":{"n": "#
+                    + "\(index)" + #", "note": "caf\u00e9"}}"#
+            }, "\(lines)")
+            #expect(lines.last?.contains("b'\\x02") == true || lines.last?.hasPrefix("b'") == true, "\(lines)")
+        }
+    }
 }
