@@ -67,6 +67,8 @@ let package = Package(
             name: "PortcullisGateway",
             dependencies: [
                 "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit", "PortcullisConfig", "PortcullisProtocol",
+                // The upstream route's backend leg is a WebSocket client like a device's.
+                "PortcullisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

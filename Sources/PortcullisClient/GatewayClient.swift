@@ -73,6 +73,7 @@ public enum GatewayClient {
     /// - Parameters:
     ///   - origins: `Origin` header values to send (none for a device; two to test a duplicate header).
     ///   - headers: extra request headers.
+    ///   - tls: the client certificate and trust roots; nil for plain `ws://`.
     /// - Throws: when TCP or TLS fails, or the gateway closes the connection without an HTTP answer (as it
     ///   does when it refuses the certificate).
     public static func connect(
@@ -81,12 +82,12 @@ public enum GatewayClient {
         path: String,
         origins: [String] = [],
         headers: [(String, String)] = [],
-        tls: TLSOptions,
+        tls: TLSOptions?,
         answerPings: Bool = true,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
         var requestHeaders = HTTPHeaders()
-        requestHeaders.add(name: "Host", value: "\(tls.serverName ?? host):\(port)")
+        requestHeaders.add(name: "Host", value: "\(tls?.serverName ?? host):\(port)")
         requestHeaders.add(name: "Upgrade", value: "websocket")
         requestHeaders.add(name: "Connection", value: "Upgrade")
         let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
@@ -112,11 +113,12 @@ public enum GatewayClient {
     }
 
     private static func exchange(
-        host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions, answerPings: Bool,
+        host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions?, answerPings: Bool,
         group: any EventLoopGroup
     ) async throws -> Outcome {
-        let context = try tls.makeContext()
-        let serverName = tls.serverName
+        // nil TLS options: a plain ws:// connection (an upstream backend on a private network).
+        let context = try tls?.makeContext()
+        let serverName = tls?.serverName
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: host, port: port).get()
@@ -124,7 +126,9 @@ public enum GatewayClient {
         do {
             try await channel.eventLoop.submit {
                 let pipeline = channel.pipeline.syncOperations
-                try pipeline.addHandler(NIOSSLClientHandler(context: context, serverHostname: serverName))
+                if let context {
+                    try pipeline.addHandler(NIOSSLClientHandler(context: context, serverHostname: serverName))
+                }
                 let encoder = HTTPRequestEncoder()
                 let decoder = ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .forwardBytes))
                 try pipeline.addHandler(encoder)

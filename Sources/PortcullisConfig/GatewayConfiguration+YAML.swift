@@ -81,7 +81,8 @@ extension GatewayConfiguration {
         }
         if let routes = top["routes"], let list = reader.sequence(routes.value, what: "routes") {
             for item in list {
-                guard let fields = reader.mapping(item, what: "a route", allowed: ["path", "kind"]) else { continue }
+                let routeKeys: Set<String> = ["path", "kind", "upstream", "upstream_certificate", "upstream_key", "upstream_ca"]
+                guard let fields = reader.mapping(item, what: "a route", allowed: routeKeys) else { continue }
                 guard let pathField = fields["path"], let path = reader.string(pathField.value, what: "route path"),
                     let kindField = fields["kind"], let kindText = reader.string(kindField.value, what: "route kind")
                 else {
@@ -101,7 +102,24 @@ extension GatewayConfiguration {
                     reader.report(line: pathField.value.line, "route path '\(path)' is defined twice")
                     continue
                 }
-                config.routes.append(Route(path: path, kind: kind))
+                var route = Route(path: path, kind: kind)
+                if kind == .upstream {
+                    guard let field = fields["upstream"], let text = reader.string(field.value, what: "upstream") else {
+                        reader.report(line: item.line, "an upstream route needs 'upstream: ws://HOST:PORT/PATH' (or wss://)")
+                        continue
+                    }
+                    guard var upstream = Upstream(url: text) else {
+                        reader.report(line: field.value.line, "upstream '\(text)' is not a ws:// or wss:// URL")
+                        continue
+                    }
+                    upstream.certificate = fields["upstream_certificate"].flatMap { reader.string($0.value, what: "upstream_certificate") }.map(resolve)
+                    upstream.key = fields["upstream_key"].flatMap { reader.string($0.value, what: "upstream_key") }.map(resolve)
+                    upstream.trustRoots = fields["upstream_ca"].flatMap { reader.string($0.value, what: "upstream_ca") }.map(resolve)
+                    route.upstream = upstream
+                } else if let field = fields["upstream"] {
+                    reader.report(line: field.line, "'upstream' is only for routes of kind upstream")
+                }
+                config.routes.append(route)
             }
         }
         if config.routes.isEmpty { reader.report(line: nil, "no routes: define at least one under 'routes'") }

@@ -10,15 +10,66 @@ public struct GatewayConfiguration: Sendable, Equatable {
         case echo
         /// The built-in publish/subscribe broker (`docs/protocol.md`), under the identity's topic ACLs.
         case broker
+        /// Frames proxied to a backend WebSocket, with the verified identity in headers the client cannot forge.
+        case upstream
+    }
+
+    /// A backend WebSocket an `upstream` route forwards to.
+    public struct Upstream: Sendable, Equatable {
+        public var url: String
+        public var secure: Bool
+        public var host: String
+        public var port: Int
+        /// Path and query on the backend.
+        public var target: String
+        /// For `wss://`: the gateway's client certificate and key, and the CA that signs the backend's certificate.
+        public var certificate: String?
+        public var key: String?
+        public var trustRoots: String?
+
+        /// Parses `ws://host:port/path` or `wss://host:port/path`; nil when it is neither.
+        public init?(url: String) {
+            let secure: Bool
+            let rest: Substring
+            if url.hasPrefix("ws://") {
+                (secure, rest) = (false, url.dropFirst(5))
+            } else if url.hasPrefix("wss://") {
+                (secure, rest) = (true, url.dropFirst(6))
+            } else {
+                return nil
+            }
+            let authority = rest.prefix { $0 != "/" }
+            let target = rest.dropFirst(authority.count)
+            guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]),
+                (1...65535).contains(port), colon != authority.startIndex
+            else {
+                guard !authority.isEmpty, !authority.contains(":") else { return nil }
+                self.init(url: url, secure: secure, host: String(authority), port: secure ? 443 : 80, target: String(target))
+                return
+            }
+            self.init(url: url, secure: secure, host: String(authority[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")),
+                      port: port, target: String(target))
+        }
+
+        init(url: String, secure: Bool, host: String, port: Int, target: String) {
+            self.url = url
+            self.secure = secure
+            self.host = host
+            self.port = port
+            self.target = target.isEmpty ? "/" : target
+        }
     }
 
     public struct Route: Sendable, Equatable {
         public var path: String
         public var kind: RouteKind
+        /// For `upstream` routes.
+        public var upstream: Upstream?
 
-        public init(path: String, kind: RouteKind) {
+        public init(path: String, kind: RouteKind, upstream: Upstream? = nil) {
             self.path = path
             self.kind = kind
+            self.upstream = upstream
         }
     }
 

@@ -3,6 +3,8 @@ import NIOCore
 import NIOHTTP1
 import NIOSSL
 import PortcullisAudit
+import PortcullisClient
+import PortcullisConfig
 import PortcullisPKI
 import PortcullisPolicy
 import SwiftASN1
@@ -37,8 +39,10 @@ final class Connection: @unchecked Sendable {
     var handshakeTimeout: Scheduled<Void>?
     /// The admitted session's topic permissions and limits.
     var permissions = MessagePermissions()
-    /// Whether this connection counts towards its identity's open sessions (released when it closes).
-    var holdsSessionSlot = false
+    /// The identity whose open-session count this connection holds (released when it closes).
+    var sessionSlot: String?
+    /// The backend connection of an `upstream` route, opened before the client's upgrade is answered.
+    var upstream: WebSocketConnection?
 
     init(gateway: Gateway, runtime: GatewayRuntime, peer: String, eventLoop: any EventLoop) {
         self.gateway = gateway
@@ -109,7 +113,7 @@ final class Connection: @unchecked Sendable {
                         rule: rule),
                 identity: identity)
         }
-        holdsSessionSlot = true
+        sessionSlot = identity.name
         return outcome
     }
 
@@ -158,6 +162,51 @@ final class Connection: @unchecked Sendable {
 }
 
 extension Connection {
+    /// Opens the backend leg of an `upstream` route for an admitted client, passing its verified identity in
+    /// headers. Nothing the client sent is forwarded, so it cannot forge them. On failure the outcome becomes
+    /// a 502 refusal; the future says whether to upgrade.
+    func connectUpstream(_ upstream: GatewayConfiguration.Upstream, head: HTTPRequestHead, channel: any Channel)
+        -> EventLoopFuture<HTTPHeaders?>
+    {
+        guard case .admit(let identity, _, _) = outcome else { return channel.eventLoop.makeSucceededFuture(nil) }
+        var headers: [(String, String)] = [
+            ("X-Portcullis-Identity", identity.name),
+            ("X-Portcullis-Fingerprint", identity.certificate.fingerprint),
+            ("X-Portcullis-Serial", identity.certificate.serial),
+        ]
+        if let origin { headers.append(("X-Portcullis-Origin", origin)) }
+        let query = head.uri.firstIndex(of: "?").map { String(head.uri[$0...]) } ?? ""
+        let tls = upstream.secure
+            ? GatewayClient.TLSOptions(
+                certificateChain: upstream.certificate ?? runtime.configuration.tls.certificateChain,
+                privateKey: upstream.key ?? runtime.configuration.tls.privateKey,
+                trustRoots: upstream.trustRoots ?? runtime.configuration.tls.clientCA, serverName: upstream.host)
+            : nil
+        let connecting = channel.eventLoop.makeFutureWithTask {
+            try await GatewayClient.connect(
+                host: upstream.host, port: upstream.port, path: upstream.target + query, headers: headers, tls: tls)
+        }
+        return connecting.map { answer -> HTTPHeaders? in
+            if case .upgraded(let backend) = answer {
+                self.upstream = backend
+                return HTTPHeaders()
+            }
+            self.refuseUpstream("the backend \(upstream.url) answered \(answer.status) to the upgrade")
+            return nil
+        }.recover { error in
+            self.refuseUpstream("cannot reach the backend \(upstream.url): \(error)")
+            return nil
+        }
+    }
+
+    private func refuseUpstream(_ detail: String) {
+        guard case .admit(let identity, let rule, _) = outcome else { return }
+        outcome = .refuse(
+            Refusal(status: 502, reason: "upstream_unavailable", message: "the backend is unavailable", detail: detail,
+                    rule: rule),
+            identity: identity)
+    }
+
     /// The TLS verification callback: the full chain validation, revocation included, off the event loop's
     /// call stack (swift-certificates' verifier is async); the handshake waits on `promise`.
     func verify(

@@ -124,10 +124,13 @@ public final class Gateway: Sendable {
             maxFrameSize: maxMessageBytes,
             automaticErrorHandling: false,
             shouldUpgrade: { channel, head in
-                if case .admit = connection.evaluate(head, channel: channel) {
-                    return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
+                guard case .admit(_, _, let route) = connection.evaluate(head, channel: channel) else {
+                    return channel.eventLoop.makeSucceededFuture(nil)
                 }
-                return channel.eventLoop.makeSucceededFuture(nil)
+                if route.kind == .upstream, let upstream = route.upstream {
+                    return connection.connectUpstream(upstream, head: head, channel: channel)
+                }
+                return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
@@ -166,9 +169,11 @@ public final class Gateway: Sendable {
         }
         channel.closeFuture.whenComplete { _ in
             connection.handshakeTimeout?.cancel()
-            if connection.holdsSessionSlot, case .admit(let identity, _, _) = connection.outcome {
-                self.usage.releaseSession(identity.name, subscriptions: 0)
+            if let identity = connection.sessionSlot {
+                self.usage.releaseSession(identity, subscriptions: 0)
             }
+            // The upgrade never happened (the client left while the backend was connecting): close the backend too.
+            if !connection.upgraded { connection.upstream?.enqueueClose(code: 1001) }
         }
     }
 

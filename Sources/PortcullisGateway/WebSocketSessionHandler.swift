@@ -1,6 +1,7 @@
 import NIOCore
 import NIOWebSocket
 import PortcullisAudit
+import PortcullisClient
 import PortcullisConfig
 import PortcullisPolicy
 import PortcullisProtocol
@@ -54,6 +55,9 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
             let (handler, context) = loopBound.value
             handler.beat(context: context)
         }
+        if route.kind == .upstream, let backend = connection.upstream {
+            relay(from: backend, loopBound: loopBound)
+        }
         if route.kind == .broker {
             subscriber = Subscriber(id: UInt64.random(in: 0...UInt64.max), eventLoop: context.eventLoop) { frame in
                 let (handler, context) = loopBound.value
@@ -84,6 +88,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
                 send(OutboundFrame(binary: frame.opcode == .binary, buffer: payload), context: context)
             case .broker:
                 handleBrokerMessage(context: context, binary: frame.opcode == .binary, payload: payload)
+            case .upstream:
+                connection.upstream?.enqueue(binary: frame.opcode == .binary, data: payload)
             }
         case .ping:
             guard !sentClose else { return }
@@ -137,6 +143,34 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     func deliver(_ frame: OutboundFrame, context: ChannelHandlerContext) {
         if let topic = frame.topic, !connection.permissions.mayReceive(topic) { return }
         send(frame, context: context)
+    }
+
+    /// Forwards the backend's messages to the client until the backend closes, then closes the client with
+    /// the backend's code.
+    private func relay(from backend: WebSocketConnection, loopBound: NIOLoopBound<(WebSocketSessionHandler, ChannelHandlerContext)>) {
+        let eventLoop = loopBound.eventLoop
+        Task {
+            var code: UInt16 = 1001
+            for await message in backend.messages {
+                let frame: OutboundFrame
+                switch message {
+                case .text(let text): frame = OutboundFrame(binary: false, buffer: ByteBuffer(string: text))
+                case .binary(let bytes): frame = OutboundFrame(binary: true, buffer: ByteBuffer(bytes: bytes))
+                case .close(let received, _):
+                    code = received.map(UInt16.init) ?? 1000
+                    continue
+                case .pong: continue
+                }
+                eventLoop.execute {
+                    let (handler, context) = loopBound.value
+                    handler.send(frame, context: context)
+                }
+            }
+            eventLoop.execute {
+                let (handler, context) = loopBound.value
+                handler.close(context: context, code: WebSocketErrorCode(codeNumber: Int(code)), reason: "upstream_closed")
+            }
+        }
     }
 
     /// The heartbeat: ping, and close a peer that left the previous ping unanswered past the timeout.
@@ -201,6 +235,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         }
         // The subscriber's delivery closure holds this handler: drop it so neither outlives the connection.
         subscriber = nil
+        // Both sides close together: the backend gets the client's close code.
+        connection.upstream?.enqueueClose(code: UInt16(closeCode.map { $0 == 1005 || $0 == 1006 ? 1001 : $0 } ?? 1001))
         var record = connection.auditRecord(event: "session_closed", reason: closeReason)
         record.closeCode = closeCode ?? 1006
         record.durationMs = Int((NIODeadline.now() - openedAt).nanoseconds / 1_000_000)

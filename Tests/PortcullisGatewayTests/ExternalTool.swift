@@ -48,7 +48,10 @@ struct ExternalTool {
         }
         if process.isRunning {
             process.terminate()
-            process.waitUntilExit()
+            // Polled: waitUntilExit() can wait forever on a concurrency thread.
+            let grace = Date().addingTimeInterval(5)
+            while process.isRunning && Date() < grace { try await Task.sleep(for: .milliseconds(20)) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         }
         stdout.fileHandleForReading.readabilityHandler = nil
         stderr.fileHandleForReading.readabilityHandler = nil

@@ -21,7 +21,7 @@ let testPolicy = """
     rules:
       - name: devices-echo
         identities: [demo-device, device-42, expired-device, no-client-auth, revoked-device, foreign-device]
-        routes: [/v1/echo]
+        routes: [/v1/echo, /v1/upstream]
         origins: ["https://console.example.test"]
         allow_missing_origin: true
       - name: console-echo

@@ -1,0 +1,155 @@
+import Foundation
+import PortcullisClient
+import PortcullisConfig
+import Testing
+
+/// A Python `websockets` backend in the background: it reports its port, the identity headers it received
+/// and how each connection closed, one JSON line each.
+final class PythonBackend: @unchecked Sendable {
+    static let script = #"""
+        import asyncio, json, websockets
+
+        async def handler(ws):
+            seen = {k.lower(): v for k, v in ws.request.headers.raw_items() if k.lower().startswith("x-portcullis")}
+            await ws.send(json.dumps({"headers": seen, "path": ws.request.path}))
+            try:
+                async for message in ws:
+                    if message == "close-please":
+                        await ws.close(4001, "bye")
+                        return
+                    await ws.send(message)
+            finally:
+                print(json.dumps({"closed": ws.close_code}), flush=True)
+
+        async def main():
+            async with websockets.serve(handler, "127.0.0.1", 0) as server:
+                print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
+                await asyncio.Future()
+
+        asyncio.run(main())
+        """#
+
+    let process = Process()
+    private let lock = NSLock()
+    private var lines: [String] = []
+    private var partial = ""
+
+    init(directory: String) throws {
+        let path = "\(directory)/backend.py"
+        try Self.script.write(toFile: path, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: try ExternalTool("python3").path)
+        process.arguments = [path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let text = String(decoding: handle.availableData, as: UTF8.self)
+            self?.lock.withLock {
+                guard let self else { return }
+                self.partial += text
+                while let newline = self.partial.firstIndex(of: "\n") {
+                    self.lines.append(String(self.partial[..<newline]))
+                    self.partial = String(self.partial[self.partial.index(after: newline)...])
+                }
+            }
+        }
+        try process.run()
+    }
+
+    /// The first JSON line with `key`, waiting up to 10 s.
+    func line(with key: String) async throws -> [String: Any]? {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            let found = lock.withLock { lines }.compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }.first { $0[key] != nil }
+            if let found { return found }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    /// Stops the backend. Polls rather than `waitUntilExit()`, which can wait forever on a concurrency thread.
+    func stop() {
+        process.terminate()
+        let deadline = Date().addingTimeInterval(5)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// The next message, or nil after `seconds`: a test fails instead of hanging.
+func next(_ connection: WebSocketConnection, within seconds: Double = 5) async -> WebSocketMessage? {
+    await withTaskGroup(of: WebSocketMessage?.self) { group in
+        group.addTask { await connection.receive() }
+        group.addTask {
+            try? await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        let first = await group.next() ?? nil
+        group.cancelAll()
+        return first
+    }
+}
+
+@Suite("Upstream route")
+struct UpstreamTests {
+    @Test("Frames are proxied both ways; the backend gets the verified identity, never the client's headers; both sides close together")
+    func proxiesWithIdentity() async throws {
+        let scratch = NSTemporaryDirectory() + "portcullis-upstream-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let backend = try PythonBackend(directory: scratch)
+        defer { backend.stop() }
+        let port = try #require(try await backend.line(with: "port")?["port"] as? Int)
+        try await withGateway(adjust: {
+            $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)/backend")))
+        }) { gw in
+            let outcome = try await GatewayClient.connect(
+                port: gw.port, path: "/v1/upstream?room=7", headers: [("X-Portcullis-Identity", "operator")],
+                tls: gw.tls(gw.device))
+            let client = try #require(outcome.connection)
+            guard case .text(let hello)? = await next(client),
+                let seen = try JSONSerialization.jsonObject(with: Data(hello.utf8)) as? [String: Any],
+                let headers = seen["headers"] as? [String: String]
+            else {
+                Issue.record("no greeting from the backend")
+                return
+            }
+            #expect(headers["x-portcullis-identity"] == "demo-device")
+            #expect(headers["x-portcullis-fingerprint"]?.count == 64)
+            #expect(headers["x-portcullis-serial"] == hex(gw.deviceCertificate.serialNumber.bytes))
+            #expect(seen["path"] as? String == "/backend?room=7")
+
+            try await client.send(text: "ping through")
+            #expect(await next(client) == .text("ping through"))
+            try await client.send(binary: [1, 2, 3])
+            #expect(await next(client) == .binary([1, 2, 3]))
+            await client.close(code: 4000)
+            #expect(try await backend.line(with: "closed")?["closed"] as? Int == 4000)
+            let opened = try #require(await gw.auditRecord { $0.event == "session_opened" })
+            #expect(opened.path == "/v1/upstream")
+
+            // The backend closing ends the client's session with its code.
+            let second = try #require(try await GatewayClient.connect(port: gw.port, path: "/v1/upstream", tls: gw.tls(gw.device)).connection)
+            _ = await next(second)
+            try await second.send(text: "close-please")
+            #expect(await next(second) == .close(code: 4001, reason: ""))
+        }
+    }
+
+    @Test("An unreachable backend is a 502 at the upgrade, audited")
+    func unreachableBackend() async throws {
+        try await withGateway(adjust: {
+            // A port nothing listens on: bind one, note it, close it.
+            $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:9/nowhere")))
+        }) { gw in
+            let outcome = try await GatewayClient.connect(port: gw.port, path: "/v1/upstream", tls: gw.tls(gw.device))
+            #expect(outcome.status == 502)
+            let record = try #require(await gw.auditRecord { $0.event == "http_refused" })
+            #expect(record.reason == "upstream_unavailable")
+            #expect(record.status == 502)
+            #expect(record.identity == "demo-device")
+        }
+    }
+}
