@@ -152,4 +152,26 @@ struct UpstreamTests {
             #expect(record.identity == "demo-device")
         }
     }
+
+    @Test("A wss:// backend gets the gateway's own client certificate (here: another Portcullis gateway)")
+    func secureBackend() async throws {
+        try await withGateway { backend in
+            try await withGateway(adjust: {
+                var upstream = GatewayConfiguration.Upstream(url: "wss://localhost:\(backend.port)/v1/echo")!
+                upstream.certificate = backend.device.certificate
+                upstream.key = backend.device.key
+                upstream.trustRoots = backend.pki.caPath
+                $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: upstream))
+            }) { front in
+                let client = try #require(try await GatewayClient.connect(
+                    port: front.port, path: "/v1/upstream", tls: front.tls(front.device)).connection)
+                try await client.send(text: "through two gateways")
+                #expect(await next(client) == .text("through two gateways"))
+                await client.close()
+                let opened = try #require(await backend.auditRecord { $0.event == "session_opened" })
+                #expect(opened.identity == "demo-device")
+                #expect(opened.serial == hex(backend.deviceCertificate.serialNumber.bytes))
+            }
+        }
+    }
 }
