@@ -69,12 +69,12 @@ final class PythonBackend: @unchecked Sendable {
         return nil
     }
 
-    /// Stops the backend. Polls rather than `waitUntilExit()`, which can wait forever on a concurrency thread.
+    /// Stops the backend (SIGKILL: asyncio may sit out a SIGTERM). Polls rather than `waitUntilExit()`,
+    /// which can wait forever on a concurrency thread.
     func stop() {
-        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
         let deadline = Date().addingTimeInterval(5)
         while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
     }
 }
 
