@@ -56,7 +56,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
             handler.beat(context: context)
         }
         if route.kind == .upstream, let backend = connection.upstream {
-            relay(from: backend, loopBound: loopBound)
+            relay(from: backend, to: context.channel, loopBound: loopBound)
         }
         if route.kind == .broker {
             subscriber = Subscriber(id: UInt64.random(in: 0...UInt64.max), eventLoop: context.eventLoop) { frame in
@@ -147,9 +147,13 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
 
     /// Forwards the backend's messages to the client until the backend closes, then closes the client with
     /// the backend's code.
-    private func relay(from backend: WebSocketConnection, loopBound: NIOLoopBound<(WebSocketSessionHandler, ChannelHandlerContext)>) {
+    private func relay(
+        from backend: WebSocketConnection, to client: any Channel,
+        loopBound: NIOLoopBound<(WebSocketSessionHandler, ChannelHandlerContext)>
+    ) {
         let eventLoop = loopBound.eventLoop
         Task {
+            // Once the client is gone its event loop may be shut down too: nothing more is scheduled there.
             var code: UInt16 = 1001
             for await message in backend.messages {
                 let frame: OutboundFrame
@@ -161,11 +165,13 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
                     continue
                 case .pong: continue
                 }
+                guard client.isActive else { continue }
                 eventLoop.execute {
                     let (handler, context) = loopBound.value
                     handler.send(frame, context: context)
                 }
             }
+            guard client.isActive else { return }
             eventLoop.execute {
                 let (handler, context) = loopBound.value
                 handler.close(context: context, code: WebSocketErrorCode(codeNumber: Int(code)), reason: "upstream_closed")

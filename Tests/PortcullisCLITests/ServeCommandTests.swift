@@ -22,10 +22,11 @@ final class RunningCommand: @unchecked Sendable {
     private var collected = Data()
     private let pipe = Pipe()
 
-    init(_ arguments: [String], in directory: String) throws {
-        process.executableURL = URL(fileURLWithPath: try portcullisBinary())
+    init(_ arguments: [String], in directory: String, executable: String? = nil, environment: [String: String] = [:]) throws {
+        process.executableURL = URL(fileURLWithPath: try executable ?? portcullisBinary())
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardOutput = pipe
         process.standardError = pipe
         pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
@@ -118,13 +119,19 @@ struct ServeCommandTests {
             .split(separator: ":").dropFirst(2).first?.prefix { $0.isNumber })
         let environment = "PORTCULLIS_URL=wss://localhost:\(port)/v1/messages"
         let root = repositoryRoot.path
-        async let subscribed = shell("\(environment) python3 \(root)/docs/examples/operator_subscribe.py 3", in: directory)
-        try await Task.sleep(for: .seconds(1))
+        let python3 = try #require(
+            (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":").map { "\($0)/python3" }
+                .first { FileManager.default.isExecutableFile(atPath: $0) }, "python3 is not installed; .ci/run installs it")
+        let subscriber = try RunningCommand(
+            ["\(root)/docs/examples/operator_subscribe.py", "3"], in: directory, executable: python3,
+            environment: ["PORTCULLIS_URL": "wss://localhost:\(port)/v1/messages"])
+        // Publish only once the operator's subscription is acknowledged.
+        #expect(try await subscriber.waitFor(#"operator: {"type":"ack","id":"sub-1"}"#), "\(subscriber.output)")
         let published = try await shell("\(environment) python3 \(root)/docs/examples/device_publish.py", in: directory)
         #expect(published.contains(#"{"type":"ack","id":"pub-2"}"#), "\(published)")
         #expect(published.contains(#""code":"forbidden""#))
-        let operatorOutput = try await subscribed
-        #expect(operatorOutput.contains(#"devices/demo-device/telemetry from demo-device: {"seq": 2, "celsius": 20.2}"#), "\(operatorOutput)")
+        #expect(try await subscriber.waitForExit() == 0)
+        #expect(subscriber.output.contains(#"devices/demo-device/telemetry from demo-device: {"seq": 2, "celsius": 20.2}"#), "\(subscriber.output)")
 
         serve.process.terminate()  // SIGTERM
         #expect(try await serve.waitForExit() == 0)

@@ -167,7 +167,8 @@ struct AdmissionTests {
 
     @Test("A client that stalls before TLS or before the upgrade is cut off at the handshake deadline")
     func stalledClientsAreDisconnected() async throws {
-        try await withGateway(handshakeTimeout: 0.5) { gw in
+        // 2 s: long enough for a TLS handshake on a loaded 2-core CI machine, short enough to wait for.
+        try await withGateway(handshakeTimeout: 2) { gw in
             // Stalls before sending anything: the TLS handshake never starts.
             let silent = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connect(host: "127.0.0.1", port: gw.port).get()

@@ -49,16 +49,19 @@ struct ExternalTool {
         if process.isRunning {
             process.terminate()
             // Polled: waitUntilExit() can wait forever on a concurrency thread.
-            let grace = Date().addingTimeInterval(5)
+            var grace = Date().addingTimeInterval(5)
             while process.isRunning && Date() < grace { try await Task.sleep(for: .milliseconds(20)) }
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            grace = Date().addingTimeInterval(5)
+            while process.isRunning && Date() < grace { try await Task.sleep(for: .milliseconds(20)) }
         }
         stdout.fileHandleForReading.readabilityHandler = nil
         stderr.fileHandleForReading.readabilityHandler = nil
         collected.append(out: (try? stdout.fileHandleForReading.readToEnd()) ?? Data())
         collected.append(err: (try? stderr.fileHandleForReading.readToEnd()) ?? Data())
         let (output, error) = collected.value
-        return Result(status: process.terminationStatus, output: output, error: error)
+        // Reading terminationStatus of a running process traps; report a process that would not die as -1.
+        return Result(status: process.isRunning ? -1 : process.terminationStatus, output: output, error: error)
     }
 }
 

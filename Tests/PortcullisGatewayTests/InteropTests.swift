@@ -216,13 +216,14 @@ struct InteropTests {
         import asyncio, json, ssl, sys
         import websockets
 
-        async def main(role, port, ca, cert, key, count):
+        async def main(role, port, ca, cert, key, count, ready):
             tls = ssl.create_default_context(cafile=ca)
             tls.load_cert_chain(cert, key)
             async with websockets.connect(f"wss://localhost:{port}/v1/messages", ssl=tls) as ws:
                 if role == "subscribe":
                     await ws.send(json.dumps({"type": "subscribe", "topic": "devices/+/telemetry", "id": "s"}))
                     print(await ws.recv(), flush=True)
+                    open(ready, "w").close()  # subscribed: the test may start publishing
                     for _ in range(count):
                         print(await ws.recv(), flush=True)
                 else:
@@ -232,7 +233,7 @@ struct InteropTests {
                         print(await ws.recv(), flush=True)
                     await ws.send(b"\x01\x00\x1ddevices/demo-device/telemetry\x00\xff")
 
-        asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6])))
+        asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), sys.argv[7]))
         """#
 
     @Test("A Python websockets client publishes and another Python client receives, stamped with the sender")
@@ -241,12 +242,18 @@ struct InteropTests {
             let script = "\(gw.pki.directory)/broker.py"
             try Self.pythonBroker.write(toFile: script, atomically: true, encoding: .utf8)
             let python = try ExternalTool("python3")
+            let ready = "\(gw.pki.directory)/subscribed"
             async let subscriber = python.run(
                 [script, "subscribe", "\(gw.port)", gw.pki.caPath, gw.operatorCredential.certificate,
-                 gw.operatorCredential.key, "5"], holdInput: 0)
-            try await Task.sleep(for: .seconds(1.5))
+                 gw.operatorCredential.key, "5", ready], holdInput: 0)
+            // Publish only once the subscription is acknowledged, however slowly Python starts.
+            let deadline = Date().addingTimeInterval(15)
+            while !FileManager.default.fileExists(atPath: ready) && Date() < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
             let publisher = try await python.run(
-                [script, "publish", "\(gw.port)", gw.pki.caPath, gw.device.certificate, gw.device.key, "4"], holdInput: 0)
+                [script, "publish", "\(gw.port)", gw.pki.caPath, gw.device.certificate, gw.device.key, "4", ready],
+                holdInput: 0)
             #expect(publisher.output.split(separator: "\n").count == 4, "\(publisher.all)")
             #expect(publisher.output.contains(#"{"type":"ack","id":3}"#))
             let lines = try await subscriber.output.split(separator: "\n").map(String.init)
