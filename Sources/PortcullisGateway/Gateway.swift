@@ -19,6 +19,9 @@ public final class Gateway: Sendable {
     private let logger: Logger
     let broker = Broker()
     let usage = IdentityUsage()
+    private let stopped = NIOLockedValueBox(false)
+    /// Every open connection, so a shutdown can drain them.
+    private let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
 
     /// Loads everything the configuration names and opens the audit log; nothing listens yet.
     ///
@@ -93,13 +96,32 @@ public final class Gateway: Sendable {
         serverChannel.withLockedValue { $0?.localAddress?.port }
     }
 
-    /// Stops listening, closes every connection, flushes the audit log.
-    public func shutdown() async {
+    /// Drains: stops accepting, closes every WebSocket session with 1001 (going away) and every connection
+    /// still in admission, waits up to `deadline` for them to finish, then flushes the audit log.
+    public func shutdown(deadline: Duration = .seconds(10)) async {
+        // Idempotent: a second call (a second signal, a test's teardown) finds nothing left to do.
+        let first = stopped.withLockedValue { stopped -> Bool in
+            let wasRunning = !stopped
+            stopped = true
+            return wasRunning
+        }
+        guard first else { return }
         if let channel = serverChannel.withLockedValue({ $0 }) {
             try? await channel.close()
         }
+        let open = connections.withLockedValue { Array($0.values) }
+        for channel in open {
+            channel.pipeline.fireUserInboundEventTriggered(GatewayShutdown())
+        }
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: deadline)
+        while clock.now < end, connections.withLockedValue({ !$0.isEmpty }) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         try? await group.shutdownGracefully()
-        audit(AuditRecord(event: "gateway_stopped"))
+        var record = AuditRecord(event: "gateway_stopped")
+        record.detail = "drained \(open.count) connection(s)"
+        audit(record)
         auditLog.close()
     }
 
@@ -167,7 +189,10 @@ public final class Gateway: Sendable {
                     detail: "TLS and the WebSocket upgrade were not completed within \(timeout) s"))
             channel.close(promise: nil)
         }
+        let key = ObjectIdentifier(channel)
+        connections.withLockedValue { $0[key] = channel }
         channel.closeFuture.whenComplete { _ in
+            self.connections.withLockedValue { $0[key] = nil }
             connection.handshakeTimeout?.cancel()
             if let identity = connection.sessionSlot {
                 self.usage.releaseSession(identity, subscriptions: 0)
@@ -176,6 +201,9 @@ public final class Gateway: Sendable {
             if !connection.upgraded { connection.upstream?.enqueueClose(code: 1001) }
         }
     }
+
+    /// Sent through every pipeline when the gateway drains.
+    struct GatewayShutdown {}
 
     static func describe(_ address: SocketAddress?) -> String {
         guard let address, let ip = address.ipAddress else { return "unknown" }

@@ -16,6 +16,14 @@ final class TLSOutcomeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // A connection still in admission when the gateway drains is simply closed; a session handles it itself.
+        if event is Gateway.GatewayShutdown, !connection.upgraded {
+            connection.conclude(
+                connection.auditRecord(event: connection.tlsCompleted ? "http_refused" : "tls_refused", decision: "deny",
+                                       reason: "shutdown", detail: "the gateway is shutting down"))
+            context.close(promise: nil)
+            return
+        }
         if case TLSUserEvent.handshakeCompleted = event {
             connection.tlsCompleted = true
             if let ssl = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self) {

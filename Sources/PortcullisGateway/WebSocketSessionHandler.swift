@@ -214,6 +214,14 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is Gateway.GatewayShutdown {
+            close(context: context, code: .goingAway, reason: "shutdown")
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // One place maps protocol errors to close codes (RFC 6455 §7.4.1).
         switch error {
