@@ -82,6 +82,12 @@ public struct Admission: Sendable {
     /// Decides on `request` from a client whose certificate (already verified) has these `facts`.
     public func decide(_ request: UpgradeRequest, certificate facts: CertificateFacts) -> AdmissionOutcome {
         if let refusal = validate(request) { return .refuse(refusal, identity: nil) }
+        return decideValidated(request, certificate: facts)
+    }
+
+    /// The stages after request validation, for a caller that has validated the request already (the
+    /// gateway re-checks the certificate in between).
+    func decideValidated(_ request: UpgradeRequest, certificate facts: CertificateFacts) -> AdmissionOutcome {
         guard let route = routes.first(where: { $0.path == request.path }) else {
             return .refuse(
                 Refusal(status: 404, reason: "unknown_route", message: "no such route",

@@ -99,10 +99,10 @@ final class IdentityUsage: Sendable {
         }
     }
 
-    func releaseSession(_ identity: String, subscriptions: Int) {
+    /// Releases a session slot; its subscriptions were released one by one as the session closed.
+    func releaseSession(_ identity: String) {
         usage.withLockedValue { usage in
             usage[identity]?.sessions -= 1
-            usage[identity]?.subscriptions -= subscriptions
             if usage[identity]?.sessions == 0 { usage[identity] = nil }
         }
     }

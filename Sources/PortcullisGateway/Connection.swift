@@ -103,7 +103,7 @@ final class Connection: @unchecked Sendable {
                         detail: (resumed ? "resumed TLS session: " : "") + detail),
                 identity: nil)
         }
-        let outcome = runtime.admission.decide(request, certificate: facts)
+        let outcome = runtime.admission.decideValidated(request, certificate: facts)
         guard case .admit(let identity, let rule, let route) = outcome else { return outcome }
         permissions = runtime.admission.policies.permissions(for: identity, route: route.path)
         guard gateway.usage.reserveSession(identity.name, limit: permissions.limits.sessions) else {
@@ -182,9 +182,10 @@ extension Connection {
                 privateKey: upstream.key ?? runtime.configuration.tls.privateKey,
                 trustRoots: upstream.trustRoots ?? runtime.configuration.tls.clientCA, serverName: upstream.host)
             : nil
+        let identityHeaders = headers
         let connecting = channel.eventLoop.makeFutureWithTask {
             try await GatewayClient.connect(
-                host: upstream.host, port: upstream.port, path: upstream.target + query, headers: headers, tls: tls)
+                host: upstream.host, port: upstream.port, path: upstream.target + query, headers: identityHeaders, tls: tls)
         }
         return connecting.map { answer -> HTTPHeaders? in
             if case .upgraded(let backend) = answer {

@@ -125,12 +125,6 @@ public final class Gateway: Sendable {
         auditLog.close()
     }
 
-    /// Until `shutdown`: resolves when the listener closes.
-    public func waitUntilClosed() async {
-        guard let channel = serverChannel.withLockedValue({ $0 }) else { return }
-        try? await channel.closeFuture.get()
-    }
-
     private func configure(_ channel: any Channel) throws {
         let runtime = self.runtime
         let connection = Connection(
@@ -195,7 +189,7 @@ public final class Gateway: Sendable {
             self.connections.withLockedValue { $0[key] = nil }
             connection.handshakeTimeout?.cancel()
             if let identity = connection.sessionSlot {
-                self.usage.releaseSession(identity, subscriptions: 0)
+                self.usage.releaseSession(identity)
             }
             // The upgrade never happened (the client left while the backend was connecting): close the backend too.
             if !connection.upgraded { connection.upstream?.enqueueClose(code: 1001) }
