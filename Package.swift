@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // Strict YAML reading shared by policies and configuration: unknown keys and wrong types are
@@ -93,10 +94,22 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // NIO: load generators (`portcullis bench`) speaking Portcullis's protocol or NATS's over WebSocket.
+        .target(
+            name: "PortcullisBench",
+            dependencies: [
+                "PortcullisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         .executableTarget(
             name: "portcullis",
             dependencies: [
-                "PortcullisGateway", "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisAudit",
+                "PortcullisGateway", "PortcullisBench", "PortcullisYAML",
+                .product(name: "NIOPosix", package: "swift-nio"), "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisAudit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

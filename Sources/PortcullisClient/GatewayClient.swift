@@ -18,6 +18,9 @@ public enum GatewayClient {
         public var serverName: String?
         public var minimumVersion: TLSVersion
         public var maximumVersion: TLSVersion?
+        /// A context built once by ``prepared()``: reading PEM files and building a context for every
+        /// connection would dominate a client that opens thousands of them.
+        private var preparedContext: NIOSSLContext?
 
         /// - Parameters: paths to PEM files; `certificateChain`/`privateKey` nil to connect without a certificate.
         public init(
@@ -32,7 +35,15 @@ public enum GatewayClient {
             self.maximumVersion = maximumVersion
         }
 
+        /// These options with their TLS context built now, so that connections made with them share it.
+        public func prepared() throws -> TLSOptions {
+            var options = self
+            options.preparedContext = try makeContext()
+            return options
+        }
+
         func makeContext() throws -> NIOSSLContext {
+            if let preparedContext { return preparedContext }
             var configuration = TLSConfiguration.makeClientConfiguration()
             configuration.trustRoots = .file(trustRoots)
             configuration.minimumTLSVersion = minimumVersion
@@ -64,6 +75,13 @@ public enum GatewayClient {
         }
     }
 
+    /// Makes the handler that takes the place of the message stream after the upgrade: it reads and writes
+    /// `WebSocketFrame`s itself (pings included). Called on the connection's event loop. A load generator
+    /// uses it to stay off the async stream for every frame. A write from `handlerAdded` must be deferred
+    /// with `eventLoop.execute`: the HTTP response decoder, which also inspects writes, leaves the pipeline in
+    /// a task already scheduled then.
+    public typealias FrameHandlerFactory = @Sendable () -> any ChannelHandler
+
     public struct ClientError: Error, CustomStringConvertible {
         public var description: String
     }
@@ -84,6 +102,7 @@ public enum GatewayClient {
         headers: [(String, String)] = [],
         tls: TLSOptions?,
         answerPings: Bool = true,
+        frameHandler: FrameHandlerFactory? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
         var requestHeaders = HTTPHeaders()
@@ -96,7 +115,9 @@ public enum GatewayClient {
         for origin in origins { requestHeaders.add(name: "Origin", value: origin) }
         for (name, value) in headers { requestHeaders.add(name: name, value: value) }
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: requestHeaders)
-        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, answerPings: answerPings, group: group)
+        return try await exchange(
+            host: host, port: port, head: head, key: key, tls: tls, answerPings: answerPings, frameHandler: frameHandler,
+            group: group)
     }
 
     /// Sends an arbitrary request head (a plain GET, a POST, a request with broken upgrade headers) and returns
@@ -109,12 +130,13 @@ public enum GatewayClient {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
         let key = head.headers["Sec-WebSocket-Key"].first ?? ""
-        return try await exchange(host: host, port: port, head: head, key: key, tls: tls, answerPings: true, group: group)
+        return try await exchange(
+            host: host, port: port, head: head, key: key, tls: tls, answerPings: true, frameHandler: nil, group: group)
     }
 
     private static func exchange(
         host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions?, answerPings: Bool,
-        group: any EventLoopGroup
+        frameHandler: FrameHandlerFactory?, group: any EventLoopGroup
     ) async throws -> Outcome {
         // nil TLS options: a plain ws:// connection (an upstream backend on a private network).
         let context = try tls?.makeContext()
@@ -136,7 +158,7 @@ public enum GatewayClient {
                 try pipeline.addHandler(
                     UpgradeResponseHandler(
                         requestHead: head, key: key, encoder: encoder, decoder: decoder, answerPings: answerPings,
-                        promise: promise))
+                        frameHandler: frameHandler, promise: promise))
             }.get()
         } catch {
             promise.fail(error)
@@ -159,6 +181,7 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
     private let decoder: ByteToMessageHandler<HTTPResponseDecoder>
     private let promise: EventLoopPromise<GatewayClient.Outcome>
     private let answerPings: Bool
+    private let frameHandler: GatewayClient.FrameHandlerFactory?
     private var refusal: (status: Int, headers: [(String, String)], body: ByteBuffer)?
     private var done = false
     private var switchingHead: HTTPResponseHead?
@@ -166,9 +189,10 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
     init(
         requestHead: HTTPRequestHead, key: String, encoder: HTTPRequestEncoder,
         decoder: ByteToMessageHandler<HTTPResponseDecoder>, answerPings: Bool,
-        promise: EventLoopPromise<GatewayClient.Outcome>
+        frameHandler: GatewayClient.FrameHandlerFactory?, promise: EventLoopPromise<GatewayClient.Outcome>
     ) {
         self.answerPings = answerPings
+        self.frameHandler = frameHandler
         self.requestHead = requestHead
         self.key = key
         self.encoder = encoder
@@ -228,9 +252,16 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
             let connection = WebSocketConnection(channel: context.channel, messages: messages)
             try pipeline.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 26)), position: .after(decoder))
             try pipeline.addHandler(WebSocketFrameEncoder())
-            try pipeline.addHandler(InboundMessageHandler(continuation: continuation, answerPings: answerPings))
             pipeline.removeHandler(encoder, promise: nil)
+            // The decoder leaves on the next event loop task, handing its leftover bytes to the frame decoder;
+            // a task the frame handler schedules now runs after that.
             pipeline.removeHandler(decoder, promise: nil)
+            if let frameHandler {
+                continuation.finish()
+                try pipeline.addHandler(frameHandler())
+            } else {
+                try pipeline.addHandler(InboundMessageHandler(continuation: continuation, answerPings: answerPings))
+            }
             pipeline.removeHandler(context: context, promise: nil)
             promise.succeed(.upgraded(connection))
         } catch {

@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Runs the same load against Portcullis and against nats-server configured for the same job, and prints one
+table: each figure for both servers and the ratio, per wall-clock second and per server CPU-second, plus the
+bound that `openssl speed` sets on full handshakes.
+
+Usage: python3 Benchmarks/run.py [--quick] [--no-build] [--json results.json]
+
+Needs a release build (it runs `swift build -c release` unless --no-build), nats-server (Debian package
+`nats-server`) and openssl. Client and servers share this machine's cores, so run it on an otherwise idle
+machine. Everything it makes (PKI, configuration, audit log) lives in a temporary directory.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(ROOT, ".build", "release", "portcullis")
+ORIGIN = "https://bench.example"
+IDENTITY = "bench-device"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args, **kwargs):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs).stdout
+
+
+def wait_for_port(port, process, name):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{name} exited with {process.returncode}; see its log in the work directory")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"{name} did not listen on {port} within 30 s")
+
+
+def make_pki(work):
+    pki, audit = os.path.join(work, "pki"), os.path.join(work, "audit")
+    common = ["--pki", pki, "--audit-dir", audit]
+    run([BINARY, "pki", "init", *common])
+    run([BINARY, "pki", "issue", *common, "server", "localhost", "--dns", "localhost", "--ip", "127.0.0.1"])
+    run([BINARY, "pki", "issue", *common, "client", IDENTITY])
+    subject = run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253",
+                   "-in", os.path.join(pki, "issued", f"{IDENTITY}.crt")]).strip().removeprefix("subject=")
+    return pki, subject
+
+
+def start_portcullis(work, pki, port):
+    policies = os.path.join(work, "policies")
+    os.makedirs(policies, exist_ok=True)
+    with open(os.path.join(policies, "bench.yaml"), "w") as f:
+        f.write(f"""identity_mapping:
+  - source: cn
+rules:
+  - name: bench
+    identities: [{IDENTITY}]
+    routes: [/v1/messages]
+    origins: ["{ORIGIN}"]
+    publish: ["bench/#"]
+    subscribe: ["bench/#"]
+""")
+    config = os.path.join(work, "portcullis.yaml")
+    with open(config, "w") as f:
+        f.write(f"""listen: 127.0.0.1:{port}
+tls:
+  certificate: {pki}/issued/localhost.chain.pem
+  key: {pki}/private/localhost.key
+  client_ca: {pki}/ca.crt
+  min_version: "1.2"
+allowed_origins: ["{ORIGIN}"]
+routes:
+  - path: /v1/messages
+    kind: broker
+policies: {policies}
+audit_dir: {work}/audit
+""")
+    log = open(os.path.join(work, "portcullis.log"), "w")
+    process = subprocess.Popen([BINARY, "serve", "--config", config], stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, "portcullis")
+    return process
+
+
+def start_nats(work, pki, subject, port):
+    config = os.path.join(work, "nats.conf")
+    with open(config, "w") as f:
+        f.write(f"""listen: "127.0.0.1:{free_port()}"
+websocket {{
+  listen: "127.0.0.1:{port}"
+  tls {{
+    cert_file: "{pki}/issued/localhost.chain.pem"
+    key_file: "{pki}/private/localhost.key"
+    ca_file: "{pki}/ca.crt"
+    verify_and_map: true
+  }}
+  allowed_origins: ["{ORIGIN}"]
+  compression: false
+}}
+authorization {{
+  users: [
+    {{ user: "{subject}", permissions: {{ publish: "bench.>", subscribe: "bench.>" }} }}
+  ]
+}}
+""")
+    log = open(os.path.join(work, "nats.log"), "w")
+    process = subprocess.Popen(["nats-server", "-c", config], stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, "nats-server")
+    return process
+
+
+def bench(server, scenario, *extra):
+    args = [BINARY, "bench", scenario, "--url", f"wss://127.0.0.1:{server['port']}/v1/messages",
+            "--cert", server["cert"], "--key", server["key"], "--ca", server["ca"], "--origin", ORIGIN,
+            "--server-name", "localhost", "--protocol", server["protocol"], "--server-pid", str(server["pid"]),
+            "--json", *extra]
+    print(f"  {server['name']}: bench {scenario} {' '.join(extra)}", file=sys.stderr, flush=True)
+    out = subprocess.run(args, text=True, capture_output=True)
+    if out.returncode != 0:
+        sys.exit(f"bench {scenario} against {server['name']} failed:\n{out.stderr}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result.get("first_error"):
+        print(f"    note: {result['first_error']}", file=sys.stderr)
+    return result
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def s_time(server, reuse, seconds):
+    """TLS-only handshakes with openssl s_time (no upgrade): the rate the TLS layer alone allows."""
+    before = cpu_seconds(server["pid"])
+    out = run(["openssl", "s_time", "-connect", f"127.0.0.1:{server['port']}", "-cert", server["cert"],
+               "-key", server["key"], "-CAfile", server["ca"], "-time", str(seconds),
+               "-reuse" if reuse else "-new"])
+    cpu = cpu_seconds(server["pid"]) - before
+    match = re.search(r"(\d+) connections in ([\d.]+)s", out)
+    count, wall = int(match.group(1)), float(match.group(2))
+    return {"per_second": count / seconds, "per_server_cpu_second": count / cpu if cpu else None}
+
+
+def openssl_bound():
+    """Full handshakes per core that the server's public-key operations allow: one ECDSA P-256 signature, two
+    verifications (the client's certificate and its CertificateVerify) and one X25519 exchange."""
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", "ecdsap256", "ecdhx25519"], check=True, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
+    sign_verify = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", out)
+    x25519 = re.search(r"253 bits ecdh \(X25519\)\s+\S+s\s+([\d.]+)", out)
+    sign, verify, exchange = float(sign_verify.group(1)), float(sign_verify.group(2)), float(x25519.group(1))
+    bound = 1 / (1 / sign + 2 / verify + 1 / exchange)
+    return {"ecdsa_p256_sign_per_s": sign, "ecdsa_p256_verify_per_s": verify, "x25519_per_s": exchange,
+            "full_handshakes_per_core_second": bound}
+
+
+def scenarios(server, quick, half_rate=None):
+    d = "3s" if quick else "10s"
+    results = {}
+    results["connect"] = bench(server, "connect", "--duration", d, "--concurrency", "8")
+    results["tls_full"] = s_time(server, False, 3 if quick else 10)
+    results["tls_resumed"] = s_time(server, True, 3 if quick else 10)
+    results["pubsub_1_1"] = bench(server, "pubsub", "--duration", d)
+    results["pubsub_1_10"] = bench(server, "pubsub", "--duration", d, "--subscribers", "10")
+    results["pubsub_1000"] = bench(server, "pubsub", "--duration", d, "--rate", "1000")
+    results["idle"] = bench(server, "idle", "--sessions", "1000" if quick else "10000", "--concurrency", "16")
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs and 1,000 idle sessions (a smoke test)")
+    parser.add_argument("--no-build", action="store_true", help="use the existing release build")
+    parser.add_argument("--json", help="also write every result to this file")
+    options = parser.parse_args()
+    for tool in ["nats-server", "openssl"]:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed (apt-get install -y {'nats-server' if tool == 'nats-server' else 'openssl'})")
+    if not options.no_build:
+        print("building the release binary ...", file=sys.stderr, flush=True)
+        subprocess.run(["swift", "build", "-c", "release", "--product", "portcullis"], cwd=ROOT, check=True)
+
+    work = tempfile.mkdtemp(prefix="portcullis-bench-")
+    pki, subject = make_pki(work)
+    processes = []
+    try:
+        cert = os.path.join(pki, "issued", f"{IDENTITY}.chain.pem")
+        key = os.path.join(pki, "private", f"{IDENTITY}.key")
+        ca = os.path.join(pki, "ca.crt")
+        servers = []
+        for name, protocol in [("portcullis", "portcullis"), ("nats-server", "nats")]:
+            port = free_port()
+            process = start_portcullis(work, pki, port) if protocol == "portcullis" else start_nats(work, pki, subject, port)
+            processes.append(process)
+            servers.append({"name": name, "protocol": protocol, "port": port, "pid": process.pid,
+                            "cert": cert, "key": key, "ca": ca})
+        results = {}
+        for server in servers:
+            print(f"{server['name']} (pid {server['pid']}):", file=sys.stderr, flush=True)
+            results[server["name"]] = scenarios(server, options.quick)
+        # Latency at half the lower of the two maximum 1→1 rates, the same rate for both.
+        half = min(results[s["name"]]["pubsub_1_1"]["delivered_per_second"] for s in servers) / 2
+        for server in servers:
+            results[server["name"]]["pubsub_half"] = bench(
+                server, "pubsub", "--duration", "3s" if options.quick else "10s", "--rate", str(int(half)))
+        bound = openssl_bound()
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=15)
+    print_table(results, bound, half)
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump({"results": results, "openssl_bound": bound, "half_rate": half, "machine": machine()}, f, indent=2)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def machine():
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    nats = run(["nats-server", "--version"]).strip()
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": os.uname().release, "nats": nats,
+            "openssl": run(["openssl", "version"]).strip()}
+
+
+def print_table(results, bound, half):
+    p, n = results["portcullis"], results["nats-server"]
+    rows = []
+
+    def row(label, a, b, unit="", lower_is_better=False, digits=0):
+        if a is None or b is None:
+            rows.append((label, fmt(a, digits) + unit, fmt(b, digits) + unit, "n/a"))
+            return
+        ratio = (b / a if lower_is_better else a / b) if (a and b) else float("nan")
+        rows.append((label, fmt(a, digits) + unit, fmt(b, digits) + unit, f"{ratio:.2f}x"))
+
+    row("sessions/s (TLS 1.3 mTLS + upgrade + admission)", p["connect"]["sessions_per_second"], n["connect"]["sessions_per_second"])
+    row("  per server CPU-second", p["connect"]["sessions_per_server_cpu_second"], n["connect"]["sessions_per_server_cpu_second"])
+    row("  % of the openssl speed bound (per CPU-second)",
+        100 * p["connect"]["sessions_per_server_cpu_second"] / bound["full_handshakes_per_core_second"],
+        100 * n["connect"]["sessions_per_server_cpu_second"] / bound["full_handshakes_per_core_second"], " %", digits=1)
+    row("TLS-only full handshakes/s (s_time -new)", p["tls_full"]["per_second"], n["tls_full"]["per_second"])
+    row("  per server CPU-second", p["tls_full"]["per_server_cpu_second"], n["tls_full"]["per_server_cpu_second"])
+    row("TLS-only resumed handshakes/s (s_time -reuse)", p["tls_resumed"]["per_second"], n["tls_resumed"]["per_second"])
+    row("  per server CPU-second", p["tls_resumed"]["per_server_cpu_second"], n["tls_resumed"]["per_server_cpu_second"])
+    for key, label in [("pubsub_1_1", "1→1 delivered msg/s, 64 B, one per frame"), ("pubsub_1_10", "1→10 delivered msg/s")]:
+        row(label, p[key]["delivered_per_second"], n[key]["delivered_per_second"])
+        row("  per server CPU-second", p[key]["delivered_per_server_cpu_second"], n[key]["delivered_per_server_cpu_second"])
+    for key, label in [("pubsub_1000", "latency at 1,000 msg/s"), ("pubsub_half", f"latency at {half:,.0f} msg/s (half max)")]:
+        for pct in ["p50", "p99", "p99_9"]:
+            row(f"{label} {pct.replace('_', '.')}", p[key]["latency_microseconds"][pct], n[key]["latency_microseconds"][pct],
+                " µs", lower_is_better=True)
+    row(f"server KiB per idle session ({p['idle']['sessions']:,} sessions)", p["idle"]["server_ki_b_per_session"],
+        n["idle"]["server_ki_b_per_session"], lower_is_better=True, digits=1)
+    row("  seconds to open them", p["idle"]["open_seconds"], n["idle"]["open_seconds"], lower_is_better=True, digits=1)
+
+    widths = [max(len(r[i]) for r in rows + [("", "Portcullis", "nats-server", "ratio")]) for i in range(4)]
+    header = ("", "Portcullis", "nats-server", "ratio")
+    print()
+    print(f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]:>{widths[2]}}  {header[3]:>{widths[3]}}")
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+    print()
+    print(f"openssl speed bound: {bound['full_handshakes_per_core_second']:,.0f} full handshakes per core-second "
+          f"(ECDSA P-256 sign {bound['ecdsa_p256_sign_per_s']:,.0f}/s, verify {bound['ecdsa_p256_verify_per_s']:,.0f}/s, "
+          f"X25519 {bound['x25519_per_s']:,.0f}/s)")
+    print("ratio: Portcullis / nats-server (for latency and memory, nats-server / Portcullis): above 1 favours Portcullis")
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+import Foundation
+import Histogram
+import NIOCore
+import Synchronization
+
+/// `bench pubsub`: P publishers and S subscribers on one topic, one message per WebSocket frame. Delivered
+/// messages and bytes per second, and publish-to-delivery latency.
+public enum PubSubBenchmark {
+    public struct Options: Sendable {
+        public var publishers = 1
+        public var subscribers = 1
+        public var payloadSize = 64
+        /// Messages per second across all publishers; nil for as fast as the server delivers.
+        public var rate: Double?
+        public var duration = 10.0
+        public var warmup = 1.0
+        public var topic: String?
+        /// At full speed, how many messages may be published but not yet delivered to every subscriber: the
+        /// publisher waits for the slowest subscriber rather than letting either server's queues grow.
+        public var window = 4096
+
+        public init() {}
+    }
+
+    public struct Result: Codable, Sendable {
+        public var scenario = "pubsub"
+        public var wire: WireProtocol
+        public var publishers: Int
+        public var subscribers: Int
+        public var payloadBytes: Int
+        public var targetRate: Double?
+        public var seconds: Double
+        public var published: Int
+        public var delivered: Int
+        public var deliveredPerSecond: Double
+        public var deliveredBytesPerSecond: Double
+        public var serverCPUSeconds: Double?
+        public var deliveredPerServerCPUSecond: Double?
+        /// Publish-to-delivery time, in microseconds.
+        public var latencyMicroseconds: LatencySummary
+        public var firstError: String?
+    }
+
+    public static func run(_ target: BenchTarget, options: Options, progress: Bool, group: any EventLoopGroup) async throws -> Result {
+        guard options.payloadSize >= 8 else { throw BenchError("--payload must be at least 8 bytes (it carries the send time)") }
+        let topic = options.topic ?? (target.wire == .nats ? "bench.load" : "bench/load")
+        let bench = BenchWire(wire: target.wire, topic: topic)
+        let measuredFrom = MeasuredWindow()
+        let reporter = Progress(enabled: progress)
+
+        var subscribers: [(session: BenchSession, counter: DeliveryCounter)] = []
+        for _ in 0..<options.subscribers {
+            let counter = DeliveryCounter()
+            let session = try await BenchSession.open(target, bench: bench, counter: counter, measuredFrom: measuredFrom, group: group)
+            try await session.subscribe()
+            subscribers.append((session, counter))
+        }
+        var publishers: [BenchSession] = []
+        for _ in 0..<options.publishers {
+            publishers.append(try await BenchSession.open(target, bench: bench, group: group))
+        }
+        // NATS confirms a subscription with the PONG that follows it, so it is in place before anything is published.
+        let flow = PublishFlow(counters: subscribers.map(\.counter), window: options.window)
+        let framing = bench.publishFraming(payloadSize: options.payloadSize)
+        let filler = [UInt8](repeating: UInt8(ascii: "x"), count: options.payloadSize - 8)
+        let drivers = try await withThrowingTaskGroup(of: PublishDriver.self) { tasks in
+            for publisher in publishers {
+                tasks.addTask {
+                    try await publisher.eventLoop.submit {
+                        let driver = PublishDriver(
+                            session: publisher, flow: flow, framing: framing, filler: filler,
+                            rate: options.rate.map { $0 / Double(options.publishers) })
+                        driver.start()
+                        return driver
+                    }.get()
+                }
+            }
+            return try await tasks.reduce(into: []) { $0.append($1) }
+        }
+
+        func deliveredSoFar() -> Int { subscribers.reduce(0) { $0 + $1.counter.delivered.load(ordering: .relaxed) } }
+        try await Task.sleep(for: .seconds(options.warmup))
+        measuredFrom.start.store(BenchClock.now(), ordering: .relaxed)
+        let cpu = ServerCPUWindow(target)
+        let started = BenchClock.now()
+        let deliveredAtStart = deliveredSoFar()
+        let publishedAtStart = flow.published.load(ordering: .relaxed)
+        var last = deliveredAtStart
+        let whole = max(1, Int(options.duration.rounded(.up)))
+        for second in 1...whole {
+            try await Task.sleep(for: .seconds(min(1, options.duration - Double(second - 1))))
+            let now = deliveredSoFar()
+            reporter.report("pubsub \(second)/\(whole) s: \(now - last) delivered/s")
+            last = now
+        }
+        let delivered = deliveredSoFar() - deliveredAtStart
+        let published = flow.published.load(ordering: .relaxed) - publishedAtStart
+        let seconds = Double(BenchClock.now() - started) / 1e9
+        let serverCPU = cpu.seconds()
+        for driver in drivers { driver.stop() }
+
+        var latency = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        var firstError: String?
+        for session in subscribers.map(\.session) + publishers {
+            let (histogram, error) = try await session.onLoop { ($0.latency, $0.firstError) }
+            latency.add(histogram)
+            firstError = firstError ?? error
+            session.close()
+        }
+        return Result(
+            wire: target.wire, publishers: options.publishers, subscribers: options.subscribers,
+            payloadBytes: options.payloadSize, targetRate: options.rate, seconds: seconds, published: published,
+            delivered: delivered, deliveredPerSecond: Double(delivered) / seconds,
+            deliveredBytesPerSecond: Double(delivered * options.payloadSize) / seconds, serverCPUSeconds: serverCPU,
+            deliveredPerServerCPUSecond: serverCPU.map { Double(delivered) / $0 },
+            latencyMicroseconds: LatencySummary(latency, divisor: 1000), firstError: firstError)
+    }
+}
+
+/// How far publishers may run ahead of the slowest subscriber.
+final class PublishFlow: Sendable {
+    let published = Atomic<Int>(0)
+    let counters: [DeliveryCounter]
+    let window: Int
+
+    init(counters: [DeliveryCounter], window: Int) {
+        self.counters = counters
+        self.window = window
+    }
+
+    /// How many more messages may be published now.
+    var allowance: Int {
+        let slowest = counters.lazy.map { $0.delivered.load(ordering: .relaxed) }.min() ?? .max
+        return window - (published.load(ordering: .relaxed) - slowest)
+    }
+}
+
+/// Publishes from one session's event loop: at a fixed rate (a 1 ms timer writes what is due), or as fast as the
+/// flow window and the socket allow.
+final class PublishDriver: @unchecked Sendable {
+    // @unchecked: created, driven and stopped only on the session's event loop.
+    private let session: BenchSession
+    private let flow: PublishFlow
+    private let framing: (prefix: [UInt8], suffix: [UInt8])
+    private let filler: [UInt8]
+    private let rate: Double?
+    private var sent = 0
+    private var started: UInt64 = 0
+    private var stopped = false
+    private var timer: RepeatedTask?
+
+    init(session: BenchSession, flow: PublishFlow, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8], rate: Double?) {
+        self.session = session
+        self.flow = flow
+        self.framing = framing
+        self.filler = filler
+        self.rate = rate
+    }
+
+    func start() {
+        started = BenchClock.now()
+        let handler = session.handlerOnLoop
+        if let rate {
+            timer = session.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { [self] _ in
+                let due = Int(Double(BenchClock.now() - started) / 1e9 * rate) - sent
+                // After a stall, catch up by at most 100 ms worth rather than in one burst.
+                let count = min(due, max(1, Int(rate / 10)))
+                guard count > 0, !stopped else { return }
+                handler.publish(count: count, framing: framing, filler: filler)
+                sent += count
+                flow.published.add(count, ordering: .relaxed)
+            }
+        } else {
+            handler.onWritable = { [self] in self.publishAsAllowed() }
+            publishAsAllowed()
+        }
+    }
+
+    private func publishAsAllowed() {
+        guard !stopped else { return }
+        let handler = session.handlerOnLoop
+        guard handler.isWritable else { return }  // resumed by onWritable
+        let count = min(flow.allowance, 256)
+        if count > 0 {
+            handler.publish(count: count, framing: framing, filler: filler)
+            sent += count
+            flow.published.add(count, ordering: .relaxed)
+            session.eventLoop.execute { self.publishAsAllowed() }
+        } else {
+            session.eventLoop.scheduleTask(in: .microseconds(50)) { self.publishAsAllowed() }
+        }
+    }
+
+    func stop() {
+        session.eventLoop.execute { [self] in
+            stopped = true
+            timer?.cancel()
+            session.handlerOnLoop.onWritable = nil
+        }
+    }
+}

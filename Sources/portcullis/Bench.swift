@@ -1,0 +1,228 @@
+import ArgumentParser
+import Foundation
+import NIOPosix
+import PortcullisBench
+import PortcullisYAML
+
+/// `portcullis bench`: load generators for a gateway (or, with `--protocol nats`, for nats-server doing the same
+/// job), for release builds on the same machine as the server.
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure session setup, message throughput and latency, and memory per idle session.",
+        discussion: """
+            Run from a release build (swift build -c release). Give --server-pid to have figures per server \
+            CPU-second and memory read from /proc. Benchmarks/run.py runs every scenario against Portcullis and \
+            nats-server and prints one table.
+            """,
+        subcommands: [BenchConnect.self, BenchPubSub.self, BenchIdle.self]
+    )
+}
+
+/// Options every scenario takes.
+struct BenchOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The server's URL.", valueName: "wss://host:port/path"))
+    var url = "wss://127.0.0.1:8443/v1/messages"
+
+    @Option(help: ArgumentHelp("Client certificate chain (PEM).", valueName: "file"))
+    var cert = "pki/issued/demo-device.chain.pem"
+
+    @Option(help: ArgumentHelp("Client private key (PEM).", valueName: "file"))
+    var key = "pki/private/demo-device.key"
+
+    @Option(help: ArgumentHelp("CA bundle that signs the server's certificate.", valueName: "file"))
+    var ca = "pki/ca.crt"
+
+    @Option(help: ArgumentHelp("Origin header to send (none by default, as a device).", valueName: "origin"))
+    var origin: String?
+
+    @Option(help: ArgumentHelp("TLS server name (default: the URL's host).", valueName: "name"))
+    var serverName: String?
+
+    @Option(name: .customLong("protocol"), help: "Protocol inside the WebSocket: portcullis or nats.")
+    var wire: WireProtocol = .portcullis
+
+    @Option(help: ArgumentHelp("The server's process id, to report its CPU time and memory from /proc.", valueName: "pid"))
+    var serverPID: Int32?
+
+    @Option(help: "How long to measure (10s, 1m).")
+    var duration = "10s"
+
+    @Option(help: "Run this long before measuring.")
+    var warmup = "1s"
+
+    @Option(help: "Concurrent connection attempts.")
+    var concurrency = 8
+
+    @Option(help: "Event loop threads of the load generator (default: one per core).")
+    var threads = ProcessInfo.processInfo.activeProcessorCount
+
+    @Flag(help: "Print the result as one JSON object.")
+    var json = false
+
+    var durationSeconds: Double { parseDuration(duration)! }
+    var warmupSeconds: Double { parseDuration(warmup)! }
+
+    func validate() throws {
+        guard let seconds = parseDuration(duration), seconds > 0 else { throw ValidationError("--duration must be a duration such as 10s") }
+        guard parseDuration(warmup) != nil else { throw ValidationError("--warmup must be a duration such as 1s") }
+        guard concurrency > 0, threads > 0 else { throw ValidationError("--concurrency and --threads must be positive") }
+    }
+
+    func target() throws -> BenchTarget {
+        do {
+            return try BenchTarget(
+                url: url, certificate: cert, key: key, ca: ca, origin: origin, serverName: serverName, wire: wire,
+                serverPID: serverPID)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    /// Prints `result` as JSON or as `lines`, and shuts the event loops down.
+    func finish<R: Encodable>(_ result: R, lines: [String], group: MultiThreadedEventLoopGroup) async throws {
+        try await group.shutdownGracefully()
+        if json {
+            let encoder = JSONEncoder()
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(result), as: UTF8.self))
+        } else {
+            for line in lines { print(line) }
+        }
+    }
+}
+
+extension WireProtocol: ExpressibleByArgument {}
+
+private func figure(_ value: Double?, _ digits: Int = 0) -> String {
+    guard let value else { return "n/a" }
+    return value.formatted(.number.precision(.fractionLength(digits)))
+}
+
+private func latencyLine(_ summary: LatencySummary, unit: String) -> String {
+    "latency \(unit): p50 \(figure(summary.p50, 1))  p90 \(figure(summary.p90, 1))  p99 \(figure(summary.p99, 1))  p99.9 \(figure(summary.p99_9, 1))  max \(figure(summary.max, 1))"
+}
+
+struct BenchConnect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connect", abstract: "Full mTLS handshakes, upgrades and admissions per second.")
+
+    @OptionGroup var options: BenchOptions
+
+    @Flag(help: "Resume TLS sessions instead of full handshakes.")
+    var resume = false
+
+    func run() async throws {
+        let target = try options.target()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: options.threads)
+        let result: ConnectBenchmark.Result
+        do {
+            result = try await ConnectBenchmark.run(
+                target, duration: options.durationSeconds, warmup: options.warmupSeconds, concurrency: options.concurrency,
+                resume: resume, progress: !options.json, group: group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw ValidationError("\(error)")
+        }
+        try await options.finish(
+            result,
+            lines: [
+                "connect (\(result.wire.rawValue)): \(result.sessions) sessions in \(figure(result.seconds, 1)) s, \(result.failures) failed",
+                "sessions/s: \(figure(result.sessionsPerSecond))  per server CPU-second: \(figure(result.sessionsPerServerCPUSecond))",
+                latencyLine(result.latencyMilliseconds, unit: "ms"),
+            ] + (result.firstError.map { ["first error: \($0)"] } ?? []),
+            group: group)
+    }
+}
+
+struct BenchPubSub: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pubsub", abstract: "Publishers and subscribers on one topic: delivered messages/s and latency.")
+
+    @OptionGroup var options: BenchOptions
+
+    @Option(help: "Publishing sessions.")
+    var publishers = 1
+
+    @Option(help: "Subscribing sessions.")
+    var subscribers = 1
+
+    @Option(help: "Payload bytes per message (at least 8: the send time).")
+    var payload = 64
+
+    @Option(help: "Messages per second across all publishers (default: as fast as the server delivers).")
+    var rate: Double?
+
+    @Option(help: "Topic (default bench/load, or bench.load for NATS).")
+    var topic: String?
+
+    func validate() throws {
+        guard publishers > 0, subscribers > 0 else { throw ValidationError("--publishers and --subscribers must be positive") }
+        guard payload >= 8 else { throw ValidationError("--payload must be at least 8 bytes (it carries the send time)") }
+        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+    }
+
+    func run() async throws {
+        let target = try options.target()
+        var settings = PubSubBenchmark.Options()
+        settings.publishers = publishers
+        settings.subscribers = subscribers
+        settings.payloadSize = payload
+        settings.rate = rate
+        settings.duration = options.durationSeconds
+        settings.warmup = options.warmupSeconds
+        settings.topic = topic
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: options.threads)
+        let result: PubSubBenchmark.Result
+        do {
+            result = try await PubSubBenchmark.run(target, options: settings, progress: !options.json, group: group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw ValidationError("\(error)")
+        }
+        try await options.finish(
+            result,
+            lines: [
+                "pubsub (\(result.wire.rawValue)) \(publishers)→\(subscribers), \(payload)-byte payloads, \(rate.map { "\(figure($0)) msg/s" } ?? "full speed"):",
+                "delivered/s: \(figure(result.deliveredPerSecond))  bytes/s: \(figure(result.deliveredBytesPerSecond))  per server CPU-second: \(figure(result.deliveredPerServerCPUSecond))",
+                latencyLine(result.latencyMicroseconds, unit: "µs"),
+            ] + (result.firstError.map { ["first error: \($0)"] } ?? []),
+            group: group)
+    }
+}
+
+struct BenchIdle: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "idle", abstract: "Open N sessions, hold them, and report the server's memory per session.")
+
+    @OptionGroup var options: BenchOptions
+
+    @Option(help: "Sessions to open and hold.")
+    var sessions = 1000
+
+    @Option(help: "How long to hold them before reading the server's memory.")
+    var hold = "2s"
+
+    func run() async throws {
+        let target = try options.target()
+        guard let holdSeconds = parseDuration(hold) else { throw ValidationError("--hold must be a duration such as 2s") }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: options.threads)
+        let result: IdleBenchmark.Result
+        do {
+            result = try await IdleBenchmark.run(
+                target, sessions: sessions, concurrency: options.concurrency, hold: holdSeconds, progress: !options.json,
+                group: group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw ValidationError("\(error)")
+        }
+        try await options.finish(
+            result,
+            lines: [
+                "idle (\(result.wire.rawValue)): \(result.sessions) sessions opened in \(figure(result.openSeconds, 1)) s, \(result.failures) failed",
+                "server memory: \(figure(result.serverKiBPerSession, 1)) KiB per session (RSS \(result.serverResidentKiBBefore.map(String.init) ?? "?") → \(result.serverResidentKiBAfter.map(String.init) ?? "?") KiB)",
+            ] + (result.firstError.map { ["first error: \($0)"] } ?? []),
+            group: group)
+    }
+}
