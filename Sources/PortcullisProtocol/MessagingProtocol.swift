@@ -119,6 +119,7 @@ public enum MessagingProtocol {
         switch payload {
         case .json(let raw):
             var bytes = Array(#"{"type":"message","topic":"#.utf8)
+            bytes.reserveCapacity(bytes.count + topic.utf8.count + from.utf8.count + raw.count + 32)
             appendJSONString(topic, to: &bytes)
             bytes += Array(#","from":"#.utf8)
             appendJSONString(from, to: &bytes)
@@ -128,9 +129,11 @@ public enum MessagingProtocol {
             return (false, bytes)
         case .binary(let raw):
             var bytes: [UInt8] = [binaryMessage]
+            bytes.reserveCapacity(5 + topic.utf8.count + from.utf8.count + raw.count)
             appendLengthPrefixed(topic, to: &bytes)
             appendLengthPrefixed(from, to: &bytes)
-            return (true, bytes + raw)
+            bytes += raw
+            return (true, bytes)
         }
     }
 
@@ -194,8 +197,9 @@ public enum MessagingProtocol {
     }
 
     private static func appendLengthPrefixed(_ text: String, to bytes: inout [UInt8]) {
-        let utf8 = Array(text.utf8.prefix(0xFFFF))
-        bytes += [UInt8(utf8.count >> 8), UInt8(utf8.count & 0xFF)]
-        bytes += utf8
+        let utf8 = text.utf8.prefix(0xFFFF)
+        bytes.append(UInt8(utf8.count >> 8))
+        bytes.append(UInt8(utf8.count & 0xFF))
+        bytes.append(contentsOf: utf8)
     }
 }
