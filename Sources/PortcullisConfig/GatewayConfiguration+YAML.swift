@@ -38,7 +38,7 @@ extension GatewayConfiguration {
             }
         }
         if let tls = top["tls"] {
-            let tlsKeys: Set<String> = ["certificate", "key", "client_ca", "client_intermediates", "crl", "min_version"]
+            let tlsKeys: Set<String> = ["certificate", "key", "client_ca", "client_intermediates", "crl", "min_version", "key_exchange"]
             if let fields = reader.mapping(tls.value, what: "tls", allowed: tlsKeys) {
                 for required in ["certificate", "key", "client_ca"] where fields[required] == nil {
                     reader.report(line: tls.line, "tls needs '\(required)'")
@@ -65,6 +65,15 @@ extension GatewayConfiguration {
                         config.tls.minimumVersion = version
                     } else {
                         reader.report(line: value.value.line, "tls.min_version must be \"1.2\" or \"1.3\", not '\(text)'")
+                    }
+                }
+                if let value = fields["key_exchange"], let names = reader.strings(value.value, what: "tls.key_exchange") {
+                    let groups = names.compactMap(KeyExchangeGroup.init(rawValue:))
+                    if groups.count != names.count || groups.isEmpty {
+                        let known = KeyExchangeGroup.allCases.map(\.rawValue).joined(separator: ", ")
+                        reader.report(line: value.value.line, "tls.key_exchange must list groups among \(known), not \(names)")
+                    } else {
+                        config.tls.keyExchange = groups
                     }
                 }
             }

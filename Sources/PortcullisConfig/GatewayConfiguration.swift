@@ -78,6 +78,15 @@ public struct GatewayConfiguration: Sendable, Equatable {
         case v1_3 = "1.3"
     }
 
+    /// Key-exchange groups a TLS handshake may use.
+    public enum KeyExchangeGroup: String, Sendable, CaseIterable {
+        /// The hybrid of X25519 and ML-KEM-768: post-quantum, and the costliest for the server.
+        case x25519MLKEM768 = "x25519_mlkem768"
+        case x25519
+        case p256
+        case p384
+    }
+
     public struct TLS: Sendable, Equatable {
         /// PEM file with the server certificate first, then any intermediates.
         public var certificateChain: String
@@ -89,11 +98,15 @@ public struct GatewayConfiguration: Sendable, Equatable {
         /// PEM CRL(s) checked during every handshake; nil for none.
         public var crl: String?
         public var minimumVersion: TLSVersion
+        /// Groups in the server's order of preference; nil for the TLS library's default (which puts the
+        /// post-quantum hybrid first).
+        public var keyExchange: [KeyExchangeGroup]?
 
         public init(
             certificateChain: String, privateKey: String, clientCA: String, clientIntermediates: String? = nil,
-            crl: String? = nil, minimumVersion: TLSVersion = .v1_2
+            crl: String? = nil, minimumVersion: TLSVersion = .v1_2, keyExchange: [KeyExchangeGroup]? = nil
         ) {
+            self.keyExchange = keyExchange
             self.certificateChain = certificateChain
             self.privateKey = privateKey
             self.clientCA = clientCA

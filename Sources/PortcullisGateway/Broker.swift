@@ -11,10 +11,18 @@ struct OutboundFrame: Sendable {
 }
 
 /// A subscribing session as the broker sees it: where to deliver, from any thread.
+///
+/// Frames from another event loop go through a mailbox that is drained by one task: a publisher on another
+/// loop costs the subscriber's loop one task per batch rather than one per message.
 final class Subscriber: Sendable {
     let id: UInt64
     let eventLoop: any EventLoop
     private let deliverOnLoop: NIOLoopBound<(OutboundFrame) -> Void>
+    private struct Mailbox {
+        var frames: [OutboundFrame] = []
+        var drainScheduled = false
+    }
+    private let mailbox = NIOLockedValueBox(Mailbox())
 
     init(id: UInt64, eventLoop: any EventLoop, deliver: @escaping (OutboundFrame) -> Void) {
         self.id = id
@@ -25,10 +33,27 @@ final class Subscriber: Sendable {
     /// Hands `frame` to the session on its own event loop; frames from one publisher keep their order.
     func deliver(_ frame: OutboundFrame) {
         if eventLoop.inEventLoop {
+            // Frames that arrived through the mailbox earlier go first.
+            drain()
             deliverOnLoop.value(frame)
-        } else {
-            eventLoop.execute { self.deliverOnLoop.value(frame) }
+            return
         }
+        let schedule = mailbox.withLockedValue { mailbox -> Bool in
+            mailbox.frames.append(frame)
+            defer { mailbox.drainScheduled = true }
+            return !mailbox.drainScheduled
+        }
+        if schedule { eventLoop.execute { self.drain() } }
+    }
+
+    private func drain() {
+        let frames = mailbox.withLockedValue { mailbox -> [OutboundFrame] in
+            mailbox.drainScheduled = false
+            let frames = mailbox.frames
+            mailbox.frames = []
+            return frames
+        }
+        for frame in frames { deliverOnLoop.value(frame) }
     }
 }
 

@@ -76,6 +76,14 @@ public struct GatewayRuntime: Sendable {
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         configuration.minimumTLSVersion = tls.minimumVersion == .v1_3 ? .tlsv13 : .tlsv12
+        configuration.curves = tls.keyExchange?.map { group -> NIOTLSCurve in
+            switch group {
+            case .x25519MLKEM768: .x25519_MLKEM768
+            case .x25519: .x25519
+            case .p256: .secp256r1
+            case .p384: .secp384r1
+            }
+        }
         // TLS 1.2 suites: ECDHE and AEAD only. TLS 1.3 suites are not configurable and are all AEAD.
         configuration.cipherSuiteValues = [
             .TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, .TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,

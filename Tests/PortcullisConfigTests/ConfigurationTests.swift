@@ -16,6 +16,7 @@ struct ConfigurationTests {
               client_ca: /etc/portcullis/clients.pem
               crl: pki/crl.pem
               min_version: "1.3"
+              key_exchange: [x25519, p256]
             allowed_origins: ["https://console.example.test"]
             routes:
               - path: /v1/echo
@@ -31,6 +32,7 @@ struct ConfigurationTests {
         #expect(config.tls.clientCA == "/etc/portcullis/clients.pem")
         #expect(config.tls.crl == "/etc/portcullis/pki/crl.pem")
         #expect(config.tls.minimumVersion == .v1_3)
+        #expect(config.tls.keyExchange == [.x25519, .p256])
         #expect(config.routes == [.init(path: "/v1/echo", kind: .echo)])
         #expect(config.policiesDirectory == "/etc/portcullis/policies")
         #expect(config.auditDirectory == "/var/log/portcullis")
@@ -46,6 +48,7 @@ struct ConfigurationTests {
         #expect(config.listenPort == 443 && config.listenHost == "0.0.0.0")
         #expect(config.tls.minimumVersion == .v1_2)
         #expect(config.tls.crl == nil)
+        #expect(config.tls.keyExchange == nil)
         #expect(config.handshakeTimeout == 10)
         #expect(config.maxMessageBytes == 1 << 20)
     }
@@ -59,6 +62,7 @@ struct ConfigurationTests {
                 tls:
                   certificate: a
                   min_version: "1.1"
+                  key_exchange: [x25519, ffdhe2048]
                 allowed_origins: ["https://ok.example", "https://bad.example/path"]
                 routes:
                   - path: /v1/echo
@@ -73,10 +77,11 @@ struct ConfigurationTests {
             #expect(lines.contains { $0.hasPrefix("g.yaml:2: tls needs 'key'") })
             #expect(lines.contains { $0.hasPrefix("g.yaml:2: tls needs 'client_ca'") })
             #expect(lines.contains { $0.hasPrefix("g.yaml:4: tls.min_version") })
-            #expect(lines.contains { $0.hasPrefix("g.yaml:5: 'https://bad.example/path' is not an origin") })
-            #expect(lines.contains { $0.hasPrefix("g.yaml:8: unknown route kind 'broker-ish'") })
-            #expect(lines.contains { $0.hasPrefix("g.yaml:9: handshake_timeout must be a positive duration") })
-            #expect(lines.contains { $0.hasPrefix("g.yaml:10: unknown key 'colour'") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:5: tls.key_exchange must list groups among") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:6: 'https://bad.example/path' is not an origin") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:9: unknown route kind 'broker-ish'") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:10: handshake_timeout must be a positive duration") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:11: unknown key 'colour'") })
         } catch {
             Issue.record("unexpected error \(error)")
         }

@@ -116,6 +116,19 @@ struct InteropTests {
         }
     }
 
+    @Test("tls.key_exchange limits the key-exchange groups a client may use")
+    func keyExchangeGroups() async throws {
+        try await withGateway(adjust: { $0.tls.keyExchange = [.p256] }) { gw in
+            let p256 = try await Self.exchange(
+                .openssl, gw, credential: gw.device, request: upgradeRequest(), extra: ["-groups", "P-256"])
+            #expect(p256.output.contains("101 Switching Protocols"), "\(p256.all)")
+            let x25519 = try await Self.exchange(
+                .openssl, gw, credential: gw.device, request: upgradeRequest(), extra: ["-groups", "X25519"])
+            #expect(!x25519.output.contains("101"))
+            #expect(try gw.auditRecords().contains { $0.event == "tls_refused" })
+        }
+    }
+
     @Test("A resumed TLS session still goes through admission: policy and revocation are checked again")
     func resumedSessionsAreRechecked() async throws {
         try await withGateway { gw in
