@@ -139,7 +139,7 @@ let package = Package(
             name: "PortcullisGatewayTests",
             dependencies: [
                 "PortcullisGateway", "PortcullisClient", "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy",
-                "PortcullisAudit",
+                "PortcullisAudit", "PortcullisBench",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

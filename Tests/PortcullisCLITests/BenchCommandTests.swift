@@ -1,0 +1,126 @@
+import Foundation
+import Testing
+
+/// A JSON object printed by `portcullis bench ... --json` (the last line of its output).
+func benchResult(_ output: String) throws -> [String: Any] {
+    let line = try #require(output.split(separator: "\n").last, "no output")
+    return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not JSON: \(output)")
+}
+
+/// A tool from PATH; a test that needs it fails (CI installs it) rather than skipping.
+func tool(_ name: String) throws -> String {
+    try #require(
+        (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/usr/sbin").split(separator: ":").map { "\($0)/\(name)" }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }, "\(name) is not installed; .ci/run installs it")
+}
+
+@Suite("portcullis bench")
+struct BenchCommandTests {
+    @Test("bench connect and idle measure a serve --dev gateway, with its CPU time and memory from /proc")
+    func againstTheDevGateway() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
+        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        defer { serve.process.terminate() }
+        #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
+        let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on wss://") }?
+            .split(separator: ":").dropFirst(2).first?.prefix { $0.isNumber })
+        let common = [
+            "--url", "wss://127.0.0.1:\(port)/v1/echo", "--server-name", "localhost",
+            "--server-pid", "\(serve.process.processIdentifier)", "--json",
+        ]
+
+        let (status, output) = try await portcullis(
+            ["bench", "connect", "--duration", "1s", "--warmup", "0s", "--concurrency", "2"] + common, in: directory)
+        #expect(status == 0, "\(output)")
+        let connect = try benchResult(output)
+        #expect((connect["sessions"] as? Int ?? 0) > 0 && connect["failures"] as? Int == 0, "\(connect)")
+        #expect((connect["server_cpu_seconds"] as? Double ?? 0) > 0)
+        #expect((connect["latency_milliseconds"] as? [String: Any])?["p99"] != nil)
+
+        let (idleStatus, idleOutput) = try await portcullis(["bench", "idle", "--sessions", "10", "--hold", "0s"] + common, in: directory)
+        #expect(idleStatus == 0, "\(idleOutput)")
+        let idle = try benchResult(idleOutput)
+        #expect(idle["sessions"] as? Int == 10 && idle["server_ki_b_per_session"] != nil, "\(idle)")
+
+        let (badStatus, badOutput) = try await portcullis(["bench", "connect", "--url", "https://127.0.0.1:1/"], in: directory)
+        #expect(badStatus == 64)
+        #expect(badOutput.contains("--url must be wss://HOST:PORT/PATH"), "\(badOutput)")
+    }
+
+    @Test("bench --protocol nats admits, publishes and receives through nats-server's WebSocket listener with mTLS")
+    func againstNatsServer() async throws {
+        let natsServer = try tool("nats-server")
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for arguments in [
+            ["pki", "init"], ["pki", "issue", "server", "localhost", "--dns", "localhost", "--ip", "127.0.0.1"],
+            ["pki", "issue", "client", "bench-device"],
+        ] {
+            let (status, output) = try await portcullis(arguments, in: directory)
+            #expect(status == 0, "\(output)")
+        }
+        try """
+            listen: "127.0.0.1:-1"
+            websocket {
+              listen: "127.0.0.1:-1"
+              tls {
+                cert_file: "pki/issued/localhost.chain.pem"
+                key_file: "pki/private/localhost.key"
+                ca_file: "pki/ca.crt"
+                verify_and_map: true
+              }
+              allowed_origins: ["https://bench.example"]
+              compression: false
+            }
+            authorization {
+              users: [ { user: "CN=bench-device", permissions: { publish: "bench.>", subscribe: "bench.>" } } ]
+            }
+            """.write(toFile: "\(directory)/nats.conf", atomically: true, encoding: .utf8)
+        let nats = try RunningCommand(["-c", "nats.conf"], in: directory, executable: natsServer)
+        defer { nats.process.terminate() }
+        #expect(try await nats.waitFor("Server is ready"), "\(nats.output)")
+        let port = try #require(
+            nats.output.split(separator: "\n").first { $0.contains("websocket clients on wss://") }?
+                .split(separator: ":").last?.prefix { $0.isNumber })
+        let common = [
+            "--url", "wss://127.0.0.1:\(port)/", "--protocol", "nats", "--origin", "https://bench.example",
+            "--server-name", "localhost", "--cert", "pki/issued/bench-device.chain.pem",
+            "--key", "pki/private/bench-device.key", "--server-pid", "\(nats.process.processIdentifier)", "--json",
+        ]
+
+        let (status, output) = try await portcullis(
+            ["bench", "connect", "--duration", "1s", "--warmup", "0s", "--concurrency", "2"] + common, in: directory)
+        #expect(status == 0, "\(output)")
+        let connect = try benchResult(output)
+        #expect((connect["sessions"] as? Int ?? 0) > 0 && connect["failures"] as? Int == 0, "\(connect)")
+
+        let (pubStatus, pubOutput) = try await portcullis(
+            ["bench", "pubsub", "--duration", "1s", "--warmup", "0.2s", "--rate", "300", "--subscribers", "2"] + common,
+            in: directory)
+        #expect(pubStatus == 0, "\(pubOutput)")
+        let pubsub = try benchResult(pubOutput)
+        let published = pubsub["published"] as? Int ?? 0
+        #expect(published >= 200, "\(pubsub)")
+        #expect((pubsub["delivered"] as? Int ?? 0) >= 2 * published - 20, "\(pubsub)")
+
+        // The user's permissions are nats-server's to enforce: a subscription outside them is refused.
+        let (deniedStatus, deniedOutput) = try await portcullis(
+            ["bench", "pubsub", "--duration", "1s", "--topic", "other.topic"] + common, in: directory)
+        #expect(deniedStatus != 0)
+        #expect(deniedOutput.contains("Permissions Violation"), "\(deniedOutput)")
+
+        // A server certificate (no clientAuth, no mapped user) is refused: every attempt counts as a failure.
+        let serverCredential = common.map {
+            $0.replacingOccurrences(of: "issued/bench-device", with: "issued/localhost")
+                .replacingOccurrences(of: "private/bench-device", with: "private/localhost")
+        }
+        let (foreignStatus, foreignOutput) = try await portcullis(
+            ["bench", "connect", "--duration", "1s", "--warmup", "0s"] + serverCredential, in: directory)
+        #expect(foreignStatus == 0)
+        let foreign = try benchResult(foreignOutput)
+        #expect(foreign["sessions"] as? Int == 0 && (foreign["failures"] as? Int ?? 0) > 0, "\(foreign)")
+    }
+}

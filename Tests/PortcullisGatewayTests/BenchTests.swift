@@ -1,0 +1,102 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+
+@testable import PortcullisBench
+
+@Suite("Load generators (portcullis bench)")
+struct BenchTests {
+    static func target(_ gw: TestGateway, path: String) throws -> BenchTarget {
+        try BenchTarget(
+            url: "wss://127.0.0.1:\(gw.port)\(path)", certificate: gw.device.certificate, key: gw.device.key,
+            ca: gw.pki.caPath, origin: nil, serverName: "localhost", wire: .portcullis,
+            serverPID: ProcessInfo.processInfo.processIdentifier)
+    }
+
+    @Test("NATS's text protocol is read across frame boundaries: MSG with its payload, PING, PONG and -ERR")
+    func natsReader() {
+        var reader = BenchReader(wire: .nats)
+        var events: [BenchEvent] = []
+        let stamp: UInt64 = 0x0102_0304_0506_0708
+        var payload = ByteBuffer()
+        payload.writeInteger(stamp)
+        payload.writeString("rest")
+        let whole = "INFO {}\r\nMSG bench.load 1 12\r\n" + String(buffer: payload) + "\r\nPING\r\nPONG\r\n-ERR 'Permissions Violation'\r\n"
+        let bytes = Array(whole.utf8)
+        // Split everywhere a frame could end: every event still comes out once, in order.
+        for split in 1..<bytes.count {
+            events.removeAll()
+            reader = BenchReader(wire: .nats)
+            for part in [bytes[..<split], bytes[split...]] {
+                var frame = ByteBuffer(bytes: Array(part))
+                reader.read(binary: true, payload: &frame) { events.append($0) }
+            }
+            #expect(
+                events == [.delivery(sentAt: stamp), .ping, .acknowledged, .error("-ERR 'Permissions Violation'")],
+                "split at \(split)")
+        }
+    }
+
+    @Test("Portcullis deliveries, acks and errors are told apart")
+    func portcullisReader() {
+        var reader = BenchReader(wire: .portcullis)
+        var events: [BenchEvent] = []
+        var message = ByteBuffer(bytes: [0x02, 0, 1, UInt8(ascii: "t"), 0, 2, UInt8(ascii: "i"), UInt8(ascii: "d")])
+        message.writeInteger(UInt64(42))
+        reader.read(binary: true, payload: &message) { events.append($0) }
+        var ack = ByteBuffer(string: #"{"type":"ack","id":"s"}"#)
+        reader.read(binary: false, payload: &ack) { events.append($0) }
+        var error = ByteBuffer(string: #"{"type":"error","code":"forbidden"}"#)
+        reader.read(binary: false, payload: &error) { events.append($0) }
+        #expect(events == [.delivery(sentAt: 42), .acknowledged, .error(#"{"type":"error","code":"forbidden"}"#)])
+    }
+
+    @Test("connect, pubsub and idle run against a gateway and report what they measured")
+    func scenariosAgainstTheGateway() async throws {
+        try await withGateway { gw in
+            let group = MultiThreadedEventLoopGroup.singleton
+
+            let connect = try await ConnectBenchmark.run(
+                try Self.target(gw, path: "/v1/echo"), duration: 1, warmup: 0, concurrency: 2, resume: false,
+                progress: false, group: group)
+            #expect(connect.sessions > 0 && connect.failures == 0, "\(connect)")
+            #expect(connect.latencyMilliseconds.count == UInt64(connect.sessions))
+            #expect((connect.serverCPUSeconds ?? 0) > 0)
+
+            var options = PubSubBenchmark.Options()
+            options.subscribers = 2
+            options.rate = 200
+            options.duration = 1
+            options.warmup = 0.2
+            options.topic = "fanout/bench"
+            let pubsub = try await PubSubBenchmark.run(
+                try Self.target(gw, path: "/v1/messages"), options: options, progress: false, group: group)
+            #expect(pubsub.firstError == nil, "\(pubsub)")
+            #expect(pubsub.published >= 150 && pubsub.published <= 250, "\(pubsub)")
+            // Each subscriber receives every message; a few may still be in flight at the end of the window.
+            #expect(pubsub.delivered >= 2 * pubsub.published - 20, "\(pubsub)")
+            #expect(pubsub.latencyMicroseconds.count > 0 && pubsub.latencyMicroseconds.p50 > 0)
+
+            let idle = try await IdleBenchmark.run(
+                try Self.target(gw, path: "/v1/echo"), sessions: 20, concurrency: 4, hold: 0.1, progress: false, group: group)
+            #expect(idle.sessions == 20 && idle.failures == 0, "\(idle)")
+            #expect(idle.serverKiBPerSession != nil)
+            let opened = try gw.auditRecords().filter { $0.event == "session_opened" }
+            #expect(opened.count >= connect.sessions + 20)
+        }
+    }
+
+    @Test("A refused session is reported with the server's status, not hidden in a rate")
+    func refusalsAreReported() async throws {
+        try await withGateway { gw in
+            let group = MultiThreadedEventLoopGroup.singleton
+            // The device's rule grants /v1/echo and /v1/messages only.
+            let refused = try await ConnectBenchmark.run(
+                try Self.target(gw, path: "/v1/nowhere"), duration: 0.5, warmup: 0, concurrency: 1, resume: false,
+                progress: false, group: group)
+            #expect(refused.sessions == 0 && refused.failures > 0)
+            #expect(refused.firstError?.contains("404") == true, "\(String(describing: refused.firstError))")
+        }
+    }
+}
