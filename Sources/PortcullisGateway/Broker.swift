@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import PortcullisPolicy
+import Synchronization
 
 /// A frame ready to send to any number of subscribers: encoded once per publish, its buffer shared.
 struct OutboundFrame: Sendable {
@@ -79,6 +80,7 @@ final class Broker: Sendable {
         let isWildcard = filter.contains("+") || filter.contains("#")
         state.withLockedValue { state in
             state.resolved.removeAll(keepingCapacity: true)
+            generation.add(1, ordering: .releasing)
             if isWildcard {
                 state.wildcard[filter, default: [:]][subscriber.id] = subscriber
             } else {
@@ -90,6 +92,7 @@ final class Broker: Sendable {
     func unsubscribe(_ filter: String, _ subscriber: Subscriber) {
         state.withLockedValue { state in
             state.resolved.removeAll(keepingCapacity: true)
+            generation.add(1, ordering: .releasing)
             state.exact[filter]?[subscriber.id] = nil
             if state.exact[filter]?.isEmpty == true { state.exact[filter] = nil }
             state.wildcard[filter]?[subscriber.id] = nil
@@ -97,10 +100,30 @@ final class Broker: Sendable {
         }
     }
 
+    /// Bumped by every change of subscriptions: a ``PublishCache`` from an earlier generation is stale.
+    private let generation = Atomic<Int>(0)
+
+    /// A publishing session's memory of who received its last topic, valid while the subscriptions stay
+    /// the same: a publisher repeating its topic then takes neither the broker's lock nor a hash lookup.
+    struct PublishCache {
+        fileprivate var topic: String?
+        fileprivate var generation = -1
+        fileprivate var subscribers: [Subscriber] = []
+    }
+
     /// Delivers `frame` to every session subscribed to a filter matching `topic`; returns how many.
     @discardableResult
-    func publish(_ frame: OutboundFrame, to topic: String) -> Int {
-        let subscribers = state.withLockedValue { state -> [Subscriber] in
+    func publish(_ frame: OutboundFrame, to topic: String, cache: inout PublishCache) -> Int {
+        let current = generation.load(ordering: .acquiring)
+        if cache.generation != current || cache.topic != topic {
+            cache = PublishCache(topic: topic, generation: current, subscribers: subscribers(of: topic))
+        }
+        for subscriber in cache.subscribers { subscriber.deliver(frame) }
+        return cache.subscribers.count
+    }
+
+    private func subscribers(of topic: String) -> [Subscriber] {
+        state.withLockedValue { state -> [Subscriber] in
             if let known = state.resolved[topic] { return known }
             var found = state.exact[topic] ?? [:]
             for (filter, subscribers) in state.wildcard where Topic.matches(filter: filter, topic: topic) {
@@ -111,8 +134,6 @@ final class Broker: Sendable {
             state.resolved[topic] = subscribers
             return subscribers
         }
-        for subscriber in subscribers { subscriber.deliver(frame) }
-        return subscribers.count
     }
 }
 

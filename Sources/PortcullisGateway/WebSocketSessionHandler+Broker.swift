@@ -15,7 +15,9 @@ extension WebSocketSessionHandler {
         }
         let decoded: Result<MessagingProtocol.Request, MessagingProtocol.DecodingError> = payload.withUnsafeReadableBytes { bytes in
             Result { () throws(MessagingProtocol.DecodingError) in
-                binary ? try MessagingProtocol.decodeRequest(binary: bytes) : try MessagingProtocol.decodeRequest(text: bytes)
+                binary
+                    ? try MessagingProtocol.decodeRequest(binary: bytes, previousTopic: lastAllowedPublishTopic)
+                    : try MessagingProtocol.decodeRequest(text: bytes)
             }
         }
         let request: MessagingProtocol.Request
@@ -85,9 +87,22 @@ extension WebSocketSessionHandler {
             rateLimited(context: context, id: id, topic: topic)
             return
         }
-        let (binary, bytes) = MessagingProtocol.encodeMessage(topic: topic, from: identity, payload: body)
-        connection.gateway.broker.publish(
-            OutboundFrame(binary: binary, buffer: context.channel.allocator.buffer(bytes: bytes), topic: topic), to: topic)
+        let frame: OutboundFrame
+        if case .binary(let payload) = body {
+            // The delivery's prefix (topic and sender) is the same for every publish to this topic.
+            if deliveryPrefix?.topic != topic {
+                deliveryPrefix = (topic, MessagingProtocol.binaryMessagePrefix(topic: topic, from: identity))
+            }
+            let prefix = deliveryPrefix!.bytes
+            var buffer = context.channel.allocator.buffer(capacity: prefix.count + payload.count)
+            buffer.writeBytes(prefix)
+            buffer.writeBytes(payload)
+            frame = OutboundFrame(binary: true, buffer: buffer, topic: topic)
+        } else {
+            let (binary, bytes) = MessagingProtocol.encodeMessage(topic: topic, from: identity, payload: body)
+            frame = OutboundFrame(binary: binary, buffer: context.channel.allocator.buffer(bytes: bytes), topic: topic)
+        }
+        connection.gateway.broker.publish(frame, to: topic, cache: &publishCache)
         if let id { sendAck(context: context, id: id) }
     }
 

@@ -86,14 +86,26 @@ public enum MessagingProtocol {
     }
 
     /// Decodes a binary frame: `0x01`, a 2-byte big-endian topic length, the topic, then the payload.
-    public static func decodeRequest(binary bytes: UnsafeRawBufferPointer) throws(DecodingError) -> Request {
+    ///
+    /// - Parameter previousTopic: the topic of the sender's previous publish; when this one's is the same, that
+    ///   string is returned instead of a newly validated copy (a sender mostly repeats its topic).
+    public static func decodeRequest(
+        binary bytes: UnsafeRawBufferPointer, previousTopic: String? = nil
+    ) throws(DecodingError) -> Request {
         guard bytes.count >= 3, bytes[0] == binaryPublish else {
             throw DecodingError(code: "invalid_message", message: "a binary frame must start with 0x01 (publish)", id: nil)
         }
         let length = Int(bytes[1]) << 8 | Int(bytes[2])
-        guard bytes.count >= 3 + length,
-            let topic = String(validating: UnsafeRawBufferPointer(rebasing: bytes[3..<(3 + length)]), as: UTF8.self)
-        else {
+        guard bytes.count >= 3 + length else {
+            throw DecodingError(code: "invalid_message", message: "the binary frame's topic is truncated or not UTF-8", id: nil)
+        }
+        let topicBytes = UnsafeRawBufferPointer(rebasing: bytes[3..<(3 + length)])
+        if var previousTopic, previousTopic.utf8.count == length,
+            previousTopic.withUTF8({ previous in (0..<length).allSatisfy { previous[$0] == topicBytes[$0] } })
+        {
+            return .publish(topic: previousTopic, payload: .binary(Array(bytes[(3 + length)...])), id: nil)
+        }
+        guard let topic = String(validating: topicBytes, as: UTF8.self) else {
             throw DecodingError(code: "invalid_message", message: "the binary frame's topic is truncated or not UTF-8", id: nil)
         }
         return .publish(topic: topic, payload: .binary(Array(bytes[(3 + length)...])), id: nil)
@@ -128,13 +140,18 @@ public enum MessagingProtocol {
             bytes.append(UInt8(ascii: "}"))
             return (false, bytes)
         case .binary(let raw):
-            var bytes: [UInt8] = [binaryMessage]
-            bytes.reserveCapacity(5 + topic.utf8.count + from.utf8.count + raw.count)
-            appendLengthPrefixed(topic, to: &bytes)
-            appendLengthPrefixed(from, to: &bytes)
-            bytes += raw
-            return (true, bytes)
+            return (true, binaryMessagePrefix(topic: topic, from: from) + raw)
         }
+    }
+
+    /// A binary delivery up to its payload: `0x02`, then the topic and the sender, each with a 2-byte length.
+    /// The same for every message a sender publishes to a topic, so a gateway can keep it.
+    public static func binaryMessagePrefix(topic: String, from: String) -> [UInt8] {
+        var bytes: [UInt8] = [binaryMessage]
+        bytes.reserveCapacity(5 + topic.utf8.count + from.utf8.count)
+        appendLengthPrefixed(topic, to: &bytes)
+        appendLengthPrefixed(from, to: &bytes)
+        return bytes
     }
 
     public static func encodeAck(id: [UInt8]) -> [UInt8] {

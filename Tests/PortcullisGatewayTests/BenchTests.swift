@@ -93,7 +93,7 @@ struct BenchTests {
             let group = MultiThreadedEventLoopGroup.singleton
             // The device's rule grants /v1/echo and /v1/messages only.
             let refused = try await ConnectBenchmark.run(
-                try Self.target(gw, path: "/v1/nowhere"), duration: 0.5, warmup: 0, concurrency: 1, resume: false,
+                try Self.target(gw, path: "/v1/nowhere"), duration: 2, warmup: 0, concurrency: 1, resume: false,
                 progress: false, group: group)
             #expect(refused.sessions == 0 && refused.failures > 0)
             #expect(refused.firstError?.contains("404") == true, "\(String(describing: refused.firstError))")
