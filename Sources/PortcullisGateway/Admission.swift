@@ -21,12 +21,24 @@ public struct UpgradeRequest: Sendable {
 
     /// Every value of a header (case-insensitive name), one per field line.
     public func values(_ name: String) -> [String] {
-        headers.filter { $0.name.caseInsensitiveCompare(name) == .orderedSame }.map(\.value)
+        headers.filter { Self.equalIgnoringASCIICase($0.name, name) }.map(\.value)
     }
 
     /// Comma-separated tokens of every field line of a header, trimmed and lowercased.
     func tokens(_ name: String) -> [String] {
-        values(name).flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        values(name).flatMap { $0.split(separator: ",") }.map { token in
+            let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+            return String(token.drop(while: isSpace).reversed().drop(while: isSpace).reversed()).lowercased()
+        }
+    }
+
+    /// Header names are ASCII tokens (RFC 9110 §5.1); comparing them needs no locale-aware Foundation call,
+    /// which showed in profiles of session setup.
+    static func equalIgnoringASCIICase(_ a: String, _ b: String) -> Bool {
+        a.utf8.count == b.utf8.count
+            && zip(a.utf8, b.utf8).allSatisfy { x, y in
+                x == y || (x | 0x20 == y | 0x20 && (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(x | 0x20))
+            }
     }
 
     var path: String {

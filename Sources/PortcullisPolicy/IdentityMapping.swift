@@ -51,9 +51,10 @@ public struct IdentityMappingRule: Sendable, Hashable {
                 captured = ""
             }
             guard let captured else { continue }
-            let name = identity
-                .replacingOccurrences(of: "{value}", with: value)
-                .replacingOccurrences(of: "{*}", with: captured)
+            let name =
+                identity.contains("{")
+                ? identity.replacingOccurrences(of: "{value}", with: value).replacingOccurrences(of: "{*}", with: captured)
+                : identity
             if !name.isEmpty { return name }
         }
         return nil

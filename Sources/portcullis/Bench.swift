@@ -128,7 +128,7 @@ struct BenchConnect: AsyncParsableCommand {
         try await options.finish(
             result,
             lines: [
-                "connect (\(result.wire.rawValue)): \(result.sessions) sessions in \(figure(result.seconds, 1)) s, \(result.failures) failed",
+                "connect (\(result.wire.rawValue)\(result.resume ? ", resumed" : "")): \(result.sessions) sessions\(result.resumedSessions.map { " (\($0) resumed)" } ?? "") in \(figure(result.seconds, 1)) s, \(result.failures) failed",
                 "sessions/s: \(figure(result.sessionsPerSecond))  per server CPU-second: \(figure(result.sessionsPerServerCPUSecond))",
                 latencyLine(result.latencyMilliseconds, unit: "ms"),
             ] + (result.firstError.map { ["first error: \($0)"] } ?? []),

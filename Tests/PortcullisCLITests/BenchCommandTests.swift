@@ -97,6 +97,13 @@ struct BenchCommandTests {
         let connect = try benchResult(output)
         #expect((connect["sessions"] as? Int ?? 0) > 0 && connect["failures"] as? Int == 0, "\(connect)")
 
+        let (resumeStatus, resumeOutput) = try await portcullis(
+            ["bench", "connect", "--resume", "--duration", "1s", "--warmup", "0.2s", "--concurrency", "2"] + common,
+            in: directory)
+        #expect(resumeStatus == 0, "\(resumeOutput)")
+        let resumed = try benchResult(resumeOutput)
+        #expect((resumed["sessions"] as? Int ?? 0) > 0 && resumed["resumed_sessions"] as? Int == resumed["sessions"] as? Int, "\(resumed)")
+
         let (pubStatus, pubOutput) = try await portcullis(
             ["bench", "pubsub", "--duration", "1s", "--warmup", "0.2s", "--rate", "300", "--subscribers", "2"] + common,
             in: directory)

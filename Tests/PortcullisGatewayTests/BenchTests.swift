@@ -87,6 +87,20 @@ struct BenchTests {
         }
     }
 
+    @Test("connect --resume resumes TLS sessions with the system's OpenSSL, and each one is admitted again")
+    func resumedSessions() async throws {
+        try await withGateway { gw in
+            let result = try await ConnectBenchmark.run(
+                try Self.target(gw, path: "/v1/echo"), duration: 1, warmup: 0.2, concurrency: 2, resume: true,
+                progress: false, group: MultiThreadedEventLoopGroup.singleton)
+            #expect(result.failures == 0 && result.sessions > 0, "\(result)")
+            // Only a client's first session (in the warm-up) is a full handshake.
+            #expect(result.resumedSessions == result.sessions, "\(result)")
+            let resumed = try gw.auditRecords().filter { $0.event == "session_opened" && $0.resumed == true }
+            #expect(resumed.count >= result.sessions)
+        }
+    }
+
     @Test("A refused session is reported with the server's status, not hidden in a rate")
     func refusalsAreReported() async throws {
         try await withGateway { gw in
