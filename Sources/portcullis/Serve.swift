@@ -81,6 +81,17 @@ struct Serve: AsyncParsableCommand {
         if let auditDir { configuration.auditDirectory = auditDir }
 
         let gateway: Gateway
+        // Signals are caught before anything is printed: a SIGTERM right after the banner must drain, not kill.
+        let (stop, continuation) = AsyncStream<Int32>.makeStream()
+        var sources: [any DispatchSourceSignal] = []
+        for signal in [SIGINT, SIGTERM] {
+            Glibc.signal(signal, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+            source.setEventHandler { continuation.yield(signal) }
+            source.resume()
+            sources.append(source)
+        }
+        defer { sources.forEach { $0.cancel() } }
         let address: String
         do {
             gateway = try Gateway(configuration: configuration, logger: logger)
@@ -99,16 +110,6 @@ struct Serve: AsyncParsableCommand {
             emit("portcullis: listening on \(address); audit log in \(configuration.auditDirectory)/audit.jsonl\n")
         }
 
-        let (stop, continuation) = AsyncStream<Int32>.makeStream()
-        var sources: [any DispatchSourceSignal] = []
-        for signal in [SIGINT, SIGTERM] {
-            Glibc.signal(signal, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
-            source.setEventHandler { continuation.yield(signal) }
-            source.resume()
-            sources.append(source)
-        }
-        defer { sources.forEach { $0.cancel() } }
         for await signal in stop {
             logger.info("shutting down", metadata: ["signal": "\(signal)"])
             break

@@ -33,7 +33,7 @@ struct BenchCommandTests {
         ]
 
         let (status, output) = try await portcullis(
-            ["bench", "connect", "--duration", "1s", "--warmup", "0s", "--concurrency", "2"] + common, in: directory)
+            ["bench", "connect", "--duration", "2s", "--warmup", "0.5s", "--concurrency", "2"] + common, in: directory)
         #expect(status == 0, "\(output)")
         let connect = try benchResult(output)
         #expect((connect["sessions"] as? Int ?? 0) > 0 && connect["failures"] as? Int == 0, "\(connect)")
@@ -92,13 +92,13 @@ struct BenchCommandTests {
         ]
 
         let (status, output) = try await portcullis(
-            ["bench", "connect", "--duration", "1s", "--warmup", "0s", "--concurrency", "2"] + common, in: directory)
+            ["bench", "connect", "--duration", "2s", "--warmup", "0.5s", "--concurrency", "2"] + common, in: directory)
         #expect(status == 0, "\(output)")
         let connect = try benchResult(output)
         #expect((connect["sessions"] as? Int ?? 0) > 0 && connect["failures"] as? Int == 0, "\(connect)")
 
         let (resumeStatus, resumeOutput) = try await portcullis(
-            ["bench", "connect", "--resume", "--duration", "1s", "--warmup", "0.2s", "--concurrency", "2"] + common,
+            ["bench", "connect", "--resume", "--duration", "2s", "--warmup", "0.5s", "--concurrency", "2"] + common,
             in: directory)
         #expect(resumeStatus == 0, "\(resumeOutput)")
         let resumed = try benchResult(resumeOutput)

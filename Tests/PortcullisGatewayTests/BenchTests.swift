@@ -58,7 +58,7 @@ struct BenchTests {
             let group = MultiThreadedEventLoopGroup.singleton
 
             let connect = try await ConnectBenchmark.run(
-                try Self.target(gw, path: "/v1/echo"), duration: 1, warmup: 0, concurrency: 2, resume: false,
+                try Self.target(gw, path: "/v1/echo"), duration: 2, warmup: 0.5, concurrency: 2, resume: false,
                 progress: false, group: group)
             #expect(connect.sessions > 0 && connect.failures == 0, "\(connect)")
             #expect(connect.latencyMilliseconds.count == UInt64(connect.sessions))
@@ -91,7 +91,7 @@ struct BenchTests {
     func resumedSessions() async throws {
         try await withGateway { gw in
             let result = try await ConnectBenchmark.run(
-                try Self.target(gw, path: "/v1/echo"), duration: 1, warmup: 0.2, concurrency: 2, resume: true,
+                try Self.target(gw, path: "/v1/echo"), duration: 2, warmup: 0.5, concurrency: 2, resume: true,
                 progress: false, group: MultiThreadedEventLoopGroup.singleton)
             #expect(result.failures == 0 && result.sessions > 0, "\(result)")
             // Only a client's first session (in the warm-up) is a full handshake.
