@@ -8,7 +8,7 @@ import PortcullisProtocol
 /// identity's limits, answered with `ack` or `error` frames.
 extension WebSocketSessionHandler {
     func handleBrokerMessage(context: ChannelHandlerContext, binary: Bool, payload: ByteBuffer) {
-        let limits = connection.permissions.limits
+        let limits = permissions.limits
         if let maximum = limits.maxMessageBytes, payload.readableBytes > maximum {
             close(context: context, code: .messageTooLarge, reason: "message_too_large")
             return
@@ -47,16 +47,16 @@ extension WebSocketSessionHandler {
             refuse(context: context, id: id, code: "invalid_topic", message: problem, topic: filter, violation: true)
             return
         }
-        if case .forbidden(let why) = connection.permissions.maySubscribe(to: filter) {
+        if case .forbidden(let why) = permissions.maySubscribe(to: filter) {
             refuse(context: context, id: id, code: "forbidden", message: why, topic: filter, violation: true)
             return
         }
         if !subscriptions.contains(filter) {
-            guard connection.gateway.usage.reserveSubscription(identity, limit: connection.permissions.limits.subscriptions)
+            guard connection.gateway.usage.reserveSubscription(identity, limit: permissions.limits.subscriptions)
             else {
                 refuse(
                     context: context, id: id, code: "subscription_limit",
-                    message: "at most \(connection.permissions.limits.subscriptions ?? 0) subscriptions for this identity",
+                    message: "at most \(permissions.limits.subscriptions ?? 0) subscriptions for this identity",
                     topic: filter, violation: false)
                 return
             }
@@ -69,36 +69,14 @@ extension WebSocketSessionHandler {
     private func publish(
         context: ChannelHandlerContext, topic: String, body: MessagingProtocol.Payload, id: [UInt8]?, size: Int
     ) {
-        // A session mostly publishes to the same topic again: its verdict is remembered for the last one.
-        if topic != lastAllowedPublishTopic {
-            if let problem = Topic.problem(withName: topic) {
-                refuse(context: context, id: id, code: "invalid_topic", message: problem, topic: topic, violation: true)
-                return
-            }
-            if case .forbidden(let why) = connection.permissions.mayPublish(to: topic) {
-                refuse(context: context, id: id, code: "forbidden", message: why, topic: topic, violation: true)
-                return
-            }
-            lastAllowedPublishTopic = topic
-        }
-        let limits = connection.permissions.limits
-        let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
-        guard connection.gateway.usage.admitMessage(identity, bytes: size, limits: limits, now: now) else {
-            rateLimited(context: context, id: id, topic: topic)
-            return
-        }
+        guard admitPublish(context: context, topic: topic, id: id, size: size) else { return }
         let frame: OutboundFrame
-        if case .binary(let payload) = body {
-            // The delivery's prefix (topic and sender) is the same for every publish to this topic.
-            if deliveryPrefix?.topic != topic {
-                deliveryPrefix = (topic, MessagingProtocol.binaryMessagePrefix(topic: topic, from: identity))
-            }
-            let prefix = deliveryPrefix!.bytes
-            var buffer = context.channel.allocator.buffer(capacity: prefix.count + payload.count)
-            buffer.writeBytes(prefix)
+        switch body {
+        case .binary(let payload):
+            var buffer = deliveryBuffer(topic: topic, payloadBytes: payload.count, context: context)
             buffer.writeBytes(payload)
             frame = OutboundFrame(binary: true, buffer: buffer, topic: topic)
-        } else {
+        case .json:
             let (binary, bytes) = MessagingProtocol.encodeMessage(topic: topic, from: identity, payload: body)
             frame = OutboundFrame(binary: binary, buffer: context.channel.allocator.buffer(bytes: bytes), topic: topic)
         }
@@ -106,8 +84,84 @@ extension WebSocketSessionHandler {
         if let id { sendAck(context: context, id: id) }
     }
 
+    /// A binary publish (`docs/protocol.md`) taken straight from the masked frame: the payload is unmasked
+    /// once, into the delivery buffer, which is the only allocation a message needs. Returns false, having
+    /// done nothing, for anything but a well-formed publish within the size limit; ``handleBrokerMessage``
+    /// then answers it as usual.
+    func publishBinaryFrame(context: ChannelHandlerContext, frame: WebSocketFrame) -> Bool {
+        guard let key = frame.maskKey else { return false }
+        let data = frame.data
+        let size = data.readableBytes
+        if let maximum = permissions.limits.maxMessageBytes, size > maximum { return false }
+        guard size >= 3 else { return false }
+        let view = data.readableBytesView
+        func unmasked(_ offset: Int) -> UInt8 { view[view.startIndex + offset] ^ key[offset & 3] }
+        guard unmasked(0) == MessagingProtocol.binaryPublish else { return false }
+        let topicLength = Int(unmasked(1)) << 8 | Int(unmasked(2))
+        guard size >= 3 + topicLength else { return false }
+        let topic: String
+        if var previous = lastAllowedPublishTopic, previous.utf8.count == topicLength,
+            previous.withUTF8({ bytes in (0..<topicLength).allSatisfy { bytes[$0] == unmasked(3 + $0) } })
+        {
+            topic = previous
+        } else {
+            guard let decoded = String(validating: (3..<(3 + topicLength)).lazy.map(unmasked), as: UTF8.self) else {
+                return false
+            }
+            topic = decoded
+        }
+        guard admitPublish(context: context, topic: topic, id: nil, size: size) else { return true }
+        let payloadOffset = 3 + topicLength
+        var buffer = deliveryBuffer(topic: topic, payloadBytes: size - payloadOffset, context: context)
+        let payloadStart = buffer.writerIndex
+        buffer.writeImmutableBuffer(data.getSlice(at: data.readerIndex + payloadOffset, length: size - payloadOffset)!)
+        buffer.withUnsafeMutableReadableBytes { bytes in
+            Self.unmask(UnsafeMutableRawBufferPointer(rebasing: bytes[payloadStart...]), key: key, offset: payloadOffset)
+        }
+        connection.gateway.broker.publish(OutboundFrame(binary: true, buffer: buffer, topic: topic), to: topic, cache: &publishCache)
+        return true
+    }
+
+    /// A buffer holding a binary delivery's prefix (topic and sender, the same for every publish to a topic),
+    /// with room for the payload.
+    private func deliveryBuffer(topic: String, payloadBytes: Int, context: ChannelHandlerContext) -> ByteBuffer {
+        if deliveryPrefix?.topic != topic {
+            deliveryPrefix = (topic, MessagingProtocol.binaryMessagePrefix(topic: topic, from: identity))
+        }
+        let prefix = deliveryPrefix!.bytes
+        var buffer = context.channel.allocator.buffer(capacity: prefix.count + payloadBytes)
+        buffer.writeBytes(prefix)
+        return buffer
+    }
+
+    /// Checks a publish against the topic rules, the session's grants and the identity's rate limits; a
+    /// refusal is answered and audited here.
+    private func admitPublish(context: ChannelHandlerContext, topic: String, id: [UInt8]?, size: Int) -> Bool {
+        // A session mostly publishes to the same topic again: its verdict is remembered for the last one.
+        if topic != lastAllowedPublishTopic {
+            if let problem = Topic.problem(withName: topic) {
+                refuse(context: context, id: id, code: "invalid_topic", message: problem, topic: topic, violation: true)
+                return false
+            }
+            if case .forbidden(let why) = permissions.mayPublish(to: topic) {
+                refuse(context: context, id: id, code: "forbidden", message: why, topic: topic, violation: true)
+                return false
+            }
+            lastAllowedPublishTopic = topic
+        }
+        let limits = permissions.limits
+        if limits.messagesPerSecond != nil || limits.bytesPerSecond != nil {
+            let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
+            guard connection.gateway.usage.admitMessage(identity, bytes: size, limits: limits, now: now) else {
+                rateLimited(context: context, id: id, topic: topic)
+                return false
+            }
+        }
+        return true
+    }
+
     private func rateLimited(context: ChannelHandlerContext, id: [UInt8]?, topic: String) {
-        let limits = connection.permissions.limits
+        let limits = permissions.limits
         // One audit record a second at most: a flood must not flood the audit log too.
         let now = NIODeadline.now()
         if lastRateLimitAudit.map({ now - $0 >= .seconds(1) }) ?? true {
@@ -136,7 +190,7 @@ extension WebSocketSessionHandler {
         sendError(context: context, id: id, code: code, message: message)
         guard violation else { return }
         violations += 1
-        if violations >= connection.permissions.limits.maxViolations {
+        if violations >= permissions.limits.maxViolations {
             close(context: context, code: .policyViolation, reason: "too_many_violations")
         }
     }

@@ -54,10 +54,14 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         self.route = route
         self.configuration = configuration
         if case .admit(let identity, _, _) = connection.outcome { self.identity = identity.name } else { self.identity = "" }
+        self.permissions = connection.permissions
     }
 
     /// The admitted identity's name (the session exists only once admitted).
     let identity: String
+    /// The session's topic grants and limits, fixed at admission; kept here because the message path reads
+    /// them for every message.
+    let permissions: MessagePermissions
 
     func handlerAdded(context: ChannelHandlerContext) {
         // The upgrader always installs the frame encoder; without it no frame could be sent at all.
@@ -89,9 +93,12 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         }
         switch frame.opcode {
         case .text, .binary:
-            let payload = Self.unmaskedPayload(of: frame)
             messagesIn += 1
-            bytesIn += payload.readableBytes
+            bytesIn += frame.length
+            if route.kind == .broker, frame.opcode == .binary, !sentClose, publishBinaryFrame(context: context, frame: frame) {
+                return
+            }
+            let payload = Self.unmaskedPayload(of: frame)
             if frame.opcode == .text, String(validating: payload.readableBytesView, as: UTF8.self) == nil {
                 close(context: context, code: .dataInconsistentWithMessage, reason: "invalid_utf8")
                 return
@@ -134,21 +141,24 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     static func unmaskedPayload(of frame: WebSocketFrame) -> ByteBuffer {
         guard let key = frame.maskKey else { return frame.data }
         var data = frame.data
-        let key8 = (key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3])
-        let word = withUnsafeBytes(of: key8) { $0.loadUnaligned(as: UInt64.self) }
-        data.withUnsafeMutableReadableBytes { bytes in
-            var index = 0
-            while index + 8 <= bytes.count {
-                let masked = bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-                bytes.storeBytes(of: masked ^ word, toByteOffset: index, as: UInt64.self)
-                index += 8
-            }
-            while index < bytes.count {
-                bytes[index] ^= key[index & 3]
-                index += 1
-            }
-        }
+        data.withUnsafeMutableReadableBytes { unmask($0, key: key, offset: 0) }
         return data
+    }
+
+    /// Unmasks `bytes` in place, which start `offset` bytes into the frame's payload.
+    static func unmask(_ bytes: UnsafeMutableRawBufferPointer, key: WebSocketMaskingKey, offset: Int) {
+        let k = (key[offset & 3], key[(offset + 1) & 3], key[(offset + 2) & 3], key[(offset + 3) & 3])
+        let word = withUnsafeBytes(of: (k.0, k.1, k.2, k.3, k.0, k.1, k.2, k.3)) { $0.loadUnaligned(as: UInt64.self) }
+        var index = 0
+        while index + 8 <= bytes.count {
+            let masked = bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            bytes.storeBytes(of: masked ^ word, toByteOffset: index, as: UInt64.self)
+            index += 8
+        }
+        while index < bytes.count {
+            bytes[index] ^= key[(offset + index) & 3]
+            index += 1
+        }
     }
 
     /// Sends a data frame, counting it against the outbound bound: a client that does not read closes with
@@ -222,7 +232,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     }
 
     func deliver(_ frame: OutboundFrame, context: ChannelHandlerContext) {
-        if let topic = frame.topic, !connection.permissions.mayReceive(topic) { return }
+        if let topic = frame.topic, !permissions.mayReceive(topic) { return }
         send(frame, context: context)
     }
 

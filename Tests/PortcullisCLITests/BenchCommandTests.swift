@@ -102,7 +102,9 @@ struct BenchCommandTests {
             in: directory)
         #expect(resumeStatus == 0, "\(resumeOutput)")
         let resumed = try benchResult(resumeOutput)
-        #expect((resumed["sessions"] as? Int ?? 0) > 0 && resumed["resumed_sessions"] as? Int == resumed["sessions"] as? Int, "\(resumed)")
+        // Only each client's first session is a full handshake (normally during the warm-up).
+        let sessions = resumed["sessions"] as? Int ?? 0
+        #expect(sessions > 0 && (resumed["resumed_sessions"] as? Int ?? 0) >= sessions - 2, "\(resumed)")
 
         let (pubStatus, pubOutput) = try await portcullis(
             ["bench", "pubsub", "--duration", "1s", "--warmup", "0.2s", "--rate", "300", "--subscribers", "2"] + common,

@@ -94,8 +94,8 @@ struct BenchTests {
                 try Self.target(gw, path: "/v1/echo"), duration: 2, warmup: 0.5, concurrency: 2, resume: true,
                 progress: false, group: MultiThreadedEventLoopGroup.singleton)
             #expect(result.failures == 0 && result.sessions > 0, "\(result)")
-            // Only a client's first session (in the warm-up) is a full handshake.
-            #expect(result.resumedSessions == result.sessions, "\(result)")
+            // Only each client's first session is a full handshake (normally during the warm-up).
+            #expect((result.resumedSessions ?? 0) >= result.sessions - 2, "\(result)")
             let resumed = try gw.auditRecords().filter { $0.event == "session_opened" && $0.resumed == true }
             #expect(resumed.count >= result.sessions)
         }
