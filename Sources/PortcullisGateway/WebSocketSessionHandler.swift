@@ -263,9 +263,10 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
                 }
             }
             guard client.isActive else { return }
+            let closeCode = WebSocketErrorCode(codeNumber: Int(code))
             eventLoop.execute {
                 let (handler, context) = loopBound.value
-                handler.close(context: context, code: WebSocketErrorCode(codeNumber: Int(code)), reason: "upstream_closed")
+                handler.close(context: context, code: closeCode, reason: "upstream_closed")
             }
         }
     }

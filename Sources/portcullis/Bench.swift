@@ -79,8 +79,21 @@ struct BenchOptions: ParsableArguments {
         }
     }
 
-    /// Prints `result` as JSON or as `lines`, and shuts the event loops down.
-    func finish<R: Encodable>(_ result: R, lines: [String], group: MultiThreadedEventLoopGroup) async throws {
+    /// Runs a scenario on its own event loops and prints its result: as one JSON object, or as `lines` and the
+    /// first error the clients met. A scenario that cannot run at all exits 1 with the reason.
+    func measure<R: BenchResult>(
+        _ scenario: (BenchTarget, MultiThreadedEventLoopGroup) async throws -> R, lines: (R) -> [String]
+    ) async throws {
+        let target = try target()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let result: R
+        do {
+            result = try await scenario(target, group)
+        } catch {
+            try? await group.shutdownGracefully()
+            FileHandle.standardError.write(Data("portcullis: bench: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
         try await group.shutdownGracefully()
         if json {
             let encoder = JSONEncoder()
@@ -88,10 +101,19 @@ struct BenchOptions: ParsableArguments {
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(result), as: UTF8.self))
         } else {
-            for line in lines { print(line) }
+            for line in lines(result) + (result.firstError.map { ["first error: \($0)"] } ?? []) { print(line) }
         }
     }
 }
+
+/// What every scenario's result has in common.
+protocol BenchResult: Encodable {
+    var firstError: String? { get }
+}
+
+extension ConnectBenchmark.Result: BenchResult {}
+extension PubSubBenchmark.Result: BenchResult {}
+extension IdleBenchmark.Result: BenchResult {}
 
 extension WireProtocol: ExpressibleByArgument {}
 
@@ -114,25 +136,17 @@ struct BenchConnect: AsyncParsableCommand {
     var resume = false
 
     func run() async throws {
-        let target = try options.target()
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: options.threads)
-        let result: ConnectBenchmark.Result
-        do {
-            result = try await ConnectBenchmark.run(
+        try await options.measure { target, group in
+            try await ConnectBenchmark.run(
                 target, duration: options.durationSeconds, warmup: options.warmupSeconds, concurrency: options.concurrency,
                 resume: resume, progress: !options.json, group: group)
-        } catch {
-            try? await group.shutdownGracefully()
-            throw ValidationError("\(error)")
-        }
-        try await options.finish(
-            result,
-            lines: [
+        } lines: { result in
+            [
                 "connect (\(result.wire.rawValue)\(result.resume ? ", resumed" : "")): \(result.sessions) sessions\(result.resumedSessions.map { " (\($0) resumed)" } ?? "") in \(figure(result.seconds, 1)) s, \(result.failures) failed",
                 "sessions/s: \(figure(result.sessionsPerSecond))  per server CPU-second: \(figure(result.sessionsPerServerCPUSecond))",
                 latencyLine(result.latencyMilliseconds, unit: "ms"),
-            ] + (result.firstError.map { ["first error: \($0)"] } ?? []),
-            group: group)
+            ]
+        }
     }
 }
 
@@ -164,7 +178,6 @@ struct BenchPubSub: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let target = try options.target()
         var settings = PubSubBenchmark.Options()
         settings.publishers = publishers
         settings.subscribers = subscribers
@@ -173,22 +186,15 @@ struct BenchPubSub: AsyncParsableCommand {
         settings.duration = options.durationSeconds
         settings.warmup = options.warmupSeconds
         settings.topic = topic
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: options.threads)
-        let result: PubSubBenchmark.Result
-        do {
-            result = try await PubSubBenchmark.run(target, options: settings, progress: !options.json, group: group)
-        } catch {
-            try? await group.shutdownGracefully()
-            throw ValidationError("\(error)")
-        }
-        try await options.finish(
-            result,
-            lines: [
+        try await options.measure { [settings] target, group in
+            try await PubSubBenchmark.run(target, options: settings, progress: !options.json, group: group)
+        } lines: { result in
+            [
                 "pubsub (\(result.wire.rawValue)) \(publishers)→\(subscribers), \(payload)-byte payloads, \(rate.map { "\(figure($0)) msg/s" } ?? "full speed"):",
                 "delivered/s: \(figure(result.deliveredPerSecond))  bytes/s: \(figure(result.deliveredBytesPerSecond))  per server CPU-second: \(figure(result.deliveredPerServerCPUSecond))",
                 latencyLine(result.latencyMicroseconds, unit: "µs"),
-            ] + (result.firstError.map { ["first error: \($0)"] } ?? []),
-            group: group)
+            ]
+        }
     }
 }
 
@@ -204,25 +210,20 @@ struct BenchIdle: AsyncParsableCommand {
     @Option(help: "How long to hold them before reading the server's memory.")
     var hold = "2s"
 
+    func validate() throws {
+        guard parseDuration(hold) != nil else { throw ValidationError("--hold must be a duration such as 2s") }
+    }
+
     func run() async throws {
-        let target = try options.target()
-        guard let holdSeconds = parseDuration(hold) else { throw ValidationError("--hold must be a duration such as 2s") }
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: options.threads)
-        let result: IdleBenchmark.Result
-        do {
-            result = try await IdleBenchmark.run(
-                target, sessions: sessions, concurrency: options.concurrency, hold: holdSeconds, progress: !options.json,
-                group: group)
-        } catch {
-            try? await group.shutdownGracefully()
-            throw ValidationError("\(error)")
-        }
-        try await options.finish(
-            result,
-            lines: [
+        try await options.measure { target, group in
+            try await IdleBenchmark.run(
+                target, sessions: sessions, concurrency: options.concurrency, hold: parseDuration(hold)!,
+                progress: !options.json, group: group)
+        } lines: { result in
+            [
                 "idle (\(result.wire.rawValue)): \(result.sessions) sessions opened in \(figure(result.openSeconds, 1)) s, \(result.failures) failed",
                 "server memory: \(figure(result.serverKiBPerSession, 1)) KiB per session (RSS \(result.serverResidentKiBBefore.map(String.init) ?? "?") → \(result.serverResidentKiBAfter.map(String.init) ?? "?") KiB)",
-            ] + (result.firstError.map { ["first error: \($0)"] } ?? []),
-            group: group)
+            ]
+        }
     }
 }

@@ -54,7 +54,7 @@ struct PKIWatch: AsyncParsableCommand {
                 continuation.yield()
             }
             var iterator = stop.makeAsyncIterator()
-            let next = await iterator.next()
+            let next: Void? = await iterator.next()
             timer.cancel()
             if next == nil { return }
         }
