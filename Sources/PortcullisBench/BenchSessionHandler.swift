@@ -92,7 +92,7 @@ final class BenchSessionHandler: ChannelInboundHandler {
     func publish(count: Int, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8]) {
         guard let context, let writer = encodedFrameWriter else { return }
         let length = framing.prefix.count + 8 + filler.count + framing.suffix.count
-        var buffer = context.channel.allocator.buffer(capacity: count * (length + 8 + 4))
+        var buffer = context.channel.allocator.buffer(capacity: count * (length + 14))
         for _ in 0..<count {
             payload.removeAll(keepingCapacity: true)
             payload.append(contentsOf: framing.prefix)
@@ -102,9 +102,12 @@ final class BenchSessionHandler: ChannelInboundHandler {
             buffer.writeInteger(UInt8(0x82))  // FIN, binary
             if length < 126 {
                 buffer.writeInteger(UInt8(0x80 | length))
-            } else {
+            } else if length <= Int(UInt16.max) {
                 buffer.writeInteger(UInt8(0x80 | 126))
                 buffer.writeInteger(UInt16(length))
+            } else {
+                buffer.writeInteger(UInt8(0x80 | 127))
+                buffer.writeInteger(UInt64(length))
             }
             maskState ^= maskState << 13
             maskState ^= maskState >> 7
