@@ -6,8 +6,9 @@ import Glibc
 
 /// The append-only audit log: JSON Lines in `<directory>/audit.jsonl`.
 ///
-/// `record(_:)` only appends to an in-memory queue and returns; a dedicated writer thread encodes, writes
-/// and fsyncs in batches, so callers on an event loop never block on the disk. The queue is bounded: when it
+/// `record(_:)` only appends to an in-memory queue and returns; a dedicated writer thread encodes and writes
+/// each batch at once and fsyncs at most every ``syncInterval`` (group commit), so callers on an event loop
+/// never block on the disk. The queue is bounded: when it
 /// is full the record is counted as dropped (and the count is itself audited once the queue drains).
 ///
 /// Several processes append to the same log (the gateway, and `portcullis pki` run by an admin): each batch
@@ -17,12 +18,21 @@ public final class AuditLog: @unchecked Sendable {
     public let path: String
     /// Records held in memory at most before new ones are dropped.
     public let capacity: Int
+    /// How long a record may sit written but not yet fsync'd: an operating-system crash or power loss can lose
+    /// at most the records of this last interval (a crash of the process itself loses none that were written).
+    /// Zero fsyncs every write.
+    public let syncInterval: Duration
 
     // Guarded by `condition`.
     private let condition = NSCondition()
-    private var pending: [AuditRecord] = []
+    /// Records waiting for the writer, each with the time it was queued (formatted by the writer: formatting
+    /// a date costs more than queuing the record, and the caller may be an event loop).
+    private var pending: [(record: AuditRecord, queuedAt: Date)] = []
     private var enqueued: UInt64 = 0
-    private var written: UInt64 = 0
+    /// Records written and fsync'd.
+    private var durable: UInt64 = 0
+    /// `flush()` is waiting: fsync now rather than at the end of the interval.
+    private var syncRequested = false
     private var dropped = 0
     private var stopping = false
     private var writeError: String?
@@ -32,8 +42,9 @@ public final class AuditLog: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
 
     /// Opens (creating when needed) the log in `directory`, continuing its sequence numbers.
-    public init(directory: String, capacity: Int = 65_536) throws {
+    public init(directory: String, capacity: Int = 65_536, syncInterval: Duration = .milliseconds(10)) throws {
         self.directory = directory
+        self.syncInterval = syncInterval
         self.path = "\(directory)/audit.jsonl"
         self.capacity = capacity
         try FileManager.default.createDirectory(
@@ -58,7 +69,6 @@ public final class AuditLog: @unchecked Sendable {
 
     /// Queues `record`; never blocks on I/O. The time is taken here; the sequence number when it is written.
     public func record(_ record: AuditRecord) {
-        var record = record
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { return }
@@ -66,18 +76,22 @@ public final class AuditLog: @unchecked Sendable {
             dropped += 1
             return
         }
-        record.time = Self.timestamp(Date())
         enqueued += 1
-        pending.append(record)
+        pending.append((record, Date()))
         condition.signal()
     }
 
-    /// Blocks until every record queued before the call is on disk. Not for event-loop threads.
+    /// Blocks until every record queued before the call is on disk (written and fsync'd). Not for event-loop
+    /// threads.
     public func flush() {
         condition.lock()
         defer { condition.unlock() }
         let target = enqueued
-        while written < target && writeError == nil {
+        if durable < target {
+            syncRequested = true
+            condition.broadcast()
+        }
+        while durable < target && writeError == nil {
             condition.wait()
         }
     }
@@ -93,37 +107,70 @@ public final class AuditLog: @unchecked Sendable {
         if !wasStopping { finished.wait() }
     }
 
+    /// The writer: appends whatever is queued as soon as it is queued, and fsyncs once the oldest record not
+    /// yet synced is `syncInterval` old (group commit), when `flush()` asks, or when stopping.
     private func run() {
+        // Records appended to the file since the last fsync, and when the first of them was.
+        var unsynced: UInt64 = 0
+        var unsyncedSince = ContinuousClock.now
         while true {
             condition.lock()
-            while pending.isEmpty && !stopping && dropped == 0 {
-                condition.wait()
+            while pending.isEmpty && dropped == 0 && !stopping {
+                guard unsynced > 0 else {
+                    condition.wait()
+                    continue
+                }
+                let due = unsyncedSince.advanced(by: syncInterval)
+                let now = ContinuousClock.now
+                if syncRequested || now >= due { break }
+                _ = condition.wait(until: Date().addingTimeInterval(Double((due - now) / .microseconds(1)) / 1e6))
             }
-            if pending.isEmpty && stopping {
+            if pending.isEmpty && stopping && unsynced == 0 {
                 condition.unlock()
                 return
             }
-            var batch = pending
-            let counted = UInt64(batch.count)
+            let queued = pending
+            let counted = UInt64(queued.count)
             pending.removeAll(keepingCapacity: true)
-            if dropped > 0 {
-                var notice = AuditRecord(
-                    event: "audit_overflow", reason: "audit_queue_full",
-                    detail: "\(dropped) records were dropped because the audit queue was full")
-                notice.time = Self.timestamp(Date())
-                dropped = 0
-                batch.append(notice)
-            }
+            let droppedNow = dropped
+            dropped = 0
             condition.unlock()
 
-            let error = append(&batch)
+            var error: String?
+            if !queued.isEmpty || droppedNow > 0 {
+                var batch = queued.map { entry in
+                    var record = entry.record
+                    record.time = Self.timestamp(entry.queuedAt)
+                    return record
+                }
+                if droppedNow > 0 {
+                    var notice = AuditRecord(
+                        event: "audit_overflow", reason: "audit_queue_full",
+                        detail: "\(droppedNow) records were dropped because the audit queue was full")
+                    notice.time = Self.timestamp(Date())
+                    batch.append(notice)
+                }
+                if unsynced == 0 { unsyncedSince = .now }
+                error = append(&batch)
+                unsynced += counted
+            }
+
+            condition.lock()
+            let syncNow = syncRequested || stopping || ContinuousClock.now >= unsyncedSince.advanced(by: syncInterval)
+            if syncNow { syncRequested = false }
+            condition.unlock()
+            if syncNow, error == nil, fsync(fd) != 0 { error = String(cString: strerror(errno)) }
 
             condition.lock()
             if let error {
                 writeError = error
                 FileHandle.standardError.write(Data("portcullis: audit log write failed: \(error)\n".utf8))
             }
-            written += counted
+            // A failed write counts as done, so that `flush()` returns (and reports nothing more to wait for).
+            if syncNow || error != nil {
+                durable += unsynced
+                unsynced = 0
+            }
             condition.broadcast()
             condition.unlock()
         }
@@ -165,7 +212,7 @@ public final class AuditLog: @unchecked Sendable {
             }
             offset += written
         }
-        return fsync(fd) == 0 ? nil : String(cString: strerror(errno))
+        return nil
     }
 
     static func timestamp(_ date: Date) -> String {

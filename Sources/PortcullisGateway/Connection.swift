@@ -69,40 +69,32 @@ final class Connection: @unchecked Sendable {
             headers: head.headers.map { ($0.name, $0.value) })
         if let refusal = runtime.admission.validate(request) { return .refuse(refusal, identity: nil) }
 
-        // On a full handshake our callback verified the chain. A resumed session skips the callback, so the
-        // leaf comes from the session and gets the checks that can have changed since: validity, revocation.
-        let leaf: Certificate
-        if case .trusted(let chain) = verification, let first = chain.first {
-            leaf = first
+        // On a full handshake our callback verified the chain moments ago. A resumed session skips the callback,
+        // so its leaf comes from the TLS session and gets the checks that can have changed since: validity and
+        // revocation, of the whole chain when the leaf's verified chain is still known.
+        let facts: CertificateFacts
+        if case .trusted = verification, let presentedFacts {
+            facts = presentedFacts
         } else if let ssl = try? channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
-            let peerCertificate = ssl.peerCertificate,
-            let der = try? peerCertificate.toDERBytes(),
-            let certificate = try? Certificate(derEncoded: der)
+            let der = try? ssl.peerCertificate?.toDERBytes(),
+            let (chain, leafFacts) = resumedChain(leafDER: der)
         {
-            leaf = certificate
             resumed = true
+            if case .refused(let reason, let detail) = runtime.verifier.recheck(chain: chain) {
+                self.facts = leafFacts
+                return .refuse(
+                    Refusal(status: 403, reason: reason.rawValue, message: "certificate not accepted",
+                            detail: "resumed TLS session: " + detail),
+                    identity: nil)
+            }
+            facts = leafFacts
         } else {
             return .refuse(
                 Refusal(status: 403, reason: "no_client_certificate", message: "a client certificate is required",
                         detail: "no verified client certificate on this TLS session"),
                 identity: nil)
         }
-        // A full handshake already extracted the leaf's facts from the bytes the client sent.
-        let facts: CertificateFacts
-        if !resumed, let presentedFacts {
-            facts = presentedFacts
-        } else {
-            var serializer = DER.Serializer()
-            try? serializer.serialize(leaf)
-            facts = CertificateFacts(certificate: leaf, derBytes: serializer.serializedBytes)
-        }
         self.facts = facts
-        if case .refused(let reason, let detail) = runtime.verifier.recheck(leaf: leaf) {
-            return .refuse(
-                Refusal(status: 403, reason: reason.rawValue, message: "certificate not accepted",
-                        detail: (resumed ? "resumed TLS session: " : "") + detail),
-                identity: nil)
-        }
         let outcome = runtime.admission.decideValidated(request, certificate: facts)
         guard case .admit(let identity, let rule, let route) = outcome else { return outcome }
         permissions = runtime.admission.policies.permissions(for: identity, route: route.path)
@@ -115,6 +107,14 @@ final class Connection: @unchecked Sendable {
         }
         sessionSlot = identity.name
         return outcome
+    }
+
+    /// The chain to re-check for a resumed session's leaf, and the leaf's facts: from the cache of verified
+    /// chains when the leaf is in it, else parsed from the leaf alone.
+    private func resumedChain(leafDER der: [UInt8]) -> ([Certificate], CertificateFacts)? {
+        if let known = runtime.verifiedChains.entry(forLeaf: der) { return (known.chain, known.value) }
+        guard let leaf = try? Certificate(derEncoded: der) else { return nil }
+        return ([leaf], CertificateFacts(certificate: leaf, derBytes: der))
     }
 
     /// An audit record pre-filled with what this connection knows: peer, session id, certificate, identity.
@@ -210,31 +210,60 @@ extension Connection {
 
     /// The TLS verification callback: the full chain validation, revocation included, off the event loop's
     /// call stack (swift-certificates' verifier is async); the handshake waits on `promise`.
+    ///
+    /// A chain presented before under the same trust set is taken from the runtime's cache and only
+    /// re-checked for validity and revocation, on the event loop: no parsing, no path building, no hop to
+    /// another thread.
     func verify(
         _ presented: [NIOSSLCertificate], promise: EventLoopPromise<NIOSSLVerificationResultWithMetadata>
     ) {
-        var certificates: [Certificate] = []
+        var ders: [[UInt8]] = []
+        ders.reserveCapacity(presented.count)
         for certificate in presented {
-            guard let der = try? certificate.toDERBytes(), let parsed = try? Certificate(derEncoded: der) else {
-                verification = .refused(.untrusted, detail: "the client sent a certificate that does not parse")
-                promise.succeed(.failed)
+            guard let der = try? certificate.toDERBytes() else {
+                refuseUnparseable(promise)
+                return
+            }
+            ders.append(der)
+        }
+        let key = VerifiedChainCache<CertificateFacts>.Presented(certificates: ders)
+        if let known = runtime.verifiedChains.entry(for: key) {
+            presentedFacts = known.value
+            settle(runtime.verifier.recheck(chain: known.chain) ?? .trusted(chain: known.chain), promise: promise)
+            return
+        }
+        var certificates: [Certificate] = []
+        for der in ders {
+            guard let parsed = try? Certificate(derEncoded: der) else {
+                refuseUnparseable(promise)
                 return
             }
             if certificates.isEmpty { presentedFacts = CertificateFacts(certificate: parsed, derBytes: der) }
             certificates.append(parsed)
         }
-        let verifier = runtime.verifier
+        let runtime = self.runtime
         let eventLoop = self.eventLoop
         Task {
-            let result = await verifier.verify(presented: certificates)
+            let result = await runtime.verifier.verify(presented: certificates)
             eventLoop.execute {
-                self.verification = result
-                if case .trusted = result {
-                    promise.succeed(.certificateVerified(VerificationMetadata(nil)))
-                } else {
-                    promise.succeed(.failed)
+                if case .trusted(let chain) = result, let facts = self.presentedFacts {
+                    runtime.verifiedChains.insert(key, chain: chain, value: facts)
                 }
+                self.settle(result, promise: promise)
             }
         }
+    }
+
+    private func settle(_ result: ClientVerification, promise: EventLoopPromise<NIOSSLVerificationResultWithMetadata>) {
+        verification = result
+        if case .trusted = result {
+            promise.succeed(.certificateVerified(VerificationMetadata(nil)))
+        } else {
+            promise.succeed(.failed)
+        }
+    }
+
+    private func refuseUnparseable(_ promise: EventLoopPromise<NIOSSLVerificationResultWithMetadata>) {
+        settle(.refused(.untrusted, detail: "the client sent a certificate that does not parse"), promise: promise)
     }
 }

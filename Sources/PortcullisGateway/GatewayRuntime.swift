@@ -15,6 +15,8 @@ public struct GatewayRuntime: Sendable {
     public let configuration: GatewayConfiguration
     public let sslContext: NIOSSLContext
     public let verifier: ClientCertificateVerifier
+    /// Chains `verifier` accepted, with their leaf's facts; it belongs to this trust set and goes with it.
+    let verifiedChains = VerifiedChainCache<CertificateFacts>()
     public let admission: Admission
 
     /// Reads the configured files and builds the runtime.

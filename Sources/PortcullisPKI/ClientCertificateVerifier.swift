@@ -62,9 +62,20 @@ public struct ClientCertificateVerifier: Sendable {
     /// validity at `now` and revocation of the leaf. The chain itself was verified at the full handshake by a
     /// context built from the same CA bundle; a new bundle means a new context, whose tickets old sessions lack.
     public func recheck(leaf: Certificate, now: Date = Date()) -> ClientVerification? {
-        if let refusal = validityRefusal(leaf, now: now) { return refusal }
-        if let entry = trust.revocation(of: leaf) {
-            return .refused(.revoked, detail: Self.describe(entry, of: leaf))
+        recheck(chain: [leaf], now: now)
+    }
+
+    /// The checks a chain accepted earlier (from a ``VerifiedChainCache``) must pass again, because they
+    /// depend on time and on the CRLs rather than on the bytes: every certificate inside its validity at
+    /// `now`, none but the root on its issuer's CRL.
+    public func recheck(chain: [Certificate], now: Date = Date()) -> ClientVerification? {
+        for certificate in chain {
+            if let refusal = validityRefusal(certificate, now: now) { return refusal }
+        }
+        for certificate in chain.count > 1 ? chain.dropLast() : chain[...] {
+            if let entry = trust.revocation(of: certificate) {
+                return .refused(.revoked, detail: Self.describe(entry, of: certificate))
+            }
         }
         return nil
     }
@@ -97,16 +108,17 @@ public struct ClientCertificateVerifier: Sendable {
     }
 
     private func validityRefusal(_ certificate: Certificate, now: Date) -> ClientVerification? {
-        let formatter = ISO8601DateFormatter()
+        // The formatter is made only for a refusal: building one costs more than the rest of a re-check.
         if now > certificate.notValidAfter {
             return .refused(
                 .expired,
-                detail: "\(certificate.subject) expired at \(formatter.string(from: certificate.notValidAfter))")
+                detail: "\(certificate.subject) expired at \(ISO8601DateFormatter().string(from: certificate.notValidAfter))")
         }
         if now < certificate.notValidBefore {
             return .refused(
                 .notYetValid,
-                detail: "\(certificate.subject) is not valid before \(formatter.string(from: certificate.notValidBefore))")
+                detail: "\(certificate.subject) is not valid before "
+                    + ISO8601DateFormatter().string(from: certificate.notValidBefore))
         }
         return nil
     }

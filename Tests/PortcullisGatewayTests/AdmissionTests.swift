@@ -5,6 +5,7 @@ import NIOPosix
 import NIOSSL
 import PortcullisAudit
 import PortcullisClient
+@testable import PortcullisGateway
 import Testing
 
 /// Admission end to end with the project's own NIO client: each refusal is checked on the wire and in the
@@ -116,6 +117,27 @@ struct AdmissionTests {
             #expect(record.reason == reason)
             #expect(record.status == status)
             #expect(record.path == path)
+        }
+    }
+
+    @Test("A device reconnecting with the same certificate is verified from the cache, still with its facts")
+    func reconnectingDeviceIsVerifiedFromTheCache() async throws {
+        try await withGateway { gw in
+            #expect(gw.gateway.runtime.verifiedChains.count == 0)
+            for _ in 0..<3 {
+                let outcome = try await gw.connect(gw.device)
+                #expect(outcome.status == 101)
+                await outcome.connection?.close()
+            }
+            #expect(gw.gateway.runtime.verifiedChains.count == 1)
+            // A refused certificate is never remembered.
+            await #expect(throws: (any Error).self) { _ = try await gw.connect(gw.expired) }
+            _ = try #require(await gw.auditRecord { $0.event == "tls_refused" })
+            #expect(gw.gateway.runtime.verifiedChains.count == 1)
+            let opened = try gw.auditRecords().filter { $0.event == "session_opened" }
+            #expect(opened.count == 3)
+            #expect(Set(opened.map(\.fingerprint)).count == 1)
+            #expect(opened.allSatisfy { $0.identity == "demo-device" && $0.serial == hex(gw.deviceCertificate.serialNumber.bytes) })
         }
     }
 

@@ -209,6 +209,62 @@ struct ClientVerifierTests {
         #expect(verifier.recheck(leaf: try leaf()) == nil)
         #expect(reason(verifier.recheck(leaf: revoked) ?? .trusted(chain: [])) == "certificate_revoked")
     }
+
+    @Test("The re-check of a remembered chain covers every certificate: an expired root, a revoked intermediate")
+    func recheckOfAChain() throws {
+        let intermediate = try ca.makeIntermediate(name: "Issuing CA", key: try KeyAlgorithm.p256.generate(), validity: 60)
+        let device = try leaf(by: intermediate)
+        let crl = try CertificateRevocationList.sign(
+            entries: [.init(serial: Array(intermediate.certificate.serialNumber.bytes), revocationDate: Date(), reason: .caCompromise)],
+            by: ca, number: 2, nextUpdate: Date().addingTimeInterval(3600))
+        let chain = [device, intermediate.certificate, ca.certificate]
+        #expect(verifier.recheck(chain: chain) == nil)
+        let revoking = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate], crls: [crl]))
+        #expect(reason(revoking.recheck(chain: chain) ?? .trusted(chain: [])) == "certificate_revoked")
+        #expect(revoking.recheck(leaf: device) == nil)
+        // The intermediate expires first: the chain fails while the leaf alone would still pass.
+        let later = Date().addingTimeInterval(120)
+        #expect(reason(verifier.recheck(chain: chain, now: later) ?? .trusted(chain: [])) == "certificate_expired")
+        #expect(verifier.recheck(leaf: device, now: later) == nil)
+        // The root is never looked up on a CRL (nothing signs its revocation).
+        #expect(verifier.recheck(chain: [ca.certificate]) == nil)
+    }
+}
+
+@Suite("Cache of verified chains")
+struct VerifiedChainCacheTests {
+    let leafDER: [UInt8] = Array(repeating: 1, count: 300)
+    let rootDER: [UInt8] = Array(repeating: 2, count: 200)
+
+    @Test("A chain is found again by exactly what was presented, and by its leaf alone")
+    func lookups() {
+        let cache = VerifiedChainCache<String>()
+        let presented = VerifiedChainCache<String>.Presented(certificates: [leafDER, rootDER])
+        #expect(cache.entry(for: presented) == nil)
+        cache.insert(presented, chain: [], value: "device")
+        #expect(cache.entry(for: .init(certificates: [leafDER, rootDER]))?.value == "device")
+        #expect(cache.entry(forLeaf: leafDER)?.value == "device")
+        // The same leaf with other certificates after it, or none, is another presentation: verified afresh.
+        #expect(cache.entry(for: .init(certificates: [leafDER])) == nil)
+        #expect(cache.entry(for: .init(certificates: [leafDER, rootDER, rootDER])) == nil)
+        // Lengths are hashed too: the same bytes split differently are not the same chain.
+        #expect(cache.entry(for: .init(certificates: [leafDER + rootDER.prefix(1), Array(rootDER.dropFirst())])) == nil)
+        #expect(cache.entry(forLeaf: rootDER) == nil)
+    }
+
+    @Test("A full cache starts over instead of growing")
+    func bounded() {
+        let cache = VerifiedChainCache<Int>(capacity: 3)
+        for index in 0..<3 { cache.insert(.init(certificates: [[UInt8(index)]]), chain: [], value: index) }
+        #expect(cache.count == 3)
+        cache.insert(.init(certificates: [[1]]), chain: [], value: 10)
+        #expect(cache.count == 3)
+        #expect(cache.entry(forLeaf: [1])?.value == 10)
+        cache.insert(.init(certificates: [[9]]), chain: [], value: 9)
+        #expect(cache.count == 1)
+        #expect(cache.entry(forLeaf: [9])?.value == 9)
+        #expect(cache.entry(forLeaf: [0]) == nil)
+    }
 }
 
 @Suite("Atomic files")
