@@ -32,19 +32,27 @@ final class Subscriber: Sendable {
     }
 
     /// Hands `frame` to the session on its own event loop; frames from one publisher keep their order.
-    func deliver(_ frame: OutboundFrame) {
+    ///
+    /// Returns true when the frame waits in the mailbox of a subscriber on another event loop and this call
+    /// owes it a ``scheduleDrain()``: a publisher defers those wake-ups to the end of its read, so that a read
+    /// holding many publishes costs each subscriber's loop one wake-up instead of one per message.
+    func deliver(_ frame: OutboundFrame) -> Bool {
         if eventLoop.inEventLoop {
             // Frames that arrived through the mailbox earlier go first.
             drain()
             deliverOnLoop.value(frame)
-            return
+            return false
         }
-        let schedule = mailbox.withLockedValue { mailbox -> Bool in
+        return mailbox.withLockedValue { mailbox -> Bool in
             mailbox.frames.append(frame)
             defer { mailbox.drainScheduled = true }
             return !mailbox.drainScheduled
         }
-        if schedule { eventLoop.execute { self.drain() } }
+    }
+
+    /// Delivers the mailbox's frames on the subscriber's event loop.
+    func scheduleDrain() {
+        eventLoop.execute { self.drain() }
     }
 
     private func drain() {
@@ -100,26 +108,40 @@ final class Broker: Sendable {
         }
     }
 
-    /// Bumped by every change of subscriptions: a ``PublishCache`` from an earlier generation is stale.
+    /// Bumped by every change of subscriptions: a ``Publisher`` from an earlier generation is stale.
     private let generation = Atomic<Int>(0)
 
-    /// A publishing session's memory of who received its last topic, valid while the subscriptions stay
-    /// the same: a publisher repeating its topic then takes neither the broker's lock nor a hash lookup.
-    struct PublishCache {
+    /// A publishing session's side of the broker: who received its last topic, valid while the subscriptions
+    /// stay the same (a publisher repeating its topic then takes neither the broker's lock nor a hash lookup),
+    /// and the subscribers on other event loops that have frames waiting and still need a wake-up.
+    struct Publisher {
         fileprivate var topic: String?
         fileprivate var generation = -1
         fileprivate var subscribers: [Subscriber] = []
+        fileprivate var unwoken: [Subscriber] = []
+
+        /// Wakes the subscribers this publisher's frames wait for; called at the end of each of its reads.
+        mutating func wakeSubscribers() {
+            guard !unwoken.isEmpty else { return }
+            for subscriber in unwoken { subscriber.scheduleDrain() }
+            unwoken.removeAll(keepingCapacity: true)
+        }
     }
 
-    /// Delivers `frame` to every session subscribed to a filter matching `topic`; returns how many.
+    /// Delivers `frame` to every session subscribed to a filter matching `topic`; returns how many. Sessions on
+    /// other event loops get it once `publisher.wakeSubscribers()` is called.
     @discardableResult
-    func publish(_ frame: OutboundFrame, to topic: String, cache: inout PublishCache) -> Int {
+    func publish(_ frame: OutboundFrame, to topic: String, from publisher: inout Publisher) -> Int {
         let current = generation.load(ordering: .acquiring)
-        if cache.generation != current || cache.topic != topic {
-            cache = PublishCache(topic: topic, generation: current, subscribers: subscribers(of: topic))
+        if publisher.generation != current || publisher.topic != topic {
+            publisher.topic = topic
+            publisher.generation = current
+            publisher.subscribers = subscribers(of: topic)
         }
-        for subscriber in cache.subscribers { subscriber.deliver(frame) }
-        return cache.subscribers.count
+        for subscriber in publisher.subscribers where subscriber.deliver(frame) {
+            publisher.unwoken.append(subscriber)
+        }
+        return publisher.subscribers.count
     }
 
     private func subscribers(of topic: String) -> [Subscriber] {

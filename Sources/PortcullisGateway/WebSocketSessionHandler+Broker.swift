@@ -80,7 +80,7 @@ extension WebSocketSessionHandler {
             let (binary, bytes) = MessagingProtocol.encodeMessage(topic: topic, from: identity, payload: body)
             frame = OutboundFrame(binary: binary, buffer: context.channel.allocator.buffer(bytes: bytes), topic: topic)
         }
-        connection.gateway.broker.publish(frame, to: topic, cache: &publishCache)
+        connection.gateway.broker.publish(frame, to: topic, from: &publisher)
         if let id { sendAck(context: context, id: id) }
     }
 
@@ -132,7 +132,7 @@ extension WebSocketSessionHandler {
         buffer.withUnsafeMutableReadableBytes { bytes in
             Self.unmask(UnsafeMutableRawBufferPointer(rebasing: bytes[payloadStart...]), key: key, offset: payloadOffset)
         }
-        connection.gateway.broker.publish(OutboundFrame(binary: true, buffer: buffer, topic: topic), to: topic, cache: &publishCache)
+        connection.gateway.broker.publish(OutboundFrame(binary: true, buffer: buffer, topic: topic), to: topic, from: &publisher)
         return true
     }
 

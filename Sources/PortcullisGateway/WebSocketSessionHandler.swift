@@ -46,8 +46,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     var lastAllowedPublishTopic: String?
     /// The binary delivery prefix for the last topic published to.
     var deliveryPrefix: (topic: String, bytes: [UInt8])?
-    /// Who received the last topic published to, while the broker's subscriptions stay the same.
-    var publishCache = Broker.PublishCache()
+    /// This session as a publisher: who received its last topic, and who still needs waking for its frames.
+    var publisher = Broker.Publisher()
 
     init(connection: Connection, route: GatewayConfiguration.Route, configuration: GatewayConfiguration) {
         self.connection = connection
@@ -134,6 +134,11 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         default:
             close(context: context, code: .protocolError, reason: "unknown_opcode")
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        publisher.wakeSubscribers()
+        context.fireChannelReadComplete()
     }
 
     /// The frame's payload, unmasked eight bytes at a time: NIO's `unmaskedData` goes byte by byte, which
@@ -329,6 +334,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // Frames this session published in its last read still reach their subscribers.
+        publisher.wakeSubscribers()
         heartbeat?.cancel()
         heartbeat = nil
         if let subscriber {
