@@ -140,7 +140,9 @@ public enum GatewayClient {
     ) async throws -> Outcome {
         // nil TLS options: a plain ws:// connection (an upstream backend on a private network).
         let context = try tls?.makeContext()
-        let serverName = tls?.serverName
+        // An IP address is not a valid SNI name (RFC 6066 §3) and NIOSSL refuses one; without a name, the
+        // server's certificate is checked against the connected address instead.
+        let serverName = tls?.serverName.flatMap { (try? SocketAddress(ipAddress: $0, port: 0)) == nil ? $0 : nil }
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: host, port: port).get()
