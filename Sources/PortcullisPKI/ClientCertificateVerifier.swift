@@ -58,16 +58,14 @@ public struct ClientCertificateVerifier: Sendable {
         return await diagnose(leaf: leaf, intermediates: intermediates, now: now, failures: failures)
     }
 
-    /// The checks a resumed TLS session skips (BoringSSL does not run the verification callback again):
-    /// validity at `now` and revocation of the leaf. The chain itself was verified at the full handshake by a
-    /// context built from the same CA bundle; a new bundle means a new context, whose tickets old sessions lack.
-    public func recheck(leaf: Certificate, now: Date = Date()) -> ClientVerification? {
-        recheck(chain: [leaf], now: now)
-    }
-
-    /// The checks a chain accepted earlier (from a ``VerifiedChainCache``) must pass again, because they
-    /// depend on time and on the CRLs rather than on the bytes: every certificate inside its validity at
-    /// `now`, none but the root on its issuer's CRL.
+    /// The checks that depend on time and on the CRLs rather than on the bytes, for a chain accepted earlier:
+    /// every certificate inside its validity at `now`, none but the root on its issuer's CRL (a chain of one,
+    /// a leaf alone, is looked up too).
+    ///
+    /// Two callers need them: a hit in a ``VerifiedChainCache``, and a resumed TLS session, which BoringSSL
+    /// admits without running the verification callback again. A resumed session's chain was verified at its
+    /// full handshake by a context built from the same CA bundle; a new bundle means a new context, whose
+    /// tickets old sessions lack.
     public func recheck(chain: [Certificate], now: Date = Date()) -> ClientVerification? {
         for certificate in chain {
             if let refusal = validityRefusal(certificate, now: now) { return refusal }

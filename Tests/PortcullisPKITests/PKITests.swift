@@ -201,16 +201,16 @@ struct ClientVerifierTests {
     func injectedClock() async throws {
         let certificate = try leaf()
         #expect(reason(await verifier.verify(presented: [certificate], now: Date().addingTimeInterval(7200))) == "certificate_expired")
-        #expect(reason(verifier.recheck(leaf: certificate, now: Date().addingTimeInterval(7200)) ?? .trusted(chain: [])) == "certificate_expired")
+        #expect(reason(verifier.recheck(chain: [certificate], now: Date().addingTimeInterval(7200)) ?? .trusted(chain: [])) == "certificate_expired")
     }
 
     @Test("The re-check for resumed sessions finds revocation and expiry")
     func recheck() throws {
-        #expect(verifier.recheck(leaf: try leaf()) == nil)
-        #expect(reason(verifier.recheck(leaf: revoked) ?? .trusted(chain: [])) == "certificate_revoked")
+        #expect(verifier.recheck(chain: [try leaf()]) == nil)
+        #expect(reason(verifier.recheck(chain: [revoked]) ?? .trusted(chain: [])) == "certificate_revoked")
     }
 
-    @Test("The re-check of a remembered chain covers every certificate: an expired root, a revoked intermediate")
+    @Test("The re-check of a remembered chain covers every certificate: an expired or a revoked intermediate")
     func recheckOfAChain() throws {
         let intermediate = try ca.makeIntermediate(name: "Issuing CA", key: try KeyAlgorithm.p256.generate(), validity: 60)
         let device = try leaf(by: intermediate)
@@ -221,13 +221,18 @@ struct ClientVerifierTests {
         #expect(verifier.recheck(chain: chain) == nil)
         let revoking = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate], crls: [crl]))
         #expect(reason(revoking.recheck(chain: chain) ?? .trusted(chain: [])) == "certificate_revoked")
-        #expect(revoking.recheck(leaf: device) == nil)
+        #expect(revoking.recheck(chain: [device]) == nil)
         // The intermediate expires first: the chain fails while the leaf alone would still pass.
         let later = Date().addingTimeInterval(120)
         #expect(reason(verifier.recheck(chain: chain, now: later) ?? .trusted(chain: [])) == "certificate_expired")
-        #expect(verifier.recheck(leaf: device, now: later) == nil)
-        // The root is never looked up on a CRL (nothing signs its revocation).
-        #expect(verifier.recheck(chain: [ca.certificate]) == nil)
+        #expect(verifier.recheck(chain: [device], now: later) == nil)
+        // The root of a chain is never looked up on a CRL (nothing can sign its revocation), even one naming it.
+        let namingTheRoot = try CertificateRevocationList.sign(
+            entries: [.init(serial: Array(ca.certificate.serialNumber.bytes), revocationDate: Date(), reason: .caCompromise)],
+            by: ca, number: 3, nextUpdate: Date().addingTimeInterval(3600))
+        let rootListed = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate], crls: [namingTheRoot]))
+        #expect(rootListed.recheck(chain: [try leaf(), ca.certificate]) == nil)
+        #expect(reason(rootListed.recheck(chain: [ca.certificate]) ?? .trusted(chain: [])) == "certificate_revoked")
     }
 }
 
