@@ -160,6 +160,21 @@ final class TestGateway: @unchecked Sendable {
         return nil
     }
 
+    /// Waits (up to 5 s) until at least `count` records match `predicate`, and returns every match: the
+    /// gateway audits a TLS refusal when its handler sees the error, which can be after the client has exited.
+    func auditRecords(
+        atLeast count: Int, timeout: Double = 5, where predicate: (AuditRecord) -> Bool
+    ) async throws -> [AuditRecord] {
+        let deadline = Date().addingTimeInterval(timeout)
+        var matching: [AuditRecord]
+        repeat {
+            matching = try auditRecords().filter(predicate)
+            if matching.count >= count { break }
+            try await Task.sleep(for: .milliseconds(20))
+        } while Date() < deadline
+        return matching
+    }
+
     func auditRecords() throws -> [AuditRecord] {
         gateway.auditLog.flush()
         return try AuditLog.read(path: auditPath)
