@@ -118,10 +118,12 @@ let package = Package(
             name: "PortcullisPolicyTests",
             dependencies: ["PortcullisPolicy", "PortcullisYAML"]
         ),
+        // Helpers shared by the test targets that run other processes.
+        .target(name: "PortcullisTestSupport", path: "Tests/PortcullisTestSupport"),
         // Runs the built `portcullis` binary as an operator would.
         .testTarget(
             name: "PortcullisCLITests",
-            dependencies: ["portcullis"]
+            dependencies: ["portcullis", "PortcullisTestSupport"]
         ),
         .testTarget(
             name: "PortcullisConfigTests",
@@ -139,7 +141,7 @@ let package = Package(
             name: "PortcullisGatewayTests",
             dependencies: [
                 "PortcullisGateway", "PortcullisClient", "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy",
-                "PortcullisAudit", "PortcullisBench",
+                "PortcullisAudit", "PortcullisBench", "PortcullisTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisTestSupport
 import Testing
 
 /// The built binary, next to the test bundle.
@@ -18,9 +19,8 @@ var repositoryRoot: URL {
 /// A `portcullis` process started in a directory, its output gathered as it comes.
 final class RunningCommand: @unchecked Sendable {
     let process = Process()
-    private let lock = NSLock()
-    private var collected = Data()
     private let pipe = Pipe()
+    private var reader: PipeReader?
 
     init(_ arguments: [String], in directory: String, executable: String? = nil, environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: try executable ?? portcullisBinary())
@@ -29,14 +29,11 @@ final class RunningCommand: @unchecked Sendable {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         process.standardOutput = pipe
         process.standardError = pipe
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            self?.lock.withLock { self?.collected.append(data) }
-        }
         try process.run()
+        reader = PipeReader(pipe.fileHandleForReading)
     }
 
-    var output: String { lock.withLock { String(decoding: collected, as: UTF8.self) } }
+    var output: String { String(decoding: reader?.collected ?? Data(), as: UTF8.self) }
 
     /// Waits for `text` to appear in the output (or the process to end).
     func waitFor(_ text: String, timeout: Double = 30) async throws -> Bool {
@@ -56,10 +53,8 @@ final class RunningCommand: @unchecked Sendable {
             process.terminate()
             return nil
         }
-        // Whatever the handler has not delivered yet is still in the pipe.
-        pipe.fileHandleForReading.readabilityHandler = nil
-        let rest = (try? pipe.fileHandleForReading.readToEnd()) ?? Data()
-        lock.withLock { collected.append(rest) }
+        // Whatever the reader has not taken yet is still in the pipe.
+        try await reader?.waitForEnd()
         return process.terminationStatus
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisTestSupport
 import Testing
 
 /// A third-party program the interop tests drive (openssl, gnutls-cli, python3). A missing tool fails the
@@ -35,10 +36,9 @@ struct ExternalTool {
         process.standardInput = stdin
         process.standardOutput = stdout
         process.standardError = stderr
-        let collected = OutputCollector()
-        stdout.fileHandleForReading.readabilityHandler = { collected.append(out: $0.availableData) }
-        stderr.fileHandleForReading.readabilityHandler = { collected.append(err: $0.availableData) }
         try process.run()
+        let out = PipeReader(stdout.fileHandleForReading)
+        let err = PipeReader(stderr.fileHandleForReading)
         try? stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
         try await Task.sleep(for: .milliseconds(Int(holdInput * 1000)))
         try? stdin.fileHandleForWriting.close()
@@ -55,25 +55,12 @@ struct ExternalTool {
             grace = Date().addingTimeInterval(5)
             while process.isRunning && Date() < grace { try await Task.sleep(for: .milliseconds(20)) }
         }
-        stdout.fileHandleForReading.readabilityHandler = nil
-        stderr.fileHandleForReading.readabilityHandler = nil
-        collected.append(out: (try? stdout.fileHandleForReading.readToEnd()) ?? Data())
-        collected.append(err: (try? stderr.fileHandleForReading.readToEnd()) ?? Data())
-        let (output, error) = collected.value
+        try await out.waitForEnd()
+        try await err.waitForEnd()
+        let output = String(decoding: out.collected, as: UTF8.self)
+        let error = String(decoding: err.collected, as: UTF8.self)
         // Reading terminationStatus of a running process traps; report a process that would not die as -1.
         return Result(status: process.isRunning ? -1 : process.terminationStatus, output: output, error: error)
-    }
-}
-
-private final class OutputCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var out = Data()
-    private var err = Data()
-
-    func append(out data: Data) { lock.withLock { out.append(data) } }
-    func append(err data: Data) { lock.withLock { err.append(data) } }
-    var value: (String, String) {
-        lock.withLock { (String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self)) }
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisTestSupport
 import PortcullisClient
 import PortcullisConfig
 import Testing
@@ -33,6 +34,7 @@ final class PythonBackend: @unchecked Sendable {
     private let lock = NSLock()
     private var lines: [String] = []
     private var partial = ""
+    private var reader: PipeReader?
 
     init(directory: String) throws {
         let path = "\(directory)/backend.py"
@@ -42,8 +44,9 @@ final class PythonBackend: @unchecked Sendable {
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
+        try process.run()
+        reader = PipeReader(pipe.fileHandleForReading) { [weak self] data in
+            let text = String(decoding: data, as: UTF8.self)
             self?.lock.withLock {
                 guard let self else { return }
                 self.partial += text
@@ -53,7 +56,6 @@ final class PythonBackend: @unchecked Sendable {
                 }
             }
         }
-        try process.run()
     }
 
     /// The first JSON line with `key`, waiting up to 10 s.
