@@ -49,18 +49,22 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
-        // Files: audit record model and the JSON Lines writer that runs off the event loop.
+        // Files: audit records, the hash-chained JSON Lines writer that runs off the event loop, and the reader
+        // behind `portcullis audit` (query, verify).
         .target(
             name: "PortcullisAudit",
             dependencies: [
                 .product(name: "Crypto", package: "swift-crypto"),
+                // Only for the PEM encoding of the Ed25519 checkpoint key.
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
         ),
         // Gateway configuration decoded from YAML, with file:line diagnostics.
         .target(
             name: "PortcullisConfig",
             dependencies: [
-                "PortcullisPolicy", "PortcullisYAML",
+                "PortcullisPolicy", "PortcullisYAML", "PortcullisAudit",
             ]
         ),
         // NIO: listener, TLS, admission, WebSocket sessions.
@@ -98,7 +102,7 @@ let package = Package(
         .target(
             name: "PortcullisBench",
             dependencies: [
-                "PortcullisClient",
+                "PortcullisClient", "PortcullisAudit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

@@ -1,6 +1,7 @@
 import Foundation
 
-/// One audit event: a decision of the gateway (or, later, an operation of the CLI), written as one JSON line.
+/// One audit event: a decision of the gateway, an operation of the CLI or of the log itself, written as one JSON
+/// line that the log's hash chain seals (see `AuditChain`).
 ///
 /// Field names are stable: tools and `portcullis audit` read them. Absent values are omitted.
 public struct AuditRecord: Codable, Sendable, Equatable {
@@ -43,6 +44,16 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var name: String?
     /// For `pki_operation` records: the local user who ran the command.
     public var user: String?
+    /// For `audit_recovered` records: how many records were lost while the log could not be written.
+    public var dropped: Int?
+    /// For `audit_checkpoint` records: the SHA-256 (hex) of the raw Ed25519 public key that signed it.
+    public var key: String?
+    /// For `audit_checkpoint` records: the Ed25519 signature (base64) over the chain up to the previous record.
+    public var signature: String?
+    /// The previous record's `hash` (64 zeros for the first record): read back from the log, never set by callers.
+    public var prev: String?
+    /// SHA-256 (hex) of this record's line without its `hash` member: read back from the log.
+    public var hash: String?
 
     public init(event: String, decision: String? = nil, reason: String? = nil, detail: String? = nil) {
         self.event = event
@@ -53,7 +64,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case seq, time, event, decision, reason, detail, identity, subject, sans, fingerprint, serial, peer, origin,
-            path, rule, status, session, resumed, operation, name, user, topic
+            path, rule, status, session, resumed, operation, name, user, topic, dropped, key, signature, prev, hash
         case tlsVersion = "tls_version"
         case closeCode = "close_code"
         case durationMs = "duration_ms"
@@ -63,30 +74,40 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         case bytesOut = "bytes_out"
     }
 
-    /// The record as one line of JSON (no trailing newline), keys in a fixed, readable order.
-    ///
-    /// Written by hand rather than with `JSONEncoder` so that the key order is stable and readable (time and
-    /// event first), which `JSONEncoder` cannot do except alphabetically.
+    /// The record as one line of JSON (no trailing newline), without the chain's `prev` and `hash`.
     public func jsonLine() -> String {
-        var out = "{"
+        var bytes: [UInt8] = []
+        encodeBody(into: &bytes)
+        bytes.append(UInt8(ascii: "}"))
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the record's JSON object without its closing brace (the chain adds `prev` and `hash` after it).
+    ///
+    /// Written by hand rather than with `JSONEncoder`: the key order must be fixed (the hash covers these exact
+    /// bytes, and `seq`, `time` and `event` first keep lines readable and let `audit query` find them without a
+    /// JSON parser), and it must be fast enough for the writer to keep up with a busy gateway.
+    func encodeBody(into out: inout [UInt8]) {
         var first = true
-        func key(_ name: String) {
-            if !first { out += "," }
+        func member(_ name: CodingKeys) {
+            out.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
             first = false
-            out += "\"\(name)\":"
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: name.rawValue.utf8)
+            out.append(contentsOf: "\":".utf8)
         }
         func add(_ name: CodingKeys, _ value: String?) {
             guard let value else { return }
-            key(name.rawValue)
-            out += jsonString(value)
+            member(name)
+            appendJSONString(value, to: &out)
         }
         func add(_ name: CodingKeys, _ value: Int?) {
             guard let value else { return }
-            key(name.rawValue)
-            out += String(value)
+            member(name)
+            out.append(contentsOf: String(value).utf8)
         }
-        key(CodingKeys.seq.rawValue)
-        out += String(seq)
+        member(.seq)
+        out.append(contentsOf: String(seq).utf8)
         add(.time, time)
         add(.event, event)
         add(.operation, operation)
@@ -108,39 +129,60 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         add(.messagesOut, messagesOut)
         add(.bytesIn, bytesIn)
         add(.bytesOut, bytesOut)
+        add(.dropped, dropped)
         add(.tlsVersion, tlsVersion)
         if let resumed {
-            key(CodingKeys.resumed.rawValue)
-            out += resumed ? "true" : "false"
+            member(.resumed)
+            out.append(contentsOf: (resumed ? "true" : "false").utf8)
         }
         add(.subject, subject)
         if let sans {
-            key(CodingKeys.sans.rawValue)
-            out += "[" + sans.map(jsonString).joined(separator: ",") + "]"
+            member(.sans)
+            out.append(UInt8(ascii: "["))
+            for (index, san) in sans.enumerated() {
+                if index > 0 { out.append(UInt8(ascii: ",")) }
+                appendJSONString(san, to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
         }
         add(.fingerprint, fingerprint)
         add(.serial, serial)
+        add(.key, key)
+        add(.signature, signature)
         add(.detail, detail)
-        out += "}"
-        return out
     }
 }
 
 /// A JSON string literal for `text` (RFC 8259 escaping).
 func jsonString(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where scalar.value < 0x20:
-            out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
-                + String(scalar.value, radix: 16)
-        default: out.unicodeScalars.append(scalar)
+    var bytes: [UInt8] = []
+    appendJSONString(text, to: &bytes)
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// Appends `text` as a JSON string literal: quotes, backslashes and control characters escaped, everything
+/// else (UTF-8 included) as is, so one text always has one encoding.
+func appendJSONString(_ text: String, to out: inout [UInt8]) {
+    out.append(UInt8(ascii: "\""))
+    for byte in text.utf8 {
+        switch byte {
+        case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+        case UInt8(ascii: "\\"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+        case UInt8(ascii: "\n"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+        case UInt8(ascii: "\r"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+        case UInt8(ascii: "\t"): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+        case 0..<0x20:
+            out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
+            out.append(hexDigit(byte >> 4))
+            out.append(hexDigit(byte & 0xF))
+        default: out.append(byte)
         }
     }
-    return out + "\""
+    out.append(UInt8(ascii: "\""))
+}
+
+/// The lowercase hex digit for `value` (0...15).
+@inline(__always)
+func hexDigit(_ value: UInt8) -> UInt8 {
+    value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
 }

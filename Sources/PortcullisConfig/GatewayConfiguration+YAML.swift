@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisAudit
 import PortcullisPolicy
 import PortcullisYAML
 
@@ -26,6 +27,7 @@ extension GatewayConfiguration {
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
             "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes",
+            "audit", "on_audit_failure",
         ]
         guard let root = reader.parse(text), let top = reader.mapping(root, what: "the configuration", allowed: keys)
         else { throw DiagnosticsError(reader.diagnostics) }
@@ -166,8 +168,48 @@ extension GatewayConfiguration {
         {
             config.maxOutboundBytes = number
         }
+        if let value = top["audit"] { config.audit = parseAudit(value.value, reader: reader) }
+        if let value = top["on_audit_failure"], let text = reader.string(value.value, what: "on_audit_failure") {
+            if let policy = AuditFailurePolicy(rawValue: text) {
+                config.onAuditFailure = policy
+            } else {
+                let known = AuditFailurePolicy.allCases.map(\.rawValue).joined(separator: " or ")
+                reader.report(line: value.value.line, "on_audit_failure must be \(known), not '\(text)'")
+            }
+        }
         guard reader.diagnostics.isEmpty else { throw DiagnosticsError(reader.diagnostics) }
         return config
+    }
+
+    private static func parseAudit(_ value: YAMLValue, reader: YAMLReader) -> AuditSettings {
+        var settings = AuditSettings()
+        let keys: Set<String> = [
+            "fsync", "fsync_interval", "fsync_records", "queue_capacity", "segment_max_bytes", "segment_max_age",
+            "checkpoint_interval", "checkpoint_records",
+        ]
+        guard let fields = reader.mapping(value, what: "audit", allowed: keys) else { return settings }
+        func duration(_ key: String) -> Duration? {
+            guard let field = fields[key], let seconds = reader.duration(field.value, what: "audit.\(key)") else { return nil }
+            return .microseconds(Int64(seconds * 1e6))
+        }
+        func integer(_ key: String, _ range: ClosedRange<Int>) -> Int? {
+            fields[key].flatMap { reader.integer($0.value, what: "audit.\(key)", range: range) }
+        }
+        if let field = fields["fsync"], let text = reader.string(field.value, what: "audit.fsync") {
+            if let policy = AuditFsyncPolicy(rawValue: text) {
+                settings.fsync = policy
+            } else {
+                reader.report(line: field.value.line, "audit.fsync must be always, batch or never, not '\(text)'")
+            }
+        }
+        if let interval = duration("fsync_interval") { settings.fsyncInterval = interval }
+        if let records = integer("fsync_records", 1...1_000_000) { settings.fsyncRecords = records }
+        if let capacity = integer("queue_capacity", 16...10_000_000) { settings.queueCapacity = capacity }
+        if let bytes = integer("segment_max_bytes", 4096...(1 << 40)) { settings.segmentMaxBytes = bytes }
+        if let age = duration("segment_max_age") { settings.segmentMaxAge = age }
+        if let interval = duration("checkpoint_interval") { settings.checkpointInterval = interval }
+        if let records = integer("checkpoint_records", 1...100_000_000) { settings.checkpointRecords = records }
+        return settings
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisAudit
 import PortcullisPolicy
 
 /// Everything `portcullis serve` needs to run, with the defaults an operator would expect.
@@ -137,6 +138,10 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// Bytes a session may have queued towards its client; a subscriber that falls further behind is closed
     /// with 1013 rather than let the gateway's memory grow.
     public var maxOutboundBytes: Int = 4 << 20
+    /// How the audit log writes, fsyncs, rotates and signs (the `audit:` section).
+    public var audit = AuditSettings()
+    /// What the gateway does while audit records cannot be written.
+    public var onAuditFailure: AuditFailurePolicy = .refuseNewSessions
 
     public init(
         listenHost: String = "0.0.0.0",
@@ -187,6 +192,14 @@ public struct GatewayConfiguration: Sendable, Equatable {
             routes: [Route(path: "/v1/echo", kind: .echo), Route(path: "/v1/messages", kind: .broker)],
             policiesDirectory: policies,
             auditDirectory: audit)
+    }
+
+    /// What the gateway does while the audit log is failing (queue full or the disk refusing writes).
+    public enum AuditFailurePolicy: String, Sendable, CaseIterable {
+        /// Refuse new sessions (HTTP 503 `audit_unavailable`) until records can be written again; open ones go on.
+        case refuseNewSessions = "refuse_new_sessions"
+        /// Keep admitting: sessions go unaudited until the log recovers (the loss itself is audited then).
+        case `continue`
     }
 
     public func route(for path: String) -> Route? {

@@ -67,6 +67,13 @@ final class Connection: @unchecked Sendable {
         let request = UpgradeRequest(
             method: head.method.rawValue, uri: head.uri, version: (head.version.major, head.version.minor),
             headers: head.headers.map { ($0.name, $0.value) })
+        if runtime.configuration.onAuditFailure == .refuseNewSessions, gateway.auditLog.isFailing {
+            return .refuse(
+                Refusal(status: 503, reason: "audit_unavailable", message: "the gateway cannot audit new sessions right now",
+                        detail: "the audit log is failing (on_audit_failure: refuse_new_sessions)",
+                        headers: [("Retry-After", "1")]),
+                identity: nil)
+        }
         if let refusal = runtime.admission.validate(request) { return .refuse(refusal, identity: nil) }
 
         // On a full handshake our callback verified the chain moments ago. A resumed session skips the callback,

@@ -28,8 +28,21 @@ public final class Gateway: Sendable {
     /// - Throws: ``GatewayStartupError`` with every problem found.
     public init(configuration: GatewayConfiguration, logger: Logger, threads: Int = System.coreCount) throws {
         let runtime = try GatewayRuntime.load(configuration)
+        let policy = configuration.onAuditFailure
         do {
-            auditLog = try AuditLog(directory: configuration.auditDirectory)
+            auditLog = try AuditLog(directory: configuration.auditDirectory, settings: configuration.audit) { change in
+                switch change {
+                case .failing(let reason, let detail):
+                    let consequence = policy == .refuseNewSessions
+                        ? "refusing new sessions until it recovers" : "sessions continue unaudited"
+                    logger.error(
+                        "audit log failing: \(detail); \(consequence)",
+                        metadata: ["audit.reason": "\(reason)"])
+                case .recovered(let reason, let dropped):
+                    logger.notice(
+                        "audit log recovered; \(dropped) records were lost", metadata: ["audit.reason": "\(reason)"])
+                }
+            }
         } catch {
             throw GatewayStartupError(problems: ["\(configuration.auditDirectory): cannot open the audit log (\(error))"])
         }

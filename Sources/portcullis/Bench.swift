@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NIOPosix
+import PortcullisAudit
 import PortcullisBench
 import PortcullisYAML
 
@@ -15,7 +16,7 @@ struct Bench: AsyncParsableCommand {
             CPU-second and memory read from /proc. Benchmarks/run.py runs every scenario against Portcullis and \
             nats-server and prints one table.
             """,
-        subcommands: [BenchConnect.self, BenchPubSub.self, BenchIdle.self]
+        subcommands: [BenchConnect.self, BenchPubSub.self, BenchIdle.self, BenchAudit.self]
     )
 }
 
@@ -225,5 +226,45 @@ struct BenchIdle: AsyncParsableCommand {
                 "server memory: \(figure(result.serverKiBPerSession, 1)) KiB per session (RSS \(result.serverResidentKiBBefore.map(String.init) ?? "?") → \(result.serverResidentKiBAfter.map(String.init) ?? "?") KiB)",
             ]
         }
+    }
+}
+
+struct BenchAudit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Write N typical records through the audit writer into a new log and report records per second.",
+        discussion: "The log it leaves is a realistic one to time 'audit query' and 'audit verify' on.")
+
+    @Option(name: .customLong("audit-dir"), help: ArgumentHelp("A new (empty) directory for the log.", valueName: "dir"))
+    var directory: String
+
+    @Option(help: "Records to write.")
+    var records = 1_000_000
+
+    @Option(help: "fsync policy: always, batch or never.")
+    var fsync = "batch"
+
+    @Flag(help: "Print the result as JSON.")
+    var json = false
+
+    func validate() throws {
+        guard AuditFsyncPolicy(rawValue: fsync) != nil else { throw ValidationError("--fsync must be always, batch or never") }
+        guard records > 0 else { throw ValidationError("--records must be positive") }
+        if !AuditDirectory(path: directory).segments().isEmpty {
+            throw ValidationError("\(directory) already holds an audit log: give a new directory")
+        }
+    }
+
+    func run() throws {
+        var settings = AuditSettings()
+        settings.fsync = AuditFsyncPolicy(rawValue: fsync)!
+        let result = try AuditBenchmark.run(directory: directory, records: records, settings: settings)
+        if json {
+            printJSON(result)
+            return
+        }
+        say("audit (fsync \(result.fsync)): \(result.records) records in \(figure(result.seconds, 2)) s = "
+            + "\(Int(result.recordsPerSecond)) records/s (\(Int(result.recordsPerCPUSecond)) per CPU-second), "
+            + "\(result.dropped) dropped, \(result.segments) segments, \(result.bytes / 1_048_576) MiB")
     }
 }

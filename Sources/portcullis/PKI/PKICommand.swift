@@ -93,8 +93,11 @@ struct PKIAudit {
         log.record(record)
     }
 
+    /// Flushes the records; when the disk refuses them, says so and exits 2 (the operation itself was done).
     func close() {
-        log.close()
+        if let error = log.close() {
+            fail("the operation was done, but its audit record could not be written to \(log.directory): \(error)")
+        }
     }
 
     var localUser: String {

@@ -37,11 +37,7 @@ struct PKIList: ParsableCommand {
         let rows = [["NAME", "SERIAL", "PROFILE", "NOT AFTER", "DAYS", "STATUS"]] + entries.map {
             [$0.name, $0.serial, $0.profile, day($0.notAfter), String($0.daysLeft(at: now)), $0.status(at: now).rawValue]
         }
-        let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            say(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }
-                .joined(separator: "  ").trimmingCharacters(in: .whitespaces))
-        }
+        FileHandle.standardOutput.write(Data(table(rows).utf8))
         if entries.isEmpty { say("(no certificates)") }
     }
 }
