@@ -134,6 +134,10 @@ let package = Package(
             dependencies: ["PortcullisConfig", "PortcullisYAML"]
         ),
         .testTarget(
+            name: "PortcullisAuditTests",
+            dependencies: ["PortcullisAudit", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .testTarget(
             name: "PortcullisProtocolTests",
             dependencies: ["PortcullisProtocol"]
         ),

@@ -26,7 +26,9 @@ struct ShutdownTests {
             #expect(closed.allSatisfy { $0.closeCode == 1001 && $0.reason == "shutdown" })
             // Still in admission: refused at whichever stage it had reached.
             #expect(records.contains { $0.reason == "shutdown" && ["tls_refused", "http_refused"].contains($0.event) })
-            let last = try #require(records.last)
+            // The log ends signed: the last record is the checkpoint close() writes, right after gateway_stopped.
+            #expect(records.last?.event == "audit_checkpoint")
+            let last = try #require(records.last { $0.event != "audit_checkpoint" })
             #expect(last.event == "gateway_stopped")
             #expect(last.detail == "drained 3 connection(s)")
         }
