@@ -131,7 +131,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PortcullisConfigTests",
-            dependencies: ["PortcullisConfig", "PortcullisYAML"]
+            dependencies: ["PortcullisConfig", "PortcullisYAML", "PortcullisAudit"]
         ),
         .testTarget(
             name: "PortcullisAuditTests",

@@ -464,7 +464,9 @@ extension PKIDirectory {
             IssueRequest(name: "demo-operator", profile: .client()),
         ]
         var issued: [InventoryEntry] = []
-        for request in wanted where try loadInventory().active(request.name) == nil {
+        // Only names never issued: a demo certificate the admin revoked stays revoked (and refused), rather than
+        // making every later start fail on the name.
+        for request in wanted where try !loadInventory().entries.contains(where: { $0.name == request.name }) {
             issued.append(try issue(request, now: now))
         }
         return (createdCA, issued)

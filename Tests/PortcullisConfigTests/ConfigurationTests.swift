@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisAudit
 import PortcullisConfig
 import PortcullisYAML
 import Testing
@@ -51,6 +52,46 @@ struct ConfigurationTests {
         #expect(config.tls.keyExchange == nil)
         #expect(config.handshakeTimeout == 10)
         #expect(config.maxMessageBytes == 1 << 20)
+    }
+
+    @Test("The audit section and on_audit_failure decode; defaults are batch fsync and refusing new sessions")
+    func auditSettings() throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        let defaults = try GatewayConfiguration.parse(base, file: "g.yaml", baseDirectory: ".")
+        #expect(defaults.audit == AuditSettings())
+        #expect(defaults.audit.fsync == .batch && defaults.audit.fsyncInterval == .milliseconds(10))
+        #expect(defaults.onAuditFailure == .refuseNewSessions)
+        let config = try GatewayConfiguration.parse(
+            base + """
+                audit:
+                  fsync: always
+                  fsync_interval: 5ms
+                  fsync_records: 50
+                  queue_capacity: 1000
+                  segment_max_bytes: 1048576
+                  segment_max_age: 1h
+                  checkpoint_interval: 30s
+                  checkpoint_records: 500
+                on_audit_failure: continue
+                """, file: "g.yaml", baseDirectory: ".")
+        #expect(config.audit.fsync == .always && config.audit.fsyncInterval == .milliseconds(5))
+        #expect(config.audit.fsyncRecords == 50 && config.audit.queueCapacity == 1000)
+        #expect(config.audit.segmentMaxBytes == 1 << 20 && config.audit.segmentMaxAge == .seconds(3600))
+        #expect(config.audit.checkpointInterval == .seconds(30) && config.audit.checkpointRecords == 500)
+        #expect(config.onAuditFailure == .continue)
+
+        do {
+            _ = try GatewayConfiguration.parse(
+                base + "audit:\n  fsync: sometimes\n  segment_max_bytes: 10\n  rotate: daily\non_audit_failure: panic\n",
+                file: "g.yaml", baseDirectory: ".")
+            Issue.record("expected diagnostics")
+        } catch let error as DiagnosticsError {
+            let text = error.diagnostics.map(\.description)
+            #expect(text.contains("g.yaml:4: audit.fsync must be always, batch or never, not 'sometimes'"), "\(text)")
+            #expect(text.contains { $0.hasPrefix("g.yaml:5: audit.segment_max_bytes") }, "\(text)")
+            #expect(text.contains { $0.hasPrefix("g.yaml:6: unknown key 'rotate'") }, "\(text)")
+            #expect(text.contains("g.yaml:7: on_audit_failure must be refuse_new_sessions or continue, not 'panic'"), "\(text)")
+        }
     }
 
     @Test("Every problem is reported with file and line")

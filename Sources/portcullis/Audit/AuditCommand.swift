@@ -12,6 +12,9 @@ struct AuditCommand: ParsableCommand {
             Every command reads --audit-dir DIR (default ./audit, or $PORTCULLIS_AUDIT_DIR), the directory \
             'serve' and 'pki' write to. The format, the hash chain and the checkpoints are described in \
             docs/audit-log.md.
+
+            Exit status: 0 on success; 2 for a bad option value or a directory with no log; 'audit verify' \
+            exits 1 when the log does not verify.
             """,
         subcommands: [AuditQuery.self, AuditTail.self, AuditStats.self, AuditVerify.self]
     )
@@ -69,11 +72,16 @@ struct AuditFilterOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Request path, e.g. /v1/messages.", valueName: "path"))
     var path: [String] = []
 
+    /// Bad values exit 2 with one line, like every refused `pki` command.
     func validate() throws {
         for value in decision where value != "allow" && value != "deny" {
-            throw ValidationError("--decision must be allow or deny, not '\(value)'")
+            fail("--decision must be allow or deny, not '\(value)'")
         }
-        _ = try filter()
+        do {
+            _ = try filter()
+        } catch let error as ValidationError {
+            fail(error.message)
+        }
     }
 
     func filter(now: Date = Date()) throws -> AuditFilter {

@@ -6,7 +6,7 @@ import PortcullisAudit
 struct AuditStats: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stats",
-        abstract: "Count records by event, decision and reason; list the most refused identities, origins and peers.",
+        abstract: "Count records by event, decision and reason; list the most refused identities (or certificate subjects), origins and peers.",
         discussion: "Takes the same filters as 'audit query', e.g. --since 24h.")
 
     @OptionGroup var directory: AuditDirectoryOption
@@ -40,7 +40,7 @@ struct AuditStats: ParsableCommand {
     func run() throws {
         let reader = AuditReader(directory: directory.existing())
         var summary = Summary()
-        let needles = ["time", "event", "decision", "reason", "identity", "origin", "peer"].map(AuditChain.memberNeedle)
+        let needles = ["time", "event", "decision", "reason", "identity", "origin", "peer", "subject"].map(AuditChain.memberNeedle)
         try reader.forEachLine(matching: try filters.filter()) { line in
             let values = needles.map { AuditChain.rawString($0, in: line).map(unescaped) }
             summary.records += 1
@@ -50,7 +50,8 @@ struct AuditStats: ParsableCommand {
             if let decision = values[2] { summary.decisions[decision, default: 0] += 1 }
             if let reason = values[3] { summary.reasons[reason, default: 0] += 1 }
             if values[2] == "deny" {
-                summary.refusedIdentities[values[4] ?? "(no identity)", default: 0] += 1
+                // Refused in the TLS handshake, a certificate has no identity yet: its subject stands in.
+                summary.refusedIdentities[values[4] ?? values[7] ?? "(no certificate)", default: 0] += 1
                 if let origin = values[5] { summary.refusedOrigins[origin, default: 0] += 1 }
                 if let peer = values[6] { summary.refusedPeers[Self.host(of: peer), default: 0] += 1 }
             }
