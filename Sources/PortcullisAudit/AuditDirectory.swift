@@ -124,6 +124,29 @@ public enum AuditTime {
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(Int32(millis), 3))Z"
     }
 
+    /// Formats timestamps into bytes, reusing the date and time of day while they stay in the same second: the
+    /// writer stamps every record, and most of a batch shares its second.
+    struct Stamper {
+        private var second = Int.min
+        private var prefix: [UInt8] = []
+
+        mutating func format(_ date: Date, into out: inout [UInt8]) {
+            let interval = date.timeIntervalSince1970
+            let whole = Int(interval.rounded(.down))
+            if whole != second {
+                second = whole
+                prefix = Array(AuditTime.format(Date(timeIntervalSince1970: Double(whole))).utf8.dropLast(4))
+            }
+            let millis = min(999, max(0, Int(((interval - Double(whole)) * 1000).rounded(.down))))
+            out.removeAll(keepingCapacity: true)
+            out.append(contentsOf: prefix)
+            out.append(UInt8(ascii: "0") + UInt8(millis / 100))
+            out.append(UInt8(ascii: "0") + UInt8(millis / 10 % 10))
+            out.append(UInt8(ascii: "0") + UInt8(millis % 10))
+            out.append(UInt8(ascii: "Z"))
+        }
+    }
+
     /// Parses an RFC 3339 timestamp, with or without fractional seconds, in UTC or with an offset.
     public static func parse(_ text: String) -> Date? {
         let withFraction = ISO8601DateFormatter()

@@ -81,7 +81,7 @@ public final class AuditLog: @unchecked Sendable {
     private let condition = NSCondition()
     /// Records waiting for the writer, each with the time it was queued (formatted by the writer: formatting
     /// a date costs more than queuing the record, and the caller may be an event loop).
-    private var pending: [(record: AuditRecord, queuedAt: Date)] = []
+    private var pending: [Entry] = []
     private var enqueued: UInt64 = 0
     /// Callers' records written (and fsync'd, as the policy says), or given up on.
     private var durable: UInt64 = 0
@@ -108,9 +108,14 @@ public final class AuditLog: @unchecked Sendable {
     private var lastCheckpointAt = ContinuousClock.now
     private let signer: CheckpointSigner?
     /// Records about the log itself (a repaired tail) to write before the next batch.
-    private var notes: [AuditRecord] = []
+    private var notes: [Entry] = []
     private var lineBuffer: [UInt8] = []
     private var batchBuffer: [UInt8] = []
+    private var timeBuffer: [UInt8] = []
+    private var stamper = AuditTime.Stamper()
+
+    /// A record and the time it is stamped with.
+    typealias Entry = (record: AuditRecord, queuedAt: Date)
 
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
@@ -186,7 +191,8 @@ public final class AuditLog: @unchecked Sendable {
         }
         enqueued += 1
         pending.append((record, Date()))
-        condition.signal()
+        // The writer only waits while the queue is empty: waking it for every record would cost a futex call each.
+        if pending.count == 1 { condition.signal() }
         condition.unlock()
     }
 
@@ -238,8 +244,9 @@ public final class AuditLog: @unchecked Sendable {
     // MARK: - The writer thread
 
     private func run() {
-        // Stamped records of a failed write, written first (and alone) at the next attempt.
-        var retry: [AuditRecord] = []
+        // The records of a failed write, written first (and alone) at the next attempt.
+        var retry: [Entry] = []
+        var batch: [Entry] = []
         var retryCount: UInt64 = 0
         var retryAt = ContinuousClock.now
         // Callers' records written since the last fsync, and when the first of them was.
@@ -274,20 +281,15 @@ public final class AuditLog: @unchecked Sendable {
                 }
             }
             let closing = stopping
-            var batch: [AuditRecord] = []
             var counted: UInt64 = 0
             var oldest: Date?
+            batch.removeAll(keepingCapacity: true)
             if retry.isEmpty {
                 counted = UInt64(pending.count)
                 oldest = pending.first?.queuedAt
-                batch = pending.map { entry in
-                    var record = entry.record
-                    record.time = AuditTime.format(entry.queuedAt)
-                    return record
-                }
-                pending.removeAll(keepingCapacity: true)
+                swap(&batch, &pending)
             } else {
-                batch = retry
+                swap(&batch, &retry)
                 counted = retryCount
             }
             let droppedNow = droppedSinceLook
@@ -301,19 +303,18 @@ public final class AuditLog: @unchecked Sendable {
             if finished { return }
 
             // The loss is audited once writing works again and nothing more is being dropped.
-            var records = batch
             let recovering = failed != nil && (droppedNow == 0 || closing)
+            var notice: Entry?
             if let failed, recovering {
-                var notice = AuditRecord(
+                var record = AuditRecord(
                     event: "audit_recovered", reason: failed.reason,
                     detail: "audit records could not be written from \(AuditTime.format(failed.since)): \(failed.detail); "
                         + "\(lost) records were lost")
-                notice.dropped = lost
-                notice.time = AuditTime.format(Date())
-                records.append(notice)
+                record.dropped = lost
+                notice = (record, Date())
             }
             if unsynced == 0 { unsyncedSince = .now }
-            let error = withLock { append(records, closing: closing) }
+            let error = withLock { append(batch, then: notice, closing: closing) }
 
             if let error {
                 condition.lock()
@@ -336,14 +337,13 @@ public final class AuditLog: @unchecked Sendable {
                     condition.unlock()
                     continue
                 }
-                retry = batch
+                swap(&retry, &batch)
                 retryCount = counted
                 retryAt = .now.advanced(by: .seconds(1))
                 condition.broadcast()
                 condition.unlock()
                 continue
             }
-            retry = []
             retryCount = 0
             unsynced += counted
 
@@ -395,7 +395,7 @@ public final class AuditLog: @unchecked Sendable {
     /// Numbers, seals and appends `records` (after any notes about the log itself), rotating first when the
     /// segment is due and adding a signed checkpoint when one is due. Under the lock. On failure nothing of the
     /// batch stays in the file.
-    private func append(_ records: [AuditRecord], closing: Bool) -> String? {
+    private func append(_ entries: [Entry], then notice: Entry?, closing: Bool) -> String? {
         if let error = openSegmentIfChanged() { return error }
         let now = Date()
         if knownSize > 0,
@@ -404,27 +404,28 @@ public final class AuditLog: @unchecked Sendable {
         {
             if let error = rotate() { return error }
         }
-        let toWrite = notes + records
-        let total = uncheckpointed + toWrite.count
+        let count = notes.count + entries.count + (notice == nil ? 0 : 1)
+        let total = uncheckpointed + count
         let checkpointDue = signer != nil && total > 0
             && (closing || total >= settings.checkpointRecords
                 || ContinuousClock.now >= lastCheckpointAt.advanced(by: settings.checkpointInterval))
-        guard !toWrite.isEmpty || checkpointDue else { return nil }
+        guard count > 0 || checkpointDue else { return nil }
 
         batchBuffer.removeAll(keepingCapacity: true)
         var seq = headSeq
         var hash = headHash
-        func add(_ record: AuditRecord) {
-            var record = record
+        func add(_ entry: Entry) {
             seq += 1
-            record.seq = seq
+            stamper.format(entry.queuedAt, into: &timeBuffer)
             lineBuffer.removeAll(keepingCapacity: true)
-            record.encodeBody(into: &lineBuffer)
+            entry.record.encodeBody(into: &lineBuffer, seq: seq, time: timeBuffer)
             hash = AuditChain.seal(&lineBuffer, prev: hash)
             batchBuffer.append(contentsOf: lineBuffer)
             batchBuffer.append(0x0A)
         }
-        toWrite.forEach(add)
+        notes.forEach(add)
+        entries.forEach(add)
+        if let notice { add(notice) }
         var checkpoint: Checkpoint?
         if checkpointDue, let signer {
             let time = AuditTime.format(now)
@@ -434,10 +435,9 @@ public final class AuditLog: @unchecked Sendable {
                     seq: seq, hash: String(decoding: hash, as: UTF8.self), time: time, key: signer.keyID,
                     signature: signature)
                 var record = AuditRecord(event: "audit_checkpoint", detail: "signs the log up to seq \(seq)")
-                record.time = time
                 record.key = signer.keyID
                 record.signature = signature
-                add(record)
+                add((record, now))
             } catch {
                 FileHandle.standardError.write(Data("portcullis: cannot sign an audit checkpoint: \(error)\n".utf8))
             }
@@ -535,8 +535,7 @@ public final class AuditLog: @unchecked Sendable {
             detail: "removed a torn final line of \(tornLength) bytes at offset \(keep) of "
                 + "\((layout.activeSegment as NSString).lastPathComponent), left by a write a crash interrupted; "
                 + "it began: \(String(decoding: torn.prefix(200), as: UTF8.self))")
-        note.time = AuditTime.format(Date())
-        notes.append(note)
+        notes.append((note, Date()))
     }
 
     /// Closes the active segment under its first sequence number and starts a new one; the chain carries on.

@@ -77,7 +77,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     /// The record as one line of JSON (no trailing newline), without the chain's `prev` and `hash`.
     public func jsonLine() -> String {
         var bytes: [UInt8] = []
-        encodeBody(into: &bytes)
+        encodeBody(into: &bytes, seq: seq, time: Array(time.utf8))
         bytes.append(UInt8(ascii: "}"))
         return String(decoding: bytes, as: UTF8.self)
     }
@@ -87,7 +87,8 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     /// Written by hand rather than with `JSONEncoder`: the key order must be fixed (the hash covers these exact
     /// bytes, and `seq`, `time` and `event` first keep lines readable and let `audit query` find them without a
     /// JSON parser), and it must be fast enough for the writer to keep up with a busy gateway.
-    func encodeBody(into out: inout [UInt8]) {
+    /// `seq` and `time` (already formatted) are the writer's, given apart so that it need not copy the record.
+    func encodeBody(into out: inout [UInt8], seq: UInt64, time: [UInt8]) {
         var first = true
         func member(_ name: CodingKeys) {
             out.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
@@ -108,7 +109,10 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         }
         member(.seq)
         out.append(contentsOf: String(seq).utf8)
-        add(.time, time)
+        member(.time)
+        out.append(UInt8(ascii: "\""))
+        out.append(contentsOf: time)
+        out.append(UInt8(ascii: "\""))
         add(.event, event)
         add(.operation, operation)
         add(.name, name)
@@ -164,6 +168,17 @@ func jsonString(_ text: String) -> String {
 /// else (UTF-8 included) as is, so one text always has one encoding.
 func appendJSONString(_ text: String, to out: inout [UInt8]) {
     out.append(UInt8(ascii: "\""))
+    var text = text
+    // Nearly every value needs no escaping: copy it whole.
+    let plain = text.withUTF8 { bytes in
+        guard !bytes.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return false }
+        out.append(contentsOf: bytes)
+        return true
+    }
+    if plain {
+        out.append(UInt8(ascii: "\""))
+        return
+    }
     for byte in text.utf8 {
         switch byte {
         case UInt8(ascii: "\""): out.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
