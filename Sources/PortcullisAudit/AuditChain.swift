@@ -93,7 +93,25 @@ public enum AuditChain {
     ///
     /// Sound on our own lines: inside a JSON string every `"` is escaped, so `"key":"` can only occur as a member.
     public static func rawString(_ needle: [UInt8], in line: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
-        guard let start = find(needle, in: line) else { return nil }
+        rawString(needle, in: line, from: 0)
+    }
+
+    /// ``rawString(_:in:)`` for several members at once, given in the order the writer encodes them
+    /// (``AuditRecord``'s key order), each searched for after the one before: one pass over the line.
+    public static func rawStrings(_ needles: [[UInt8]], in line: UnsafeRawBufferPointer) -> [UnsafeRawBufferPointer?] {
+        var offset = 0
+        return needles.map { needle in
+            guard let value = rawString(needle, in: line, from: offset) else { return nil }
+            offset = line.baseAddress!.distance(to: value.baseAddress!) + value.count
+            return value
+        }
+    }
+
+    private static func rawString(_ needle: [UInt8], in line: UnsafeRawBufferPointer, from offset: Int) -> UnsafeRawBufferPointer? {
+        guard offset <= line.count, let found = find(needle, in: UnsafeRawBufferPointer(rebasing: line[offset...])) else {
+            return nil
+        }
+        let start = offset + found
         var index = start + needle.count
         let valueStart = index
         while index < line.count {
@@ -114,20 +132,20 @@ public enum AuditChain {
     /// The offset of `needle` in `haystack`, if it occurs.
     public static func find(_ needle: [UInt8], in haystack: UnsafeRawBufferPointer) -> Int? {
         guard !needle.isEmpty, let base = haystack.baseAddress, haystack.count >= needle.count else { return nil }
-        // memchr for the first byte, memcmp for the rest (Glibc's memmem is a GNU extension Swift does not see).
-        let first = Int32(needle[0])
-        let last = haystack.count - needle.count
-        var offset = 0
         return needle.withUnsafeBytes { needleBytes -> Int? in
-            while offset <= last {
-                guard let hit = memchr(base + offset, first, last - offset + 1) else { return nil }
-                let position = base.distance(to: UnsafeRawPointer(hit))
-                if memcmp(base + position, needleBytes.baseAddress!, needle.count) == 0 { return position }
-                offset = position + 1
-            }
-            return nil
+            guard let hit = memmem(base, haystack.count, needleBytes.baseAddress!, needle.count) else { return nil }
+            return base.distance(to: UnsafeRawPointer(hit))
         }
     }
+
+    /// glibc's memmem (two-way search, vectorised), which Swift's Glibc module does not declare because it is a
+    /// GNU extension. Every needle here starts with `"`, which JSON is full of, so a first-byte scan is slow.
+    private static let memmem: @convention(c) (UnsafeRawPointer, Int, UnsafeRawPointer, Int) -> UnsafeMutableRawPointer? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "memmem") else {
+            fatalError("the C library has no memmem")
+        }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeRawPointer, Int, UnsafeRawPointer, Int) -> UnsafeMutableRawPointer?).self)
+    }()
 
     /// The message a checkpoint signs: the last record it covers, by sequence number and hash.
     public static func checkpointMessage(seq: UInt64, hash: [UInt8]) -> [UInt8] {

@@ -254,6 +254,8 @@ public final class AuditLog: @unchecked Sendable {
         var unsyncedSince = ContinuousClock.now
         // Records dropped since the log started failing.
         var lost = 0
+        // The last write failed: the next attempt waits for `retryAt`.
+        var backingOff = false
 
         while true {
             condition.lock()
@@ -265,7 +267,7 @@ public final class AuditLog: @unchecked Sendable {
                     return now >= instant
                 }
                 if stopping { break }
-                if !retry.isEmpty {
+                if backingOff {
                     if due(retryAt) { break }
                 } else if !pending.isEmpty || failure != nil {
                     break
@@ -330,21 +332,20 @@ public final class AuditLog: @unchecked Sendable {
                     FileHandle.standardError.write(Data(
                         "portcullis: \(counted) audit records could not be written and are lost: \(error)\n".utf8))
                     durable += counted
-                    retry = []
-                    retryCount = 0
-                    failure = nil
                     condition.broadcast()
                     condition.unlock()
-                    continue
+                    return
                 }
                 swap(&retry, &batch)
                 retryCount = counted
+                backingOff = true
                 retryAt = .now.advanced(by: .seconds(1))
                 condition.broadcast()
                 condition.unlock()
                 continue
             }
             retryCount = 0
+            backingOff = false
             unsynced += counted
 
             let syncNow: Bool

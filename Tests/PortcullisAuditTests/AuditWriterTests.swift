@@ -104,6 +104,21 @@ struct AuditWriterTests {
         #expect(try audit.verify().problem == nil)
     }
 
+    @Test("Closing while the disk refuses writes gives up with the error instead of hanging the shutdown", .timeLimit(.minutes(1)))
+    func closeWhileDiskFull() throws {
+        let audit = try ScratchAudit()
+        defer { audit.remove() }
+        let log = try AuditLog(directory: audit.path)
+        log.record(ScratchAudit.sample(0))
+        #expect(log.flush() == nil)
+        #expect(rename(audit.active, "\(audit.path)/aside.jsonl") == 0)
+        #expect(symlink("/dev/full", audit.active) == 0)
+        log.record(ScratchAudit.sample(1))
+        #expect(log.close() == "No space left on device")
+        log.record(ScratchAudit.sample(2))  // ignored once closed, not queued forever
+        #expect(log.statistics().queueDepth == 0)
+    }
+
     @Test("Records written by another process are chained onto, not overwritten, and seq continues")
     func continuesAnotherWritersChain() throws {
         let audit = try ScratchAudit()

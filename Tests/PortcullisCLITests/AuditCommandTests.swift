@@ -5,15 +5,6 @@ import Testing
 import Glibc
 #endif
 
-/// A `serve --dev` gateway in `directory`, and its port.
-private func devGateway(in directory: String) async throws -> (RunningCommand, String) {
-    let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
-    #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
-    let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on wss://") }?
-        .split(separator: ":").dropFirst(2).first?.prefix { $0.isNumber })
-    return (serve, String(port))
-}
-
 /// One WebSocket upgrade of `name`'s certificate with openssl; its output.
 private func upgrade(_ name: String, path: String = "/v1/echo", port: String, in directory: String) async throws -> String {
     try await shell(
@@ -35,9 +26,7 @@ struct AuditCommandTests {
     func timeline() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try FileManager.default.copyItem(
-            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
-        var (serve, port) = try await devGateway(in: directory)
+        var (serve, port) = try await startDevGateway(in: directory)
         #expect(try await upgrade("demo-device", port: port, in: directory).contains("101 Switching Protocols"))
         serve.process.terminate()
         #expect(try await serve.waitForExit() == 0)
@@ -46,7 +35,7 @@ struct AuditCommandTests {
         #expect(revokeStatus == 0, "\(revoked)")
         let serial = try #require(
             (try JSONSerialization.jsonObject(with: Data(revoked.utf8)) as? [String: Any])?["serial"] as? String)
-        (serve, port) = try await devGateway(in: directory)
+        (serve, port) = try await startDevGateway(in: directory)
         #expect(!(try await upgrade("demo-device", port: port, in: directory).contains("101 Switching Protocols")))
         #expect(try await upgrade("demo-operator", path: "/v1/messages", port: port, in: directory).contains("101 Switching Protocols"))
         serve.process.terminate()
@@ -159,9 +148,7 @@ struct AuditCommandTests {
     func crash() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try FileManager.default.copyItem(
-            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
-        let (serve, port) = try await devGateway(in: directory)
+        let (serve, port) = try await startDevGateway(in: directory)
         let load = try RunningCommand(
             ["bench", "connect", "--url", "wss://127.0.0.1:\(port)/v1/echo", "--duration", "20s", "--warmup", "0s",
              "--concurrency", "2"], in: directory)
@@ -183,7 +170,7 @@ struct AuditCommandTests {
         #expect(records > 200, "\(output)")
         let torn = output.contains("torn final line")
 
-        let (again, _) = try await devGateway(in: directory)
+        let (again, _) = try await startDevGateway(in: directory)
         again.process.terminate()
         #expect(try await again.waitForExit() == 0)
         let (after, verified) = try await portcullis(["audit", "verify"], in: directory)

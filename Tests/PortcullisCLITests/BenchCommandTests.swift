@@ -20,13 +20,8 @@ struct BenchCommandTests {
     func againstTheDevGateway() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try FileManager.default.copyItem(
-            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
-        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        let (serve, port) = try await startDevGateway(in: directory)
         defer { serve.process.terminate() }
-        #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
-        let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on wss://") }?
-            .split(separator: ":").dropFirst(2).first?.prefix { $0.isNumber })
         // The README's command: an IP address in the URL and no --server-name (no SNI is sent for an IP; the
         // dev server certificate names 127.0.0.1).
         let common = [

@@ -80,6 +80,20 @@ func scratchDirectory() throws -> String {
     return path
 }
 
+/// `serve --dev` on an ephemeral port in `directory` (given the repository's policies first), once its banner
+/// is out, and the port it listens on.
+func startDevGateway(in directory: String) async throws -> (serve: RunningCommand, port: String) {
+    if !FileManager.default.fileExists(atPath: "\(directory)/policies") {
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
+    }
+    let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+    #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
+    let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on wss://") }?
+        .split(separator: ":").dropFirst(2).first?.prefix { $0.isNumber })
+    return (serve, String(port))
+}
+
 @Suite("portcullis serve")
 struct ServeCommandTests {
     @Test("serve --dev creates the PKI, prints commands that work as printed, and drains on SIGTERM")
