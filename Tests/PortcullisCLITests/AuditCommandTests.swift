@@ -82,6 +82,16 @@ struct AuditCommandTests {
         let (_, readable) = try await portcullis(["audit", "stats"], in: directory)
         #expect(readable.contains("Most refused identities:\n  CN=demo-device  1"), "\(readable)")
 
+        // A rotation shows under both serials: the new certificate supersedes, the old one is superseded.
+        let (_, rotated) = try await portcullis(["pki", "rotate", "demo-operator", "--json"], in: directory)
+        let newSerial = try #require((try JSONSerialization.jsonObject(with: Data(rotated.utf8)) as? [String: Any])?["serial"] as? String)
+        let (_, superseded) = try await portcullis(["audit", "query", "--serial", newSerial, "--jsonl"], in: directory)
+        let handOver = try #require(try jsonLines(superseded).first)
+        let oldSerial = try #require((handOver["detail"] as? String)?.split(separator: " ").last.map(String.init))
+        let (_, oldHistory) = try await portcullis(["audit", "query", "--serial", oldSerial, "--jsonl"], in: directory)
+        let oldEvents = try jsonLines(oldHistory).map { [$0["event"], $0["operation"] ?? $0["reason"]].compactMap { $0 as? String } }
+        #expect(oldEvents == [["pki_operation", "issue"], ["session_opened", "admitted"], ["session_closed"], ["pki_operation", "supersede"]], "\(oldHistory)")
+
         let (verifyStatus, verified) = try await portcullis(["audit", "verify"], in: directory)
         #expect(verifyStatus == 0)
         #expect(verified.hasPrefix("OK, "), "\(verified)")

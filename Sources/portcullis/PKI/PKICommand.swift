@@ -93,6 +93,14 @@ struct PKIAudit {
         log.record(record)
     }
 
+    /// Records that `new` replaced `old`: one record under each serial, so that `audit query --serial` of either
+    /// shows the hand-over.
+    func recordReplacement(_ operation: String, new: InventoryEntry, old: InventoryEntry, context: String? = nil) {
+        let prefix = context.map { "\($0); " } ?? ""
+        record(operation, new, detail: prefix + "supersedes serial \(old.serial)")
+        record("supersede", old, detail: prefix + "superseded by serial \(new.serial) (\(operation))")
+    }
+
     /// Flushes the records; when the disk refuses them, says so and exits 2 (the operation itself was done).
     func close() {
         if let error = log.close() {

@@ -26,7 +26,7 @@ struct PKIRenew: ParsableCommand {
         let pki = options.pki
         try options.perform { audit in
             let (entry, old) = try pki.renew(name: name, newKey: newKey)
-            audit.record("renew", entry, detail: "supersedes serial \(old.serial)")
+            audit.recordReplacement("renew", new: entry, old: old)
             show(entry, pki: pki, json: json, headline: "renewed '\(name)' (previous serial \(old.serial) is superseded)")
         }
     }
@@ -65,7 +65,7 @@ struct PKIRotate: ParsableCommand {
         let graceSeconds = revokeOld ? 0 : parseWindow(grace)!
         try options.perform { audit in
             let (entry, old) = try pki.rotate(name: name, grace: graceSeconds)
-            audit.record("rotate", entry, detail: "supersedes serial \(old.serial)")
+            audit.recordReplacement("rotate", new: entry, old: old)
             if old.state == .revoked {
                 audit.record("revoke", old, reason: "superseded", detail: "revoked by rotation")
             }

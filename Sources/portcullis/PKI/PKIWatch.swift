@@ -83,7 +83,7 @@ struct PKIWatch: AsyncParsableCommand {
             let renewable = entry.profile == "server" || entry.autoRenew
             if renew && renewable {
                 let (renewed, _) = try pki.renew(name: entry.name, now: now)
-                audit.record("renew", renewed, detail: "pki watch --renew; supersedes serial \(entry.serial)")
+                audit.recordReplacement("renew", new: renewed, old: entry, context: "pki watch --renew")
                 say("\(stamp) renewed '\(entry.name)': serial \(renewed.serial), valid until \(day(renewed.notAfter))")
             } else {
                 say("\(stamp) due for renewal: '\(entry.name)' serial \(entry.serial), expires \(day(entry.notAfter)) (\(entry.daysLeft(at: now)) days)")
