@@ -74,14 +74,6 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         case bytesOut = "bytes_out"
     }
 
-    /// The record as one line of JSON (no trailing newline), without the chain's `prev` and `hash`.
-    public func jsonLine() -> String {
-        var bytes: [UInt8] = []
-        encodeBody(into: &bytes, seq: seq, time: Array(time.utf8))
-        bytes.append(UInt8(ascii: "}"))
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
     /// Appends the record's JSON object without its closing brace (the chain adds `prev` and `hash` after it).
     ///
     /// Written by hand rather than with `JSONEncoder`: the key order must be fixed (the hash covers these exact
