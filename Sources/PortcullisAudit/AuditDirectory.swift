@@ -147,8 +147,43 @@ public enum AuditTime {
         }
     }
 
-    /// Parses an RFC 3339 timestamp, with or without fractional seconds, in UTC or with an offset.
+    /// Parses an RFC 3339 timestamp, with or without fractional seconds, in UTC or with an offset. The log's own
+    /// form (`2026-12-01T22:13:09.123Z`) is read by hand: reports parse one per record.
     public static func parse(_ text: String) -> Date? {
+        if let date = parseStamp(Array(text.utf8)) { return date }
+        return parseGeneral(text)
+    }
+
+    private static func parseStamp(_ bytes: [UInt8]) -> Date? {
+        guard bytes.count == 24, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-"),
+            bytes[10] == UInt8(ascii: "T"), bytes[13] == UInt8(ascii: ":"), bytes[16] == UInt8(ascii: ":"),
+            bytes[19] == UInt8(ascii: "."), bytes[23] == UInt8(ascii: "Z")
+        else { return nil }
+        func number(_ range: Range<Int>) -> Int32? {
+            var value: Int32 = 0
+            for index in range {
+                let digit = bytes[index] &- UInt8(ascii: "0")
+                guard digit < 10 else { return nil }
+                value = value * 10 + Int32(digit)
+            }
+            return value
+        }
+        guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
+            let hour = number(11..<13), let minute = number(14..<16), let second = number(17..<19),
+            let millis = number(20..<23), (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60,
+            second < 61
+        else { return nil }
+        var parts = tm()
+        parts.tm_year = year - 1900
+        parts.tm_mon = month - 1
+        parts.tm_mday = day
+        parts.tm_hour = hour
+        parts.tm_min = minute
+        parts.tm_sec = second
+        return Date(timeIntervalSince1970: Double(timegm(&parts)) + Double(millis) / 1000)
+    }
+
+    private static func parseGeneral(_ text: String) -> Date? {
         let withFraction = ISO8601DateFormatter()
         withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         if let date = withFraction.date(from: text) { return date }

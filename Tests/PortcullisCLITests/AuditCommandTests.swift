@@ -191,4 +191,54 @@ struct AuditCommandTests {
         let (_, repaired) = try await portcullis(["audit", "query", "--event", "audit_repaired", "--jsonl"], in: directory)
         #expect(try jsonLines(repaired).count == (torn ? 1 : 0), "\(repaired)")
     }
+
+    @Test("pki report: never seen, two addresses at once, used after rotation, revoked but still trying; exit 1")
+    func fleetReport() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var (serve, port) = try await startDevGateway(in: directory)
+        #expect(try await portcullis(["pki", "issue", "client", "sensor-1"], in: directory).status == 0)
+        // demo-operator from two loopback addresses at once (Linux routes all of 127/8 to lo).
+        let both = try await shell(
+            """
+            python3 -c 'import asyncio, ssl, websockets
+            async def main():
+                tls = ssl.create_default_context(cafile="pki/ca.crt")
+                tls.load_cert_chain("pki/issued/demo-operator.crt", "pki/private/demo-operator.key")
+                a = await websockets.connect("wss://localhost:\(port)/v1/messages", ssl=tls, local_addr=("127.0.0.1", 0))
+                b = await websockets.connect("wss://localhost:\(port)/v1/messages", ssl=tls, local_addr=("127.0.0.2", 0))
+                await a.close(); await b.close(); print("both open")
+            asyncio.run(main())' 2>&1
+            """, in: directory)
+        #expect(both.contains("both open"), "\(both)")
+        // The old demo-device certificate is kept and used after its rotation (the running gateway still trusts it).
+        _ = try await shell("cp pki/issued/demo-device.crt old.crt && cp pki/private/demo-device.key old.key", in: directory)
+        #expect(try await portcullis(["pki", "rotate", "demo-device"], in: directory).status == 0)
+        let old = try await shell(
+            "(printf 'GET /v1/echo HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 0.5) | "
+                + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
+                + "-cert old.crt -key old.key 2>&1", in: directory)
+        #expect(old.contains("101 Switching Protocols"), "\(old)")
+        serve.process.terminate()
+        #expect(try await serve.waitForExit() == 0)
+        #expect(try await portcullis(["pki", "revoke", "demo-operator"], in: directory).status == 0)
+        (serve, port) = try await startDevGateway(in: directory)
+        #expect(!(try await upgrade("demo-operator", path: "/v1/messages", port: port, in: directory)).contains("101"))
+        serve.process.terminate()
+        #expect(try await serve.waitForExit() == 0)
+
+        let (status, text) = try await portcullis(["pki", "report"], in: directory)
+        #expect(status == 1, "\(text)")
+        let (_, json) = try await portcullis(["pki", "report", "--json"], in: directory)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: [[String: Any]]], "\(json)")
+        let names = { (key: String) in Set((report[key] ?? []).compactMap { $0["name"] as? String }) }
+        #expect(names("never_seen") == ["sensor-1", "demo-device"], "\(json)")  // demo-device: its new certificate
+        #expect(names("concurrent_peers") == ["demo-operator"], "\(json)")
+        #expect((report["concurrent_peers"]?.first?["detail"] as? [String: String])?["hosts"] == "127.0.0.1,127.0.0.2")
+        #expect(names("superseded_in_use") == ["demo-device"], "\(json)")
+        #expect(names("revoked_attempts") == ["demo-operator"], "\(json)")
+        #expect((report["revoked_attempts"]?.first?["detail"] as? [String: String])?["attempts"] == "1")
+        #expect(text.contains("Revoked, still trying to connect (1):\n  demo-operator"), "\(text)")
+    }
 }

@@ -21,7 +21,7 @@ struct PKICommand: AsyncParsableCommand {
             """,
         subcommands: [
             PKIInit.self, PKIIssue.self, PKICsr.self, PKISign.self, PKIRenew.self, PKIRotate.self, PKIRevoke.self,
-            PKICrl.self, PKIList.self, PKIInspect.self, PKIExpiry.self, PKIWatch.self,
+            PKICrl.self, PKIList.self, PKIInspect.self, PKIExpiry.self, PKIWatch.self, PKIReport.self,
         ]
     )
 }
