@@ -64,7 +64,7 @@ public struct FleetReport: Sendable {
             var found: (hosts: [String], at: Date)?
             for (index, first) in ordered.enumerated() where found == nil {
                 for second in ordered[(index + 1)...] where second.start < first.end && second.host != first.host {
-                    found = ([first.host, second.host], second.start)
+                    found = ([first.host, second.host].sorted(), second.start)
                     break
                 }
             }
