@@ -27,7 +27,7 @@ extension GatewayConfiguration {
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
             "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes",
-            "audit", "on_audit_failure",
+            "audit", "on_audit_failure", "drain_timeout",
         ]
         guard let root = reader.parse(text), let top = reader.mapping(root, what: "the configuration", allowed: keys)
         else { throw DiagnosticsError(reader.diagnostics) }
@@ -167,6 +167,9 @@ extension GatewayConfiguration {
             let number = reader.integer(value.value, what: "max_outbound_bytes", range: 1024...(1 << 30))
         {
             config.maxOutboundBytes = number
+        }
+        if let value = top["drain_timeout"], let seconds = reader.duration(value.value, what: "drain_timeout") {
+            config.drainTimeout = seconds
         }
         if let value = top["audit"] { config.audit = parseAudit(value.value, reader: reader) }
         if let value = top["on_audit_failure"], let text = reader.string(value.value, what: "on_audit_failure") {

@@ -138,6 +138,9 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// Bytes a session may have queued towards its client; a subscriber that falls further behind is closed
     /// with 1013 rather than let the gateway's memory grow.
     public var maxOutboundBytes: Int = 4 << 20
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for sessions to finish their close handshake before it
+    /// closes what is left and exits.
+    public var drainTimeout: Double = 10
     /// How the audit log writes, fsyncs, rotates and signs (the `audit:` section).
     public var audit = AuditSettings()
     /// What the gateway does while audit records cannot be written.

@@ -131,9 +131,14 @@ public final class Gateway: Sendable {
         while clock.now < end, connections.withLockedValue({ !$0.isEmpty }) {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        // Whatever has not finished its close handshake by the deadline is closed with the event loops.
+        let cutOff = connections.withLockedValue { $0.count }
+        if cutOff > 0 {
+            logger.warning("drain deadline reached: closing \(cutOff) connection(s) still open", metadata: ["deadline": "\(deadline)"])
+        }
         try? await group.shutdownGracefully()
         var record = AuditRecord(event: "gateway_stopped")
-        record.detail = "drained \(open.count) connection(s)"
+        record.detail = "drained \(open.count) connection(s)" + (cutOff > 0 ? "; \(cutOff) still open at the \(deadline) deadline were closed" : "")
         audit(record)
         auditLog.close()
     }

@@ -114,7 +114,7 @@ struct Serve: AsyncParsableCommand {
             logger.info("shutting down", metadata: ["signal": "\(signal)"])
             break
         }
-        await gateway.shutdown()
+        await gateway.shutdown(deadline: .microseconds(Int64(configuration.drainTimeout * 1e6)))
     }
 
     private func printDevelopmentBanner(

@@ -156,6 +156,46 @@ struct ServeCommandTests {
         #expect(try await again.waitForExit() == 0)
     }
 
+    @Test("SIGTERM with drain_timeout: a client that never answers the close is cut off at the deadline, exit 0")
+    func drainDeadline() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for arguments in [["pki", "init"], ["pki", "issue", "server", "localhost", "--dns", "localhost", "--ip", "127.0.0.1"],
+                          ["pki", "issue", "client", "demo-device"]] {
+            #expect(try await portcullis(arguments, in: directory).status == 0)
+        }
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
+        try """
+            listen: 127.0.0.1:0
+            tls: {certificate: pki/issued/localhost.crt, key: pki/private/localhost.key, client_ca: pki/ca.crt}
+            routes: [{path: /v1/echo, kind: echo}]
+            drain_timeout: 500ms
+            """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
+        let serve = try RunningCommand(["serve", "--config", "gateway.yaml"], in: directory)
+        #expect(try await serve.waitFor("audit log in"), "\(serve.output)")
+        let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on") }?
+            .split(separator: ";").first?.split(separator: ":").last)
+        // openssl upgrades, then holds the connection without ever answering the gateway's close frame.
+        let client = try RunningCommand(
+            ["-c", "(printf 'GET /v1/echo HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 30) | "
+                + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
+                + "-cert pki/issued/demo-device.crt -key pki/private/demo-device.key"],
+            in: directory, executable: "/bin/bash")
+        defer { client.process.terminate() }
+        #expect(try await client.waitFor("101 Switching Protocols"), "\(client.output)")
+
+        let stopping = Date()
+        serve.process.terminate()
+        #expect(try await serve.waitForExit() == 0)
+        // The gateway would otherwise wait 5 s for the close reply; the 500 ms deadline ended it well before.
+        #expect(Date().timeIntervalSince(stopping) < 4, "\(serve.output)")
+        #expect(serve.output.contains("drain deadline reached: closing 1 connection(s) still open"), "\(serve.output)")
+        let (_, stopped) = try await portcullis(["audit", "query", "--event", "gateway_stopped", "--jsonl"], in: directory)
+        #expect(stopped.contains("drained 1 connection(s); 1 still open at the 0.5 seconds deadline were closed"), "\(stopped)")
+    }
+
     @Test("An invalid configuration is refused at start with every problem and its line")
     func invalidConfiguration() async throws {
         let directory = try scratchDirectory()

@@ -73,7 +73,9 @@ struct ConfigurationTests {
                   checkpoint_interval: 30s
                   checkpoint_records: 500
                 on_audit_failure: continue
+                drain_timeout: 3s
                 """, file: "g.yaml", baseDirectory: ".")
+        #expect(config.drainTimeout == 3 && defaults.drainTimeout == 10)
         #expect(config.audit.fsync == .always && config.audit.fsyncInterval == .milliseconds(5))
         #expect(config.audit.fsyncRecords == 50 && config.audit.queueCapacity == 1000)
         #expect(config.audit.segmentMaxBytes == 1 << 20 && config.audit.segmentMaxAge == .seconds(3600))
