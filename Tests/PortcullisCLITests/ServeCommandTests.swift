@@ -2,6 +2,10 @@ import Foundation
 import PortcullisTestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The built binary, next to the test bundle.
 func portcullisBinary() throws -> String {
     let bundleDirectory = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
@@ -194,6 +198,32 @@ struct ServeCommandTests {
         #expect(serve.output.contains("drain deadline reached: closing 1 connection(s) still open"), "\(serve.output)")
         let (_, stopped) = try await portcullis(["audit", "query", "--event", "gateway_stopped", "--jsonl"], in: directory)
         #expect(stopped.contains("drained 1 connection(s); 1 still open at the 0.5 seconds deadline were closed"), "\(stopped)")
+    }
+
+    @Test("The production example listens on 443; without the privilege the start fails saying how to fix it")
+    func privilegedPort() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for arguments in [["pki", "init"], ["pki", "issue", "server", "server", "--dns", "localhost", "--ip", "127.0.0.1"], ["pki", "crl"]] {
+            #expect(try await portcullis(arguments, in: directory).status == 0)
+        }
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
+        try FileManager.default.copyItem(
+            atPath: repositoryRoot.appendingPathComponent("portcullis.example.yaml").path, toPath: "\(directory)/portcullis.yaml")
+        // The example as shipped, on loopback; only the audit directory moves out of /var/log.
+        var arguments = ["serve", "--config", "portcullis.yaml", "--listen", "127.0.0.1:443", "--audit-dir", "audit"]
+        var executable: String? = nil
+        if geteuid() == 0 {
+            // root may bind 443: run as nobody, as a gateway without the capability would.
+            _ = try await shell("chown -R nobody \(directory)", in: directory)
+            arguments = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", try portcullisBinary()] + arguments
+            executable = try tool("setpriv")
+        }
+        let serve = try RunningCommand(arguments, in: directory, executable: executable)
+        #expect(try await serve.waitForExit() == 1)
+        #expect(serve.output.contains("cannot listen on 127.0.0.1:443: permission denied"), "\(serve.output)")
+        #expect(serve.output.contains("setcap 'cap_net_bind_service=+ep'"), "\(serve.output)")
     }
 
     @Test("An invalid configuration is refused at start with every problem and its line")
