@@ -277,7 +277,7 @@ public final class AuditLog: @unchecked Sendable {
                     break
                 }
                 if let deadline {
-                    _ = condition.wait(until: Date().addingTimeInterval(Double((deadline - now) / .microseconds(1)) / 1e6))
+                    _ = condition.wait(until: Date().addingTimeInterval(seconds(deadline - now)))
                 } else {
                     condition.wait()
                 }
@@ -455,12 +455,17 @@ public final class AuditLog: @unchecked Sendable {
         notes = []
         if segmentStartedAt == nil { segmentStartedAt = now }
         if let checkpoint {
-            // checkpoint.json must never name a record that a crash could still take away.
-            if fsync(segmentFD) != 0 { return String(cString: strerror(errno)) }
-            do {
-                try checkpoint.write(to: layout)
-            } catch {
-                FileHandle.standardError.write(Data("portcullis: \(error)\n".utf8))
+            // checkpoint.json must never name a record that a crash could still take away. The batch itself is
+            // written: returning an error here would have it retried, and appended a second time.
+            if fsync(segmentFD) != 0 {
+                FileHandle.standardError.write(Data(
+                    "portcullis: \(layout.latestCheckpoint) not updated: fsync: \(String(cString: strerror(errno)))\n".utf8))
+            } else {
+                do {
+                    try checkpoint.write(to: layout)
+                } catch {
+                    FileHandle.standardError.write(Data("portcullis: \(error)\n".utf8))
+                }
             }
             uncheckpointed = 0
             lastCheckpointAt = .now

@@ -106,13 +106,16 @@ struct AuditFilterOptions: ParsableArguments {
         return filter
     }
 
-    private func timeBound(_ text: String, option: String, now: Date) throws -> Date {
-        if let seconds = parseDuration(text), seconds >= 0 { return now.addingTimeInterval(-seconds) }
-        if let date = AuditTime.parse(text) { return date }
-        if let date = AuditTime.parse(text + "T00:00:00Z") { return date }
-        throw ValidationError(
-            "\(option) '\(text)' is neither RFC 3339 (2026-12-01T10:00:00Z, or a date) nor a duration such as 30m, 2h or 7d")
-    }
+}
+
+/// A time bound as operators write it for the audit log (`audit` filters, `pki report --since`): RFC 3339, a date,
+/// or a duration back from `now` (`500ms`, `30m`, `2h`, `7d`, `2w`).
+func timeBound(_ text: String, option: String, now: Date) throws -> Date {
+    if let seconds = parseDuration(text) ?? parseWindow(text), seconds >= 0 { return now.addingTimeInterval(-seconds) }
+    if let date = AuditTime.parse(text) { return date }
+    if let date = AuditTime.parse(text + "T00:00:00Z") { return date }
+    throw ValidationError(
+        "\(option) '\(text)' is neither RFC 3339 (2026-12-01T10:00:00Z, or a date) nor a duration such as 30m, 2h or 7d")
 }
 
 /// How `query` and `tail` print records.

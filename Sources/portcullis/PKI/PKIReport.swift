@@ -16,7 +16,7 @@ struct PKIReport: ParsableCommand {
 
     @OptionGroup var options: PKIOptions
 
-    @Option(help: ArgumentHelp("Only what the gateway saw since then: RFC 3339, or a duration back from now (30d, 12h).", valueName: "time"))
+    @Option(help: ArgumentHelp("Only what the gateway saw since then: RFC 3339, a date, or a duration back from now (30d, 12h).", valueName: "time"))
     var since: String?
 
     @Flag(help: "Print JSON.")
@@ -28,10 +28,11 @@ struct PKIReport: ParsableCommand {
         var filter = AuditFilter()
         filter.require("event", anyOf: ["session_opened", "session_closed", "tls_refused", "http_refused"])
         if let since {
-            guard let start = parseWindow(since).map({ now.addingTimeInterval(-$0) }) ?? AuditTime.parse(since) else {
-                fail("--since '\(since)' is neither RFC 3339 nor a duration such as 30d or 12h")
+            do {
+                filter.since = AuditTime.format(try timeBound(since, option: "--since", now: now))
+            } catch let error as ValidationError {
+                fail(error.message)
             }
-            filter.since = AuditTime.format(start)
         }
         let (inventory, sightings) = try options.perform { _ in
             (try pki.loadInventory().entries, try Self.sightings(in: options.auditPath, matching: filter))
