@@ -63,20 +63,30 @@ public struct FleetReport: Sendable {
             let ordered = intervals.sorted { $0.start < $1.start }
             var found: (hosts: [String], at: Date)?
             for (index, first) in ordered.enumerated() where found == nil {
-                for second in ordered[(index + 1)...] where second.start < first.end && second.host != first.host {
-                    found = ([first.host, second.host].sorted(), second.start)
-                    break
+                // Sorted by start: once one starts after `first` ended, so do all the rest.
+                for second in ordered[(index + 1)...] {
+                    guard second.start < first.end else { break }
+                    if second.host != first.host {
+                        found = ([first.host, second.host].sorted(), second.start)
+                        break
+                    }
                 }
             }
             if let found { concurrentPeers.append((bySerial[serial], serial, found.hosts, found.at)) }
         }
 
+        // One pass over the sightings, not one per certificate: a fleet's log holds millions.
+        var openedBySerial: [String: [Date]] = [:]
+        for sighting in sightings where sighting.kind == .opened {
+            openedBySerial[sighting.serial, default: []].append(sighting.time)
+        }
+        let activeByName = Dictionary(
+            inventory.filter { $0.state == .active }.map { ($0.name, $0) }, uniquingKeysWith: { _, last in last })
         for entry in inventory {
             if let supersededAt = entry.supersededAt {
-                let uses = sightings.filter { $0.serial == entry.serial && $0.kind == .opened && $0.time > supersededAt }
+                let uses = (openedBySerial[entry.serial] ?? []).filter { $0 > supersededAt }
                 if let last = uses.last {
-                    let replacement = inventory.last { $0.name == entry.name && $0.state == .active }
-                    supersededInUse.append((entry, replacement, uses.count, last.time))
+                    supersededInUse.append((entry, activeByName[entry.name], uses.count, last))
                 }
             }
         }
