@@ -36,6 +36,8 @@ public final class BrokerSession: Sendable {
     public let deliveries: AsyncStream<Delivery>
     /// Errors the gateway sent without an id (a binary publish refused, for example).
     public let errors: AsyncStream<BrokerError>
+    /// What the gateway told the session unasked (`certificate_expiring`), as code and message.
+    public let notices: AsyncStream<BrokerError>
 
     private struct State {
         var nextID = 1
@@ -46,6 +48,7 @@ public final class BrokerSession: Sendable {
     private let state = NIOLockedValueBox(State())
     private let deliveriesContinuation: AsyncStream<Delivery>.Continuation
     private let errorsContinuation: AsyncStream<BrokerError>.Continuation
+    private let noticesContinuation: AsyncStream<BrokerError>.Continuation
 
     /// Connects and upgrades; throws ``GatewayClient/ClientError`` with the status and reason when refused.
     public static func connect(
@@ -64,6 +67,7 @@ public final class BrokerSession: Sendable {
         self.connection = connection
         (deliveries, deliveriesContinuation) = AsyncStream<Delivery>.makeStream()
         (errors, errorsContinuation) = AsyncStream<BrokerError>.makeStream()
+        (notices, noticesContinuation) = AsyncStream<BrokerError>.makeStream()
         Task { [self] in await pump() }
     }
 
@@ -140,6 +144,8 @@ public final class BrokerSession: Sendable {
                 resume(id: id, with: BrokerError(code: code, message: message))
             case .error(nil, let code, let message):
                 errorsContinuation.yield(BrokerError(code: code, message: message))
+            case .notice(let code, let message):
+                noticesContinuation.yield(BrokerError(code: code, message: message))
             case nil:
                 break
             }
@@ -154,6 +160,7 @@ public final class BrokerSession: Sendable {
         }
         deliveriesContinuation.finish()
         errorsContinuation.finish()
+        noticesContinuation.finish()
     }
 
     private func resume(id: [UInt8], with error: BrokerError?) {

@@ -27,7 +27,7 @@ extension GatewayConfiguration {
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
             "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes",
-            "audit", "on_audit_failure", "drain_timeout",
+            "audit", "on_audit_failure", "drain_timeout", "certificate_expiry_warning", "reload", "admin",
         ]
         guard let root = reader.parse(text), let top = reader.mapping(root, what: "the configuration", allowed: keys)
         else { throw DiagnosticsError(reader.diagnostics) }
@@ -171,6 +171,27 @@ extension GatewayConfiguration {
         if let value = top["drain_timeout"], let seconds = reader.duration(value.value, what: "drain_timeout") {
             config.drainTimeout = seconds
         }
+        /// A positive duration, or `off` for 0.
+        func durationOrOff(_ value: YAMLValue, what: String) -> Double? {
+            if value.isWord("off") { return 0 }
+            return reader.duration(value, what: what)
+        }
+        if let value = top["certificate_expiry_warning"],
+            let seconds = durationOrOff(value.value, what: "certificate_expiry_warning")
+        {
+            config.certificateExpiryWarning = seconds
+        }
+        if let value = top["reload"],
+            let fields = reader.mapping(value.value, what: "reload", allowed: ["watch_interval", "debounce"])
+        {
+            if let field = fields["watch_interval"], let seconds = durationOrOff(field.value, what: "reload.watch_interval") {
+                config.reloadWatchInterval = seconds
+            }
+            if let field = fields["debounce"], let seconds = reader.duration(field.value, what: "reload.debounce") {
+                config.reloadDebounce = seconds
+            }
+        }
+        if let value = top["admin"] { config.admin = parseAdmin(value.value, reader: reader, resolve: resolve) }
         if let value = top["audit"] { config.audit = parseAudit(value.value, reader: reader) }
         if let value = top["on_audit_failure"], let text = reader.string(value.value, what: "on_audit_failure") {
             if let policy = AuditFailurePolicy(rawValue: text) {
@@ -182,6 +203,25 @@ extension GatewayConfiguration {
         }
         guard reader.diagnostics.isEmpty else { throw DiagnosticsError(reader.diagnostics) }
         return config
+    }
+
+    private static func parseAdmin(
+        _ value: YAMLValue, reader: YAMLReader, resolve: (String) -> String
+    ) -> Admin? {
+        var admin = Admin()
+        guard let fields = reader.mapping(value, what: "admin", allowed: ["listen", "client_ca"]) else { return admin }
+        if let field = fields["listen"], let text = reader.string(field.value, what: "admin.listen") {
+            if text == "off" { return nil }
+            if let (host, port) = parseListenAddress(text) {
+                (admin.host, admin.port) = (host, port)
+            } else {
+                reader.report(line: field.value.line, "admin.listen must be HOST:PORT (e.g. 127.0.0.1:9443) or off")
+            }
+        }
+        if let field = fields["client_ca"], let text = reader.string(field.value, what: "admin.client_ca") {
+            admin.clientCA = resolve(text)
+        }
+        return admin
     }
 
     private static func parseAudit(_ value: YAMLValue, reader: YAMLReader) -> AuditSettings {

@@ -98,6 +98,9 @@ public struct GatewayConfiguration: Sendable, Equatable {
         public var clientIntermediates: String?
         /// PEM CRL(s) checked during every handshake; nil for none.
         public var crl: String?
+        /// Whether `crl` may not exist yet: true for a `pki/` layout, whose CRL the first revocation creates
+        /// (a reload picks it up then). A CRL named in the configuration file must exist.
+        public var crlMayBeAbsent = false
         public var minimumVersion: TLSVersion
         /// Groups in the server's order of preference; nil for the TLS library's default (which puts the
         /// post-quantum hybrid first).
@@ -145,6 +148,32 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var audit = AuditSettings()
     /// What the gateway does while audit records cannot be written.
     public var onAuditFailure: AuditFailurePolicy = .refuseNewSessions
+    /// Seconds before a session's certificate expires at which the session is sent a `notice` message; at
+    /// the expiry itself it is closed (1008 `certificate_expired`). 0 sends no warning.
+    public var certificateExpiryWarning: Double = 300
+    /// Seconds between checks of the files a reload reads (configuration, policies, TLS files, CRL); a change
+    /// reloads once the files have been still for `reloadDebounce` seconds. 0 turns watching off (SIGHUP
+    /// still reloads).
+    public var reloadWatchInterval: Double = 1
+    public var reloadDebounce: Double = 0.5
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`); nil for none.
+    public var admin: Admin? = Admin()
+
+    /// Where the admin listener listens and who may talk to it.
+    public struct Admin: Sendable, Equatable {
+        public var host = "127.0.0.1"
+        public var port = 9443
+        /// PEM bundle of the CAs whose client certificates may use the admin listener. When set, the listener
+        /// speaks TLS with the gateway's server certificate and requires such a certificate; nil for plain HTTP
+        /// (so keep it on loopback).
+        public var clientCA: String?
+
+        public init(host: String = "127.0.0.1", port: Int = 9443, clientCA: String? = nil) {
+            self.host = host
+            self.port = port
+            self.clientCA = clientCA
+        }
+    }
 
     public init(
         listenHost: String = "0.0.0.0",
@@ -174,13 +203,15 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// chain, the root as client CA, the issuing CA when there is one, and the CRL once one exists.
     public static func tls(fromPKI directory: String, minimumVersion: TLSVersion = .v1_2) -> TLS {
         func existing(_ path: String) -> String? { FileManager.default.fileExists(atPath: path) ? path : nil }
-        return TLS(
+        var tls = TLS(
             certificateChain: existing("\(directory)/issued/server.chain.pem") ?? "\(directory)/issued/server.crt",
             privateKey: "\(directory)/private/server.key",
             clientCA: "\(directory)/ca.crt",
             clientIntermediates: existing("\(directory)/issuing-ca.crt"),
-            crl: existing("\(directory)/crl.pem"),
+            crl: "\(directory)/crl.pem",
             minimumVersion: minimumVersion)
+        tls.crlMayBeAbsent = true
+        return tls
     }
 
     /// The embedded development default of `serve --dev`.

@@ -29,6 +29,9 @@ final class Connection: @unchecked Sendable {
     var tlsVersion: String?
     var resumed = false
     var facts: CertificateFacts?
+    /// The verified chain, leaf first: what a re-check after a reload verifies again, and whose earliest
+    /// not-after ends the session.
+    var chain: [Certificate] = []
     var outcome: AdmissionOutcome?
     /// The upgrade request's path and `Origin`, carried into every later record of this connection.
     var path: String?
@@ -80,13 +83,15 @@ final class Connection: @unchecked Sendable {
         // so its leaf comes from the TLS session and gets the checks that can have changed since: validity and
         // revocation, of the whole chain when the leaf's verified chain is still known.
         let facts: CertificateFacts
-        if case .trusted = verification, let presentedFacts {
+        if case .trusted(let verified) = verification, let presentedFacts {
             facts = presentedFacts
+            chain = verified
         } else if let ssl = try? channel.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
             let der = try? ssl.peerCertificate?.toDERBytes(),
             let (chain, leafFacts) = resumedChain(leafDER: der)
         {
             resumed = true
+            self.chain = chain
             if case .refused(let reason, let detail) = runtime.verifier.recheck(chain: chain) {
                 self.facts = leafFacts
                 return .refuse(
@@ -164,7 +169,20 @@ final class Connection: @unchecked Sendable {
         guard !concluded else { return }
         concluded = true
         handshakeTimeout?.cancel()
+        if record.decision == "deny", let reason = record.reason { gateway.metrics.refused(reason) }
+        if record.event == "tls_refused" { gateway.metrics.handshakesFailed.increment() }
         gateway.audit(record)
+    }
+
+    /// The earliest not-after of the verified chain: the session cannot outlive any of its certificates.
+    var notValidAfter: Date? {
+        chain.map(\.notValidAfter).min()
+    }
+
+    /// What a re-check needs, once this connection is an admitted session; nil before.
+    var snapshot: SessionSnapshot? {
+        guard upgraded, let facts, case .admit(let identity, _, let route) = outcome else { return nil }
+        return SessionSnapshot(chain: chain, facts: facts, identity: identity.name, route: route.path, origin: origin)
     }
 }
 

@@ -14,14 +14,25 @@ import PortcullisConfig
 public final class Gateway: Sendable {
     private let runtimeBox: NIOLockedValueBox<GatewayRuntime>
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
-    private let group: MultiThreadedEventLoopGroup
+    let adminChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    let group: MultiThreadedEventLoopGroup
     public let auditLog: AuditLog
-    private let logger: Logger
     let broker = Broker()
     let usage = IdentityUsage()
     private let stopped = NIOLockedValueBox(false)
-    /// Every open connection, so a shutdown can drain them.
-    private let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
+    /// Every open connection, so that a shutdown can drain them and a reload re-check them.
+    private let connections = NIOLockedValueBox([ObjectIdentifier: OpenConnection]())
+    let reloads = ReloadQueue()
+    /// What `/metrics` serves.
+    public let metrics = GatewayMetrics()
+    let logger: Logger
+
+    /// An accepted connection, and once it is a session, the client certificate it uses.
+    struct OpenConnection: Sendable {
+        let channel: any Channel
+        let connection: Connection
+        var certificate: GatewayMetrics.CertificateInUse?
+    }
 
     /// Loads everything the configuration names and opens the audit log; nothing listens yet.
     ///
@@ -47,6 +58,7 @@ public final class Gateway: Sendable {
             throw GatewayStartupError(problems: ["\(configuration.auditDirectory): cannot open the audit log (\(error))"])
         }
         self.runtimeBox = NIOLockedValueBox(runtime)
+        metrics.addRoutes(configuration.routes)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         self.logger = logger
     }
@@ -122,9 +134,10 @@ public final class Gateway: Sendable {
         if let channel = serverChannel.withLockedValue({ $0 }) {
             try? await channel.close()
         }
+        // The admin listener stays up while draining (`/readyz` says 503), and goes with the event loops.
         let open = connections.withLockedValue { Array($0.values) }
-        for channel in open {
-            channel.pipeline.fireUserInboundEventTriggered(GatewayShutdown())
+        for connection in open {
+            connection.channel.pipeline.fireUserInboundEventTriggered(GatewayShutdown())
         }
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: deadline)
@@ -183,6 +196,7 @@ public final class Gateway: Sendable {
                         WebSocketSessionHandler(connection: connection, route: route, configuration: connection.runtime.configuration))
                     connection.conclude(
                         connection.auditRecord(event: "session_opened", decision: "allow", reason: "admitted"))
+                    self.sessionOpened(connection, channel: channel)
                 }
             })
         try pipeline.configureHTTPServerPipeline(
@@ -202,7 +216,7 @@ public final class Gateway: Sendable {
             channel.close(promise: nil)
         }
         let key = ObjectIdentifier(channel)
-        connections.withLockedValue { $0[key] = channel }
+        connections.withLockedValue { $0[key] = OpenConnection(channel: channel, connection: connection) }
         channel.closeFuture.whenComplete { _ in
             self.connections.withLockedValue { $0[key] = nil }
             connection.handshakeTimeout?.cancel()
@@ -212,6 +226,45 @@ public final class Gateway: Sendable {
             // The upgrade never happened (the client left while the backend was connecting): close the backend too.
             if !connection.upgraded { connection.upstream?.enqueueClose(code: 1001) }
         }
+    }
+
+    /// Notes a new session's certificate for the expiry metrics, and re-checks it if a reload installed a
+    /// newer runtime while it was in admission under the older one.
+    private func sessionOpened(_ connection: Connection, channel: any Channel) {
+        let key = ObjectIdentifier(channel)
+        if let facts = connection.facts, case .admit(let identity, _, _) = connection.outcome {
+            let certificate = GatewayMetrics.CertificateInUse(
+                identity: identity.name, serial: facts.serial, notValidAfter: connection.notValidAfter ?? facts.notValidAfter)
+            connections.withLockedValue { $0[key]?.certificate = certificate }
+        }
+        let current = runtime
+        guard !connection.runtime.isSame(as: current),
+            let open = connections.withLockedValue({ $0[key] })
+        else { return }
+        Task { _ = await self.recheck([open], under: current, trustChanged: true) }
+    }
+
+    /// Open sessions and connections still in admission.
+    func openSessions() -> [OpenConnection] {
+        connections.withLockedValue { Array($0.values) }
+    }
+
+    /// The Prometheus exposition of ``metrics``, with the gauges of this moment.
+    public func metricsExposition() -> [UInt8] {
+        let certificates = connections.withLockedValue { Set($0.values.compactMap(\.certificate)) }
+        return metrics.exposition(
+            summary: runtime.summary, audit: auditLog.statistics(), certificatesInUse: certificates)
+    }
+
+    /// Whether the gateway takes new sessions: listening, not draining, and (under `refuse_new_sessions`)
+    /// able to audit. Nil when ready, else why not.
+    public var notReadyReason: String? {
+        if stopped.withLockedValue({ $0 }) { return "shutting down" }
+        if serverChannel.withLockedValue({ $0 }) == nil { return "not listening yet" }
+        if runtime.configuration.onAuditFailure == .refuseNewSessions, auditLog.isFailing {
+            return "the audit log is failing (on_audit_failure: refuse_new_sessions)"
+        }
+        return nil
     }
 
     /// Sent through every pipeline when the gateway drains.

@@ -10,7 +10,7 @@ import X509
 /// One consistent, immutable set of everything admission needs: TLS context, client trust, policies.
 ///
 /// Built off the event loop (it reads files and builds an `NIOSSLContext`, both blocking) and shared by
-/// every connection; a reload (a later step) builds a new one and swaps it in whole.
+/// every connection; a reload builds a new one and swaps it in whole.
 public struct GatewayRuntime: Sendable {
     public let configuration: GatewayConfiguration
     public let sslContext: NIOSSLContext
@@ -18,11 +18,20 @@ public struct GatewayRuntime: Sendable {
     /// Chains `verifier` accepted, with their leaf's facts; it belongs to this trust set and goes with it.
     let verifiedChains = VerifiedChainCache<CertificateFacts>()
     public let admission: Admission
+    /// What was loaded, for a reload to say what changed and for the expiry metrics.
+    public let summary: RuntimeSummary
 
-    /// Reads the configured files and builds the runtime.
+    /// Whether `other` is this very runtime (and not one loaded from the same files).
+    func isSame(as other: GatewayRuntime) -> Bool { verifiedChains === other.verifiedChains }
+
+    /// Reads the configured files and builds the runtime. With `previous`, its TLS context is kept when the
+    /// server certificate, key, client CAs and TLS settings are unchanged, so that session tickets it issued
+    /// stay valid: a CRL or policy reload then costs clients no full handshake.
     ///
     /// - Throws: ``GatewayStartupError`` naming the file and the problem.
-    public static func load(_ configuration: GatewayConfiguration) throws -> GatewayRuntime {
+    public static func load(_ configuration: GatewayConfiguration, previous: GatewayRuntime? = nil) throws
+        -> GatewayRuntime
+    {
         // Every stage is tried so that one start lists every problem, not only the first.
         var problems: [String] = []
         var policies: PolicySet?
@@ -33,19 +42,34 @@ public struct GatewayRuntime: Sendable {
         }
         var trust: ClientTrust?
         do {
+            let tls = configuration.tls
+            let crl = tls.crl.flatMap { path in
+                tls.crlMayBeAbsent && !FileManager.default.fileExists(atPath: path) ? nil : path
+            }
             trust = try ClientTrust.load(
-                caBundlePath: configuration.tls.clientCA, intermediatesPath: configuration.tls.clientIntermediates,
-                crlPath: configuration.tls.crl)
+                caBundlePath: tls.clientCA, intermediatesPath: tls.clientIntermediates, crlPath: crl)
         } catch {
             problems.append("client CA / CRL: \(error)")
         }
-        var sslContext: NIOSSLContext?
+        var summary: RuntimeSummary?
         do {
-            sslContext = try makeSSLContext(configuration.tls, clientCAs: (trust?.roots ?? []) + (trust?.intermediates ?? []))
+            summary = try RuntimeSummary(configuration: configuration, trust: trust, policies: policies)
         } catch let error as GatewayStartupError {
             problems += error.problems
         }
-        guard let policies, let trust, let sslContext, problems.isEmpty else {
+        var sslContext: NIOSSLContext?
+        if let previous, let summary, previous.configuration.tls.minusCRL == configuration.tls.minusCRL,
+            previous.summary.tlsInputs == summary.tlsInputs
+        {
+            sslContext = previous.sslContext
+        } else if summary != nil {
+            do {
+                sslContext = try makeSSLContext(configuration.tls, clientCAs: (trust?.roots ?? []) + (trust?.intermediates ?? []))
+            } catch let error as GatewayStartupError {
+                problems += error.problems
+            }
+        }
+        guard let policies, let trust, let sslContext, let summary, problems.isEmpty else {
             throw GatewayStartupError(problems: problems)
         }
         return GatewayRuntime(
@@ -55,7 +79,8 @@ public struct GatewayRuntime: Sendable {
             admission: Admission(
                 routes: configuration.routes, policies: policies,
                 gatewayOrigins: OriginMatcher(configuration.allowedOrigins),
-                maxHeaderBytes: configuration.maxHeaderBytes))
+                maxHeaderBytes: configuration.maxHeaderBytes),
+            summary: summary)
     }
 
     /// ECDHE key exchange with AEAD ciphers only, TLS 1.2 or 1.3 minimum, client certificate required.
@@ -117,15 +142,4 @@ public struct GatewayRuntime: Sendable {
 public struct GatewayStartupError: Error, CustomStringConvertible {
     public var problems: [String]
     public var description: String { problems.joined(separator: "\n") }
-}
-
-extension GatewayRuntime {
-    /// The same runtime with another client trust (CA bundle, CRLs), keeping the TLS context and so its session
-    /// tickets: exactly the case in which admission's re-check of resumed sessions is what refuses a revoked
-    /// certificate.
-    public func replacingTrust(_ trust: ClientTrust) -> GatewayRuntime {
-        GatewayRuntime(
-            configuration: configuration, sslContext: sslContext, verifier: ClientCertificateVerifier(trust: trust),
-            admission: admission)
-    }
 }

@@ -30,6 +30,9 @@ final class TLSOutcomeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 connection.tlsVersion = ssl.tlsVersion.map(Self.name)
             }
             connection.resumed = connection.verification == nil
+            let metrics = connection.gateway.metrics
+            (connection.resumed ? metrics.handshakesResumed : metrics.handshakesFull).increment()
+            metrics.handshakeDuration.recordNanoseconds(Int64((NIODeadline.now() - connection.acceptedAt).nanoseconds))
         }
         context.fireUserInboundEventTriggered(event)
     }

@@ -175,6 +175,7 @@ extension WebSocketSessionHandler {
     }
 
     private func rateLimited(context: ChannelHandlerContext, id: [UInt8]?, topic: String) {
+        connection.gateway.metrics.rateLimitHits.increment()
         let limits = permissions.limits
         // One audit record a second at most: a flood must not flood the audit log too.
         let now = NIODeadline.now()
@@ -198,6 +199,7 @@ extension WebSocketSessionHandler {
     private func refuse(
         context: ChannelHandlerContext, id: [UInt8]?, code: String, message: String, topic: String?, violation: Bool
     ) {
+        if code == "forbidden" { connection.gateway.metrics.aclDenials.increment() }
         var record = connection.auditRecord(event: "message_denied", decision: "deny", reason: code, detail: message)
         record.topic = topic
         connection.gateway.audit(record)

@@ -1,9 +1,12 @@
+import Foundation
 import NIOCore
 import NIOWebSocket
 import PortcullisAudit
 import PortcullisClient
 import PortcullisConfig
+import PortcullisPKI
 import PortcullisPolicy
+import Prometheus
 import PortcullisProtocol
 
 /// An admitted WebSocket session: RFC 6455 control frames (ping/pong, the close handshake), UTF-8 validation
@@ -36,6 +39,11 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     private var encodedFrameWriter: ChannelHandlerContext?
     private var heartbeat: RepeatedTask?
     private var pingOutstandingSince: NIODeadline?
+    /// The expiry warning and the close at the certificate's not-after.
+    private var expiryTasks: [Scheduled<Void>] = []
+    private var sessionsOpenGauge: Gauge?
+    /// What of the session's figures the metrics have already been given.
+    private var reported = (messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0)
 
     // Broker state.
     var subscriber: Subscriber?
@@ -59,9 +67,9 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
 
     /// The admitted identity's name (the session exists only once admitted).
     let identity: String
-    /// The session's topic grants and limits, fixed at admission; kept here because the message path reads
-    /// them for every message.
-    let permissions: MessagePermissions
+    /// The session's topic grants and limits, from admission and replaced when a reload changes them; kept
+    /// here because the message path reads them for every message.
+    var permissions: MessagePermissions
 
     func handlerAdded(context: ChannelHandlerContext) {
         // The upgrader always installs the frame encoder; without it no frame could be sent at all.
@@ -76,6 +84,9 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         if route.kind == .upstream, let backend = connection.upstream {
             relay(from: backend, to: context.channel, loopBound: loopBound)
         }
+        sessionsOpenGauge = connection.gateway.metrics.sessionsOpen(route: route.path)
+        sessionsOpenGauge?.increment()
+        if let notValidAfter = connection.notValidAfter { scheduleExpiry(at: notValidAfter, context: context) }
         if route.kind == .broker {
             subscriber = Subscriber(id: UInt64.random(in: 0...UInt64.max), eventLoop: context.eventLoop) { frame in
                 let (handler, context) = loopBound.value
@@ -138,7 +149,23 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         publisher.wakeSubscribers()
+        reportTraffic()
         context.fireChannelReadComplete()
+    }
+
+    /// Adds what this session moved since the last report to the gateway's counters: once per read batch
+    /// and flush rather than per message.
+    private func reportTraffic() {
+        let metrics = connection.gateway.metrics
+        if messagesIn != reported.messagesIn {
+            metrics.messagesIn.increment(by: Int64(messagesIn - reported.messagesIn))
+            metrics.bytesIn.increment(by: Int64(bytesIn - reported.bytesIn))
+        }
+        if messagesOut != reported.messagesOut {
+            metrics.messagesOut.increment(by: Int64(messagesOut - reported.messagesOut))
+            metrics.bytesOut.increment(by: Int64(bytesOut - reported.bytesOut))
+        }
+        reported = (messagesIn, messagesOut, bytesIn, bytesOut)
     }
 
     /// The frame's payload, unmasked eight bytes at a time: NIO's `unmaskedData` goes byte by byte, which
@@ -172,6 +199,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         guard !sentClose else { return }
         let size = frame.buffer.readableBytes
         if queuedBytes + size > configuration.maxOutboundBytes {
+            connection.gateway.metrics.slowConsumerCloses.increment()
             connection.gateway.audit(
                 connection.auditRecord(
                     event: "session_slow_consumer", decision: "deny", reason: "slow_consumer",
@@ -233,6 +261,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
             promise.futureResult.whenComplete { _ in loopBound.value.queuedBytes -= size }
         }
         writer.writeAndFlush(NIOAny(buffer), promise: promise)
+        reportTraffic()
         return promise.futureResult
     }
 
@@ -291,8 +320,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     }
 
     /// Starts the close handshake with `code`; the connection closes once the peer answers or a few
-    /// seconds pass.
-    func close(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String? = nil) {
+    /// seconds pass. With `tellingPeer`, the close frame carries `reason` for the client to read.
+    func close(context: ChannelHandlerContext, code: WebSocketErrorCode, reason: String? = nil, tellingPeer: Bool = false) {
         guard !sentClose else { return }
         sentClose = true
         if closeCode == nil {
@@ -301,6 +330,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         }
         var data = context.channel.allocator.buffer(capacity: 2)
         data.write(webSocketErrorCode: code)
+        if tellingPeer, let reason { data.writeString(String(reason.prefix(123))) }
         enqueue(opcode: .connectionClose, payload: data, context: context)
         flushOutput(context: context)
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
@@ -314,7 +344,63 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
             close(context: context, code: .goingAway, reason: "shutdown")
             return
         }
+        if let verdict = event as? SessionVerdict {
+            switch verdict {
+            case .keep(let permissions):
+                self.permissions = permissions
+                connection.permissions = permissions
+                lastAllowedPublishTopic = nil
+            case .end(let reason, let detail):
+                end(context: context, reason: reason, detail: "after a reload: " + detail)
+            }
+            return
+        }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Ends an admitted session the gateway no longer admits: audited with why, then closed with 1008 and the
+    /// reason in the close frame.
+    private func end(context: ChannelHandlerContext, reason: String, detail: String) {
+        guard !sentClose else { return }
+        connection.gateway.metrics.sessionsEnded.increment()
+        connection.gateway.audit(
+            connection.auditRecord(event: "session_terminated", decision: "deny", reason: reason, detail: detail))
+        close(context: context, code: .policyViolation, reason: reason, tellingPeer: true)
+    }
+
+    /// A `notice` message `certificateExpiryWarning` seconds before `notValidAfter`, and the end of the session
+    /// at it.
+    private func scheduleExpiry(at notValidAfter: Date, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let remaining = notValidAfter.timeIntervalSinceNow
+        let warning = configuration.certificateExpiryWarning
+        if warning > 0 {
+            let delay = TimeAmount.nanoseconds(Int64(max(0, remaining - warning) * 1e9))
+            expiryTasks.append(context.eventLoop.scheduleTask(in: delay) {
+                let (handler, context) = loopBound.value
+                handler.warnOfExpiry(at: notValidAfter, context: context)
+            })
+        }
+        expiryTasks.append(context.eventLoop.scheduleTask(in: .nanoseconds(Int64(max(0, remaining) * 1e9))) {
+            let (handler, context) = loopBound.value
+            handler.end(
+                context: context, reason: CertificateRefusal.expired.rawValue,
+                detail: "the client certificate (or one of its chain) expired at \(AuditTime.format(notValidAfter))")
+        })
+    }
+
+    private func warnOfExpiry(at notValidAfter: Date, context: ChannelHandlerContext) {
+        guard !sentClose else { return }
+        let seconds = Int(max(0, notValidAfter.timeIntervalSinceNow).rounded())
+        let notice = MessagingProtocol.encodeNotice(
+            code: "certificate_expiring",
+            message: "the client certificate expires at \(AuditTime.format(notValidAfter)) (in \(seconds) s); "
+                + "the session will be closed then: reconnect with a renewed certificate")
+        send(OutboundFrame(binary: false, buffer: context.channel.allocator.buffer(bytes: notice)), context: context)
+        connection.gateway.audit(
+            connection.auditRecord(
+                event: "session_expiry_warning", reason: "certificate_expiring",
+                detail: "warned \(seconds) s before the certificate's not-after \(AuditTime.format(notValidAfter))"))
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -336,8 +422,12 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         // Frames this session published in its last read still reach their subscribers.
         publisher.wakeSubscribers()
+        reportTraffic()
+        sessionsOpenGauge?.decrement()
         heartbeat?.cancel()
         heartbeat = nil
+        for task in expiryTasks { task.cancel() }
+        expiryTasks = []
         if let subscriber {
             for filter in subscriptions {
                 connection.gateway.broker.unsubscribe(filter, subscriber)

@@ -25,6 +25,8 @@ public enum MessagingProtocol {
         case message(topic: String, from: String, payload: Payload)
         case ack(id: [UInt8])
         case error(id: [UInt8]?, code: String, message: String)
+        /// Something the gateway tells the client unasked, such as `certificate_expiring`.
+        case notice(code: String, message: String)
     }
 
     /// A request that cannot be understood; answered with an `error` frame carrying `code`.
@@ -169,6 +171,16 @@ public enum MessagingProtocol {
         return bytes
     }
 
+    /// `{"type":"notice","code":…,"message":…}`: the gateway telling the client something unasked.
+    public static func encodeNotice(code: String, message: String) -> [UInt8] {
+        var bytes = Array(#"{"type":"notice","code":"#.utf8)
+        appendJSONString(code, to: &bytes)
+        bytes += Array(#","message":"#.utf8)
+        appendJSONString(message, to: &bytes)
+        bytes.append(UInt8(ascii: "}"))
+        return bytes
+    }
+
     /// Decodes what the gateway sent (the client side).
     public static func decodeEvent(binary: Bool, bytes: UnsafeRawBufferPointer) -> Event? {
         if binary {
@@ -195,6 +207,8 @@ public enum MessagingProtocol {
             return member("id").map { .ack(id: Array(bytes[$0])) }
         case "error":
             return .error(id: member("id").map { Array(bytes[$0]) }, code: string("code") ?? "", message: string("message") ?? "")
+        case "notice":
+            return .notice(code: string("code") ?? "", message: string("message") ?? "")
         default:
             return nil
         }

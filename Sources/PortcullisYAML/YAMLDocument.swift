@@ -20,6 +20,12 @@ public struct YAMLValue: Sendable {
         self.kind = kind
         self.line = line
     }
+
+    /// Whether this is the unquoted scalar `word` (such as `off`).
+    public func isWord(_ word: String) -> Bool {
+        if case .scalar(word, quoted: false) = kind { return true }
+        return false
+    }
 }
 
 /// A file being read: its name for diagnostics and the problems found so far.

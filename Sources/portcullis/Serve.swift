@@ -41,6 +41,13 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("audit-dir"), help: ArgumentHelp("Audit log directory.", valueName: "dir"))
     var auditDir: String?
 
+    @Option(
+        name: .customLong("admin-listen"),
+        help: ArgumentHelp(
+            "Admin listener (/healthz, /readyz, /metrics) address, overriding the configuration; 'off' for none.",
+            valueName: "host:port"))
+    var adminListen: String?
+
     func validate() throws {
         if config == nil && !dev {
             throw ValidationError("give --config FILE, or --dev for the embedded development default")
@@ -51,40 +58,73 @@ struct Serve: AsyncParsableCommand {
         if let listen, parseListenAddress(listen) == nil {
             throw ValidationError("--listen must be HOST:PORT, e.g. 127.0.0.1:8443 or [::1]:8443")
         }
+        if let adminListen, adminListen != "off", parseListenAddress(adminListen) == nil {
+            throw ValidationError("--admin-listen must be HOST:PORT, e.g. 127.0.0.1:9443, or off")
+        }
+    }
+
+    /// How the configuration is made from the command line: at start, and again for every reload.
+    struct ConfigurationSource: Sendable {
+        var file: String?
+        var pki: String
+        var explicitPKI: Bool
+        var listen: String?
+        var policies: String?
+        var auditDir: String?
+        var adminListen: String?
+
+        /// - Throws: ``DiagnosticsError`` for an invalid configuration file.
+        func load() throws -> GatewayConfiguration {
+            var configuration: GatewayConfiguration
+            if let file {
+                configuration = try GatewayConfiguration.load(path: file)
+                if explicitPKI {
+                    configuration.tls = GatewayConfiguration.tls(fromPKI: pki, minimumVersion: configuration.tls.minimumVersion)
+                }
+            } else {
+                configuration = .development(pki: pki)
+            }
+            if let listen, let (host, port) = parseListenAddress(listen) {
+                (configuration.listenHost, configuration.listenPort) = (host, port)
+            }
+            if let policies { configuration.policiesDirectory = policies }
+            if let auditDir { configuration.auditDirectory = auditDir }
+            if adminListen == "off" {
+                configuration.admin = nil
+            } else if let adminListen, let (host, port) = parseListenAddress(adminListen) {
+                configuration.admin = GatewayConfiguration.Admin(host: host, port: port, clientCA: configuration.admin?.clientCA)
+            }
+            return configuration
+        }
     }
 
     func run() async throws {
         var logger = Logger(label: "portcullis")
         logger.logLevel = .info
-        var configuration: GatewayConfiguration
+        let configuration: GatewayConfiguration
         var bootstrap: (createdCA: Bool, issued: [InventoryEntry])?
         let pkiDirectory = pki ?? ProcessInfo.processInfo.environment["PORTCULLIS_PKI"] ?? "pki"
+        let source = ConfigurationSource(
+            file: config, pki: pkiDirectory, explicitPKI: pki != nil, listen: listen, policies: policies,
+            auditDir: auditDir, adminListen: adminListen)
         if dev {
             do {
                 bootstrap = try PKIDirectory(path: pkiDirectory).bootstrapDevelopment()
             } catch {
                 fail(["cannot prepare the development PKI in \(pkiDirectory): \(error)"])
             }
-            configuration = .development(pki: pkiDirectory)
-        } else {
-            do {
-                configuration = try GatewayConfiguration.load(path: config!)
-            } catch let error as DiagnosticsError {
-                fail(["invalid configuration:"] + error.diagnostics.map { "  \($0)" })
-            }
-            if let pki { configuration.tls = GatewayConfiguration.tls(fromPKI: pki, minimumVersion: configuration.tls.minimumVersion) }
         }
-        if let listen, let (host, port) = parseListenAddress(listen) {
-            (configuration.listenHost, configuration.listenPort) = (host, port)
+        do {
+            configuration = try source.load()
+        } catch let error as DiagnosticsError {
+            fail(["invalid configuration:"] + error.diagnostics.map { "  \($0)" })
         }
-        if let policies { configuration.policiesDirectory = policies }
-        if let auditDir { configuration.auditDirectory = auditDir }
 
         let gateway: Gateway
         // Signals are caught before anything is printed: a SIGTERM right after the banner must drain, not kill.
-        let (stop, continuation) = AsyncStream<Int32>.makeStream()
+        let (signals, continuation) = AsyncStream<Int32>.makeStream()
         var sources: [any DispatchSourceSignal] = []
-        for signal in [SIGINT, SIGTERM] {
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
             Glibc.signal(signal, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
             source.setEventHandler { continuation.yield(signal) }
@@ -93,32 +133,62 @@ struct Serve: AsyncParsableCommand {
         }
         defer { sources.forEach { $0.cancel() } }
         let address: String
+        var adminAddress: String?
         do {
             gateway = try Gateway(configuration: configuration, logger: logger)
             let bound = try await gateway.start()
             address = "\(configuration.listenHost):\(bound.port ?? configuration.listenPort)"
+            if let admin = configuration.admin {
+                do {
+                    let port = try await gateway.startAdmin(admin).port ?? admin.port
+                    adminAddress = "\(admin.clientCA == nil ? "http" : "https")://\(admin.host):\(port)"
+                } catch let error as GatewayStartupError {
+                    await gateway.shutdown(deadline: .zero)
+                    throw error
+                }
+            }
         } catch let error as GatewayStartupError {
             fail(["cannot start:"] + error.problems.map { "  \($0)" })
         }
+        let watcher = configuration.reloadWatchInterval > 0
+            ? ReloadWatcher.run(
+                interval: .microseconds(Int64(configuration.reloadWatchInterval * 1e6)),
+                debounce: .microseconds(Int64(configuration.reloadDebounce * 1e6)),
+                paths: { ReloadWatcher.watchedPaths(of: gateway.runtime.configuration, extra: source.file.map { [$0] } ?? []) },
+                changed: { paths in
+                    _ = await gateway.reload(trigger: "file change: \(paths.joined(separator: ", "))") { try source.load() }
+                })
+            : nil
+        defer { watcher?.cancel() }
         if let bootstrap {
             // The development PKI went through the same issuance as `pki issue`, and is audited the same way.
             let audit = PKIAudit(log: gateway.auditLog)
             if bootstrap.createdCA { audit.record("init", nil, detail: "development CA created by serve --dev") }
             for entry in bootstrap.issued { audit.record("issue", entry, detail: "serve --dev") }
-            printDevelopmentBanner(configuration: configuration, address: address, pki: pkiDirectory, bootstrap: bootstrap)
+            printDevelopmentBanner(
+                configuration: configuration, address: address, admin: adminAddress, pki: pkiDirectory, bootstrap: bootstrap)
         } else {
-            emit("portcullis: listening on \(address); audit log in \(configuration.auditDirectory)/audit.jsonl\n")
+            emit(
+                "portcullis: listening on \(address); audit log in \(configuration.auditDirectory)/audit.jsonl"
+                    + (adminAddress.map { "; admin on \($0)" } ?? "") + "\n")
         }
 
-        for await signal in stop {
+        for await signal in signals {
+            if signal == SIGHUP {
+                logger.info("reloading", metadata: ["signal": "SIGHUP"])
+                _ = await gateway.reload(trigger: "SIGHUP") { try source.load() }
+                continue
+            }
             logger.info("shutting down", metadata: ["signal": "\(signal)"])
             break
         }
-        await gateway.shutdown(deadline: .microseconds(Int64(configuration.drainTimeout * 1e6)))
+        watcher?.cancel()
+        await gateway.shutdown(deadline: .microseconds(Int64(gateway.runtime.configuration.drainTimeout * 1e6)))
     }
 
     private func printDevelopmentBanner(
-        configuration: GatewayConfiguration, address: String, pki: String, bootstrap: (createdCA: Bool, issued: [InventoryEntry])
+        configuration: GatewayConfiguration, address: String, admin: String?, pki: String,
+        bootstrap: (createdCA: Bool, issued: [InventoryEntry])
     ) {
         let directory = PKIDirectory(path: pki)
         let names = bootstrap.issued.map(\.name).joined(separator: ", ")
@@ -131,6 +201,8 @@ struct Serve: AsyncParsableCommand {
               policies:  \(configuration.policiesDirectory)/
               audit log: \(configuration.auditDirectory)/audit.jsonl
               routes:    \(configuration.routes.map { "\($0.path) (\($0.kind.rawValue))" }.joined(separator: ", "))
+              admin:     \(admin.map { "\($0)/metrics, /healthz, /readyz" } ?? "off")
+              reload:    edit policies/ or revoke with `portcullis pki revoke`: picked up on change (or kill -HUP)
 
             Connect the demo device with openssl (expect "HTTP/1.1 101 Switching Protocols"):
               (printf 'GET /v1/echo HTTP/1.1\\r\\nHost: localhost:\(port)\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 1) | openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile \(directory.caCertificatePath) \(device)

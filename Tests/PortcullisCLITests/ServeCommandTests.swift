@@ -91,7 +91,7 @@ func startDevGateway(in directory: String) async throws -> (serve: RunningComman
         try FileManager.default.copyItem(
             atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
     }
-    let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+    let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], in: directory)
     #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
     let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on wss://") }?
         .split(separator: ":").dropFirst(2).first?.prefix { $0.isNumber })
@@ -106,7 +106,7 @@ struct ServeCommandTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try FileManager.default.copyItem(
             atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
-        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], in: directory)
         #expect(try await serve.waitFor("Stop with Ctrl-C."), "\(serve.output)")
         #expect(serve.output.contains("created a development CA and issued server, demo-device, demo-operator"))
         for key in ["ca", "server", "demo-device"] {
@@ -153,7 +153,7 @@ struct ServeCommandTests {
         #expect(audit.contains("\"event\":\"gateway_stopped\""))
 
         // A second run reuses the PKI.
-        let again = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        let again = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], in: directory)
         #expect(try await again.waitFor("Stop with Ctrl-C."))
         #expect(again.output.contains("reusing the existing PKI"))
         again.process.terminate()
@@ -176,7 +176,7 @@ struct ServeCommandTests {
             routes: [{path: /v1/echo, kind: echo}]
             drain_timeout: 500ms
             """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
-        let serve = try RunningCommand(["serve", "--config", "gateway.yaml"], in: directory)
+        let serve = try RunningCommand(["serve", "--config", "gateway.yaml", "--admin-listen", "127.0.0.1:0"], in: directory)
         #expect(try await serve.waitFor("audit log in"), "\(serve.output)")
         let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on") }?
             .split(separator: ";").first?.split(separator: ":").last)
@@ -212,7 +212,7 @@ struct ServeCommandTests {
         try FileManager.default.copyItem(
             atPath: repositoryRoot.appendingPathComponent("portcullis.example.yaml").path, toPath: "\(directory)/portcullis.yaml")
         // The example as shipped, on loopback; only the audit directory moves out of /var/log.
-        var arguments = ["serve", "--config", "portcullis.yaml", "--listen", "127.0.0.1:443", "--audit-dir", "audit"]
+        var arguments = ["serve", "--config", "portcullis.yaml", "--listen", "127.0.0.1:443", "--audit-dir", "audit", "--admin-listen", "127.0.0.1:0"]
         var executable: String? = nil
         if geteuid() == 0 {
             // root may bind 443: run as nobody, as a gateway without the capability would.
@@ -239,7 +239,7 @@ struct ServeCommandTests {
                 kind: mirror
             handshake_timout: 10s
             """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
-        let serve = try RunningCommand(["serve", "--config", "gateway.yaml"], in: directory)
+        let serve = try RunningCommand(["serve", "--config", "gateway.yaml", "--admin-listen", "127.0.0.1:0"], in: directory)
         #expect(try await serve.waitForExit() == 1)
         #expect(serve.output.contains("gateway.yaml:2: tls needs 'key'"), "\(serve.output)")
         #expect(serve.output.contains("gateway.yaml:6: unknown route kind 'mirror'"))
@@ -253,7 +253,7 @@ struct ServeCommandTests {
         try FileManager.default.createDirectory(atPath: "\(directory)/policies", withIntermediateDirectories: true)
         try "rules:\n  - name: x\n    identities: [a]\n    routes: [/v1/echo]\n    bogus: 1\n"
             .write(toFile: "\(directory)/policies/bad.yaml", atomically: true, encoding: .utf8)
-        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0"], in: directory)
+        let serve = try RunningCommand(["serve", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], in: directory)
         #expect(try await serve.waitForExit() == 1)
         #expect(serve.output.contains("policies/bad.yaml:5: unknown key 'bogus'"), "\(serve.output)")
 
@@ -267,7 +267,7 @@ struct ServeCommandTests {
             tls: {certificate: missing.crt, key: missing.key, client_ca: missing-ca.crt}
             routes: [{path: /v1/echo, kind: echo}]
             """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
-        let everything = try RunningCommand(["serve", "--config", "gateway.yaml"], in: directory)
+        let everything = try RunningCommand(["serve", "--config", "gateway.yaml", "--admin-listen", "127.0.0.1:0"], in: directory)
         #expect(try await everything.waitForExit() == 1)
         #expect(everything.output.contains("policies/bad.yaml:5: unknown key 'bogus'"), "\(everything.output)")
         #expect(everything.output.contains("missing-ca.crt: no such file"))

@@ -149,10 +149,11 @@ struct InteropTests {
             #expect(refusal.reason == "origin_not_allowed")
             #expect(refusal.identity == "demo-device")
 
-            // Revoke the device while the TLS context (and so its session tickets) stays the same.
+            // Revoke the device and reload: only the CRL changed, so the TLS context (and with it the session
+            // ticket openssl holds) stays, and the resumed session reaches admission's re-check.
             try gw.pki.revoke([gw.deviceCertificate, try readPEMCertificates(path: gw.revoked.certificate)[0]], number: 2)
-            let trust = try ClientTrust.load(caBundlePath: gw.pki.caPath, crlPath: gw.pki.crlPath)
-            gw.gateway.install(gw.gateway.runtime.replacingTrust(trust))
+            let reload = await gw.gateway.reload(trigger: "test")
+            #expect(reload.result == .applied, "\(reload.lines)")
             let afterRevocation = try await Self.exchange(
                 .openssl, gw, credential: gw.device, request: upgradeRequest(), extra: ["-sess_in", session])
             #expect(afterRevocation.output.contains("403 Forbidden"), "\(afterRevocation.all)")

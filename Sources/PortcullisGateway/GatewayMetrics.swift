@@ -1,0 +1,147 @@
+import Foundation
+import NIOConcurrencyHelpers
+import PortcullisAudit
+import PortcullisConfig
+import Prometheus
+
+/// The gateway's Prometheus metrics, served by the admin listener's `/metrics`.
+///
+/// One registry per gateway (not swift-metrics' process-wide factory), so that gateways in one process — the
+/// tests run many — do not share counters. The message path holds its counters directly: an atomic add per
+/// read batch, no lookup. Label values are bounded: routes and refusal reasons are fixed sets, and client
+/// certificates are reported for the few that expire soonest only.
+public final class GatewayMetrics: Sendable {
+    /// How many client certificates in use get their own expiry series.
+    public static let clientCertificateSeries = 10
+
+    let registry = PrometheusCollectorRegistry()
+    let handshakeDuration: DurationHistogram
+    let handshakesFull: Counter
+    let handshakesResumed: Counter
+    let handshakesFailed: Counter
+    let messagesIn: Counter
+    let messagesOut: Counter
+    let bytesIn: Counter
+    let bytesOut: Counter
+    let aclDenials: Counter
+    let rateLimitHits: Counter
+    let slowConsumerCloses: Counter
+    let sessionsEnded: Counter
+    private let auditQueueDepth: Gauge
+    private let auditWriteLatency: Gauge
+    private let auditFailing: Gauge
+    private let auditDropped: Gauge
+    private let clientCertificatesInUse: Gauge
+    /// Gauges whose labels come from the loaded certificates or the sessions open: replaced at each scrape.
+    private let certificateGauges = NIOLockedValueBox<[Gauge]>([])
+
+    init() {
+        handshakeDuration = registry.makeDurationHistogram(
+            name: "portcullis_tls_handshake_duration_seconds",
+            buckets: [.milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                      .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+                      .seconds(5)],
+            help: "Time from TCP accept to the end of the TLS handshake (successful handshakes).")
+        let handshakes = "portcullis_tls_handshakes_total"
+        let handshakesHelp = "TLS handshakes by result: full, resumed (session ticket) or failed."
+        handshakesFull = registry.makeCounter(name: handshakes, labels: [("result", "full")], help: handshakesHelp)
+        handshakesResumed = registry.makeCounter(name: handshakes, labels: [("result", "resumed")], help: handshakesHelp)
+        handshakesFailed = registry.makeCounter(name: handshakes, labels: [("result", "failed")], help: handshakesHelp)
+        let messages = "portcullis_messages_total"
+        let messagesHelp = "WebSocket data messages: in from clients, out to clients."
+        messagesIn = registry.makeCounter(name: messages, labels: [("direction", "in")], help: messagesHelp)
+        messagesOut = registry.makeCounter(name: messages, labels: [("direction", "out")], help: messagesHelp)
+        let bytes = "portcullis_message_bytes_total"
+        let bytesHelp = "Payload bytes of WebSocket data messages: in from clients, out to clients."
+        bytesIn = registry.makeCounter(name: bytes, labels: [("direction", "in")], help: bytesHelp)
+        bytesOut = registry.makeCounter(name: bytes, labels: [("direction", "out")], help: bytesHelp)
+        aclDenials = registry.makeCounter(
+            name: "portcullis_acl_denials_total", help: "Subscribes and publishes a topic ACL refused.")
+        rateLimitHits = registry.makeCounter(
+            name: "portcullis_rate_limit_hits_total", help: "Publishes over the identity's rate limit.")
+        slowConsumerCloses = registry.makeCounter(
+            name: "portcullis_slow_consumer_closes_total",
+            help: "Sessions closed (1013) because their client fell too far behind.")
+        sessionsEnded = registry.makeCounter(
+            name: "portcullis_sessions_ended_by_gateway_total",
+            help: "Open sessions the gateway closed after a reload or at their certificate's expiry (1008).")
+        auditQueueDepth = registry.makeGauge(
+            name: "portcullis_audit_queue_depth", help: "Audit records waiting to be written.")
+        auditWriteLatency = registry.makeGauge(
+            name: "portcullis_audit_write_latency_seconds",
+            help: "Time the last batch of audit records took to write (and fsync, when it did).")
+        auditFailing = registry.makeGauge(
+            name: "portcullis_audit_failing", help: "1 while audit records cannot be written.")
+        auditDropped = registry.makeGauge(
+            name: "portcullis_audit_records_dropped", help: "Audit records lost since the gateway started.")
+        clientCertificatesInUse = registry.makeGauge(
+            name: "portcullis_client_certificates_in_use", help: "Distinct client certificates of open sessions.")
+        // Every result is counted from zero, so a dashboard has the series before the first reload.
+        for result in [ReloadOutcome.Result.applied, .unchanged, .rejected] { reloadCounter(result) }
+    }
+
+    /// Counts a refusal by its stable reason code (a fixed set, so the label stays bounded).
+    func refused(_ reason: String) {
+        registry.makeCounter(
+            name: "portcullis_refusals_total", labels: [("reason", reason)],
+            help: "Connections refused before becoming a session, by reason.").increment()
+    }
+
+    /// The gauge of open sessions on `route` (a configured path).
+    func sessionsOpen(route: String) -> Gauge {
+        registry.makeGauge(name: "portcullis_sessions_open", labels: [("route", route)], help: "Open WebSocket sessions by route.")
+    }
+
+    /// Shows every route's open-session gauge from zero, before its first session.
+    func addRoutes(_ routes: [GatewayConfiguration.Route]) {
+        for route in routes { _ = sessionsOpen(route: route.path) }
+    }
+
+    func reloads(_ result: ReloadOutcome.Result) {
+        reloadCounter(result).increment()
+    }
+
+    @discardableResult
+    private func reloadCounter(_ result: ReloadOutcome.Result) -> Counter {
+        registry.makeCounter(
+            name: "portcullis_reloads_total", labels: [("result", result.rawValue)],
+            help: "Reloads by result: applied, unchanged, rejected (the previous set stayed).")
+    }
+
+    /// A client certificate of an open session, for the expiry series.
+    struct CertificateInUse: Hashable {
+        var identity: String
+        var serial: String
+        var notValidAfter: Date
+    }
+
+    /// The exposition text: the gauges that describe the present are computed now.
+    func exposition(summary: RuntimeSummary, audit: AuditStatistics, certificatesInUse: Set<CertificateInUse>, now: Date = Date())
+        -> [UInt8]
+    {
+        auditQueueDepth.set(to: Double(audit.queueDepth))
+        auditWriteLatency.set(to: audit.lastWriteLatency)
+        auditFailing.set(to: audit.failure == nil ? 0 : 1)
+        auditDropped.set(to: Double(audit.dropped))
+        clientCertificatesInUse.set(to: Double(certificatesInUse.count))
+        certificateGauges.withLockedValue { gauges in
+            for gauge in gauges { registry.unregisterGauge(gauge) }
+            gauges.removeAll()
+            let name = "portcullis_certificate_expiry_seconds"
+            let help = "Seconds until a certificate's not-after (negative once expired): the server's, the client "
+                + "CAs', and the \(Self.clientCertificateSeries) client certificates in use that expire first."
+            func add(_ kind: String, _ subject: String, _ serial: String, _ notValidAfter: Date) {
+                let gauge = registry.makeGauge(
+                    name: name, labels: [("kind", kind), ("subject", subject), ("serial", serial)], help: help)
+                gauge.set(to: notValidAfter.timeIntervalSince(now))
+                gauges.append(gauge)
+            }
+            let server = summary.serverCertificate
+            add("server", server.subject, server.serial, server.notValidAfter)
+            for ca in summary.certificateAuthorities { add("ca", ca.subject, ca.serial, ca.notValidAfter) }
+            let soonest = certificatesInUse.sorted { $0.notValidAfter < $1.notValidAfter }.prefix(Self.clientCertificateSeries)
+            for certificate in soonest { add("client", certificate.identity, certificate.serial, certificate.notValidAfter) }
+        }
+        return registry.emitToBuffer()
+    }
+}

@@ -1,0 +1,68 @@
+import PortcullisConfig
+import PortcullisPKI
+import PortcullisPolicy
+import X509
+
+/// What an open session was admitted with, for checking it again under a newer runtime.
+public struct SessionSnapshot: Sendable {
+    /// The verified chain, leaf first.
+    public var chain: [Certificate]
+    public var facts: CertificateFacts
+    public var identity: String
+    public var route: String
+    public var origin: String?
+
+    public init(chain: [Certificate], facts: CertificateFacts, identity: String, route: String, origin: String?) {
+        self.chain = chain
+        self.facts = facts
+        self.identity = identity
+        self.route = route
+        self.origin = origin
+    }
+}
+
+/// Whether an open session may go on under a newer runtime.
+public enum SessionVerdict: Sendable {
+    /// It may, with the permissions the new policies give it.
+    case keep(MessagePermissions)
+    /// It must end: `reason` is the stable code (the same as admission's), `detail` the full reason.
+    case end(reason: String, detail: String)
+}
+
+extension GatewayRuntime {
+    /// Checks an open session as admission would check it now: the chain (fully again when the CA bundle
+    /// changed, else validity and revocation), the identity it maps to, its route, and the policy for both.
+    public func recheck(_ session: SessionSnapshot, trustChanged: Bool) async -> SessionVerdict {
+        let verification: ClientVerification
+        if trustChanged || session.chain.isEmpty {
+            verification = await verifier.verify(presented: session.chain)
+        } else {
+            verification = verifier.recheck(chain: session.chain) ?? .trusted(chain: session.chain)
+        }
+        if case .refused(let reason, let detail) = verification {
+            return .end(reason: reason.rawValue, detail: detail)
+        }
+        let policies = admission.policies
+        guard let identity = policies.identify(session.facts) else {
+            return .end(
+                reason: PolicyRefusal.noIdentityMapping.rawValue,
+                detail: "no identity mapping rule matches certificate \(session.facts.subject) any more")
+        }
+        guard identity.name == session.identity else {
+            return .end(
+                reason: "identity_changed",
+                detail: "the certificate now maps to identity '\(identity.name)', not '\(session.identity)'")
+        }
+        guard admission.routes.contains(where: { $0.path == session.route }) else {
+            return .end(reason: "unknown_route", detail: "route \(session.route) is no longer configured")
+        }
+        switch policies.decide(
+            identity: identity, route: session.route, origin: session.origin, gatewayOrigins: admission.gatewayOrigins)
+        {
+        case .admit:
+            return .keep(policies.permissions(for: identity, route: session.route))
+        case .refuse(let reason, _, let detail):
+            return .end(reason: reason.rawValue, detail: detail)
+        }
+    }
+}

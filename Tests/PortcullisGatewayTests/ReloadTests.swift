@@ -1,0 +1,259 @@
+import Foundation
+import PortcullisAudit
+import PortcullisClient
+import PortcullisConfig
+@testable import PortcullisGateway
+import PortcullisPKI
+import PortcullisProtocol
+import Testing
+import X509
+
+/// Opens an echo session or fails the test.
+func openEcho(_ gw: TestGateway, _ credential: TestPKI.Credential) async throws -> WebSocketConnection {
+    guard case .upgraded(let connection) = try await gw.connect(credential) else {
+        Issue.record("the gateway refused the session")
+        throw CancellationError()
+    }
+    return connection
+}
+
+/// Whether the gateway refuses `credential`, in the TLS handshake or with an HTTP status.
+func isRefused(_ gw: TestGateway, _ credential: TestPKI.Credential) async -> Bool {
+    do {
+        guard case .upgraded(let connection) = try await gw.connect(credential) else { return true }
+        await connection.close()
+        return false
+    } catch {
+        return true
+    }
+}
+
+/// Whether `connection` still echoes.
+func echoes(_ connection: WebSocketConnection) async throws -> Bool {
+    try await connection.send(text: "still here?")
+    return await connection.receive() == .text("still here?")
+}
+
+/// The peer's close frame, if one arrives within `seconds` (after which the connection is closed).
+func closeFrame(of connection: WebSocketConnection, within seconds: Double) async -> (code: Int?, reason: String)? {
+    await withTaskGroup(of: (Int?, String)?.self) { group in
+        group.addTask {
+            while let message = await connection.receive() {
+                if case .close(let code, let reason) = message { return (code, reason) }
+            }
+            return nil
+        }
+        group.addTask {
+            try? await Task.sleep(for: .milliseconds(Int(seconds * 1000)))
+            return nil
+        }
+        let first = await group.next() ?? nil
+        group.cancelAll()
+        await connection.close(timeout: .milliseconds(100))
+        await group.waitForAll()
+        return first
+    }
+}
+
+@Suite("Reload: validate, swap, re-check open sessions")
+struct ReloadTests {
+    @Test("A reload after a revocation closes the revoked device's session with 1008 within 1 s; others go on")
+    func revocationEndsOpenSession() async throws {
+        try await withGateway { gw in
+            let device = try await openEcho(gw, gw.device)
+            let other = try await openEcho(gw, gw.spiffeDevice)
+            try gw.pki.revoke([gw.deviceCertificate], number: 2)
+
+            let outcome = await gw.gateway.reload(trigger: "test")
+            #expect(outcome.result == .applied)
+            #expect(outcome.sessionsChecked == 2)
+            #expect(outcome.sessionsEnded == 1)
+            let serial = hexString(gw.deviceCertificate.serialNumber.bytes)
+            #expect(outcome.lines.contains { $0.contains("CRL: newly revoked \(serial)") }, "\(outcome.lines)")
+
+            let close = await closeFrame(of: device, within: 1)
+            #expect(close?.code == 1008)
+            #expect(close?.reason == "certificate_revoked")
+            #expect(try await echoes(other))
+
+            let ended = try #require(await gw.auditRecord { $0.event == "session_terminated" })
+            #expect(ended.reason == "certificate_revoked")
+            #expect(ended.identity == "demo-device")
+            #expect(ended.serial == serial)
+            let reload = try #require(await gw.auditRecord { $0.event == "reload" })
+            #expect(reload.decision == "allow")
+            #expect(reload.detail?.contains("newly revoked \(serial)") == true)
+            let closed = try #require(await gw.auditRecord { $0.event == "session_closed" && $0.identity == "demo-device" })
+            #expect(closed.closeCode == 1008)
+
+            // New connections with it are refused too.
+            #expect(await isRefused(gw, gw.device))
+        }
+    }
+
+    @Test("An invalid CRL or policy file is refused whole: the old set stays, and log and audit name the file")
+    func invalidFilesKeepTheRunningSet() async throws {
+        try await withGateway { gw in
+            let session = try await openEcho(gw, gw.device)
+            let goodCRL = try String(contentsOfFile: gw.pki.crlPath, encoding: .utf8)
+            try "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n".write(
+                toFile: gw.pki.crlPath, atomically: true, encoding: .utf8)
+            let badCRL = await gw.gateway.reload(trigger: "test")
+            #expect(badCRL.result == .rejected)
+            #expect(badCRL.lines.contains { $0.contains(gw.pki.crlPath) }, "\(badCRL.lines)")
+            let failed = try #require(await gw.auditRecord { $0.event == "reload_failed" })
+            #expect(failed.decision == "deny")
+            #expect(failed.detail?.contains(gw.pki.crlPath) == true)
+            #expect(failed.detail?.contains("stays in force") == true)
+            // The running set still refuses the revoked certificate and admits the device.
+            #expect(await isRefused(gw, gw.revoked), "the old CRL is no longer in force")
+            #expect(try await echoes(session))
+            try goodCRL.write(toFile: gw.pki.crlPath, atomically: true, encoding: .utf8)
+
+            let policies = gw.gateway.runtime.configuration.policiesDirectory
+            try "rules:\n  - name: broken\n    identities: [x]\n    routes: [/v1/echo]\n    colour: blue\n".write(
+                toFile: "\(policies)/broken.yaml", atomically: true, encoding: .utf8)
+            let badPolicy = await gw.gateway.reload(trigger: "test")
+            #expect(badPolicy.result == .rejected)
+            #expect(badPolicy.lines.contains { $0.contains("\(policies)/broken.yaml:5") }, "\(badPolicy.lines)")
+            #expect(try await echoes(session))
+            guard case .upgraded(let fresh) = try await gw.connect(gw.device) else {
+                Issue.record("the running set stopped admitting after a rejected reload")
+                return
+            }
+            await fresh.close()
+
+            try FileManager.default.removeItem(atPath: "\(policies)/broken.yaml")
+            let repaired = await gw.gateway.reload(trigger: "test")
+            #expect(repaired.result == .unchanged, "\(repaired.lines)")
+        }
+    }
+
+    @Test("A policy change ends the sessions it no longer grants and gives the others their new topic grants")
+    func policyChange() async throws {
+        try await withGateway { gw in
+            let device = try await openEcho(gw, gw.device)
+            let operatorSession = try await gw.broker(gw.operatorCredential)
+            try await operatorSession.subscribe("devices/+/telemetry")
+
+            let policies = gw.gateway.runtime.configuration.policiesDirectory
+            let narrowed = testPolicy
+                .replacingOccurrences(of: "identities: [demo-device, device-42, expired-device", with: "identities: [device-42, expired-device")
+                .replacingOccurrences(of: "subscribe: [\"devices/+/telemetry\"]", with: "subscribe: [\"devices/+/alerts\"]")
+            try narrowed.write(toFile: "\(policies)/test.yaml", atomically: true, encoding: .utf8)
+            let outcome = await gw.gateway.reload(trigger: "test")
+            #expect(outcome.result == .applied)
+            #expect(outcome.lines.contains("policies: changed test.yaml"), "\(outcome.lines)")
+
+            let close = await closeFrame(of: device, within: 1)
+            #expect(close?.code == 1008)
+            #expect(close?.reason == "no_matching_rule")
+            let ended = try #require(await gw.auditRecord { $0.event == "session_terminated" })
+            #expect(ended.identity == "demo-device")
+            #expect(ended.reason == "no_matching_rule")
+
+            // The operator's session stays, under the new grants.
+            await #expect(throws: BrokerError.self) { try await operatorSession.subscribe("devices/+/telemetry") }
+            try await operatorSession.subscribe("devices/+/alerts")
+            await operatorSession.close()
+        }
+    }
+
+    @Test("Sessions survive a CA rotation; dropping their CA from the bundle ends them (certificate_untrusted)")
+    func caRotation() async throws {
+        try await withGateway { gw in
+            let session = try await openEcho(gw, gw.device)
+            let newCA = try CertificateAuthority.makeRoot(name: "Portcullis Test CA 2027", key: try KeyAlgorithm.p256.generate())
+            let oldBundle = try String(contentsOfFile: gw.pki.caPath, encoding: .utf8)
+            let newCAPEM = try newCA.certificate.serializeAsPEM().pemString + "\n"
+            try (oldBundle + newCAPEM).write(toFile: gw.pki.caPath, atomically: true, encoding: .utf8)
+            let both = await gw.gateway.reload(trigger: "test")
+            #expect(both.result == .applied)
+            #expect(both.lines.contains { $0.contains("client CAs: added CN=Portcullis Test CA 2027") }, "\(both.lines)")
+            #expect(both.sessionsEnded == 0)
+            #expect(try await echoes(session))
+            let (newDevice, _) = try gw.pki.client("device-42", by: newCA)
+            guard case .upgraded(let fresh) = try await gw.connect(newDevice) else {
+                Issue.record("a certificate of the added CA was refused")
+                return
+            }
+            await fresh.close()
+
+            // The CRL is signed by the old CA; without it in the bundle the CRL cannot be checked, so it goes too.
+            try FileManager.default.removeItem(atPath: gw.pki.crlPath)
+            try newCAPEM.write(toFile: gw.pki.caPath, atomically: true, encoding: .utf8)
+            let onlyNew = await gw.gateway.reload(trigger: "test")
+            #expect(onlyNew.result == .applied, "\(onlyNew.lines)")
+            #expect(onlyNew.lines.contains { $0.contains("removed CN=Portcullis Test CA") }, "\(onlyNew.lines)")
+            let close = await closeFrame(of: session, within: 1)
+            #expect(close?.code == 1008)
+            #expect(close?.reason == "certificate_untrusted")
+        }
+    }
+
+    @Test("A renewed server certificate is used by new sessions; open ones stay")
+    func serverCertificateRotation() async throws {
+        try await withGateway { gw in
+            let session = try await openEcho(gw, gw.device)
+            let before = gw.gateway.runtime.summary.serverCertificate.serial
+            let (renewed, _) = try gw.pki.pki.renew(name: "server")
+            let outcome = await gw.gateway.reload(trigger: "test")
+            #expect(outcome.result == .applied)
+            #expect(outcome.lines.contains { $0.contains("server certificate: serial \(before) → \(renewed.serial)") }, "\(outcome.lines)")
+            #expect(gw.gateway.runtime.summary.serverCertificate.serial == renewed.serial)
+            #expect(try await echoes(session))
+            guard case .upgraded(let fresh) = try await gw.connect(gw.device) else {
+                Issue.record("a new session failed after the server certificate changed")
+                return
+            }
+            await fresh.close()
+        }
+    }
+
+    @Test("Settings only a restart can change are kept and named; others are listed as changed")
+    func restartOnlySettings() {
+        let current = GatewayConfiguration.development()
+        var proposed = current
+        proposed.listenPort = 9999
+        proposed.auditDirectory = "elsewhere"
+        proposed.pingInterval = 5
+        let kept = Gateway.keepRestartOnlySettings(of: current, in: &proposed)
+        #expect(kept == ["listen 127.0.0.1:9999", "audit"])
+        #expect(proposed.listenPort == current.listenPort)
+        #expect(proposed.auditDirectory == current.auditDirectory)
+        #expect(Gateway.settingChanges(from: current, to: proposed) == ["settings for new sessions: ping_interval"])
+        #expect(Gateway.settingChanges(from: current, to: current).isEmpty)
+    }
+}
+
+@Suite("Sessions end with their certificate")
+struct CertificateExpiryTests {
+    @Test("A session is warned before its certificate's not-after and closed at it with 1008 certificate_expired")
+    func sessionEndsAtExpiry() async throws {
+        try await withGateway(adjust: { $0.certificateExpiryWarning = 2 }) { gw in
+            let notValidAfter = Date().addingTimeInterval(4)
+            let (shortLived, _) = try gw.pki.client("device-42", notValidAfter: notValidAfter)
+            let session = try await openEcho(gw, shortLived)
+            guard case .text(let text) = await session.receive() else {
+                Issue.record("no notice before the expiry")
+                return
+            }
+            #expect(Date() < notValidAfter)
+            let notice = Array(text.utf8).withUnsafeBytes { MessagingProtocol.decodeEvent(binary: false, bytes: $0) }
+            guard case .notice(let code, let message) = notice else {
+                Issue.record("not a notice: \(text)")
+                return
+            }
+            #expect(code == "certificate_expiring")
+            #expect(message.contains("reconnect with a renewed certificate"))
+            let close = await closeFrame(of: session, within: 5)
+            #expect(close?.code == 1008)
+            #expect(close?.reason == "certificate_expired")
+            #expect(Date() >= notValidAfter.addingTimeInterval(-0.05))
+            let warned = try #require(await gw.auditRecord { $0.event == "session_expiry_warning" })
+            #expect(warned.identity == "device-42")
+            let ended = try #require(await gw.auditRecord { $0.event == "session_terminated" })
+            #expect(ended.reason == "certificate_expired")
+        }
+    }
+}
