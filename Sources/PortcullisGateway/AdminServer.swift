@@ -30,6 +30,11 @@ extension Gateway {
         let channel: any Channel
         do {
             channel = try await bootstrap.bind(host: admin.host, port: admin.port).get()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE {
+            throw GatewayStartupError(problems: [
+                "cannot listen for the admin listener on \(admin.host):\(admin.port): the address is already in use "
+                    + "(choose another with --admin-listen HOST:PORT or admin.listen, or turn it off with --admin-listen off)"
+            ])
         } catch {
             throw GatewayStartupError(problems: ["cannot listen for the admin listener on \(admin.host):\(admin.port): \(error)"])
         }

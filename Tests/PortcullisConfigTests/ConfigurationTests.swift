@@ -96,6 +96,38 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("Live-operation settings decode: expiry warning, reload watching, the admin listener; off turns each off")
+    func liveOperationSettings() throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        let defaults = try GatewayConfiguration.parse(base, file: "dir/g.yaml", baseDirectory: "dir")
+        #expect(defaults.certificateExpiryWarning == 300)
+        #expect(defaults.reloadWatchInterval == 1 && defaults.reloadDebounce == 0.5)
+        #expect(defaults.admin == GatewayConfiguration.Admin(host: "127.0.0.1", port: 9443))
+        let config = try GatewayConfiguration.parse(
+            base + """
+                certificate_expiry_warning: 1h
+                reload: {watch_interval: 250ms, debounce: 2s}
+                admin: {listen: "[::1]:9100", client_ca: admin-ca.pem}
+                """, file: "dir/g.yaml", baseDirectory: "dir")
+        #expect(config.certificateExpiryWarning == 3600)
+        #expect(config.reloadWatchInterval == 0.25 && config.reloadDebounce == 2)
+        #expect(config.admin == GatewayConfiguration.Admin(host: "::1", port: 9100, clientCA: "dir/admin-ca.pem"))
+        let off = try GatewayConfiguration.parse(
+            base + "certificate_expiry_warning: off\nreload: {watch_interval: off}\nadmin: {listen: off}\n",
+            file: "g.yaml", baseDirectory: ".")
+        #expect(off.certificateExpiryWarning == 0 && off.reloadWatchInterval == 0 && off.admin == nil)
+        do {
+            _ = try GatewayConfiguration.parse(
+                base + "reload: {watch_interval: often}\nadmin: {listen: nowhere, port: 1}\n", file: "g.yaml", baseDirectory: ".")
+            Issue.record("expected diagnostics")
+        } catch let error as DiagnosticsError {
+            let text = error.diagnostics.map(\.description)
+            #expect(text.contains { $0.hasPrefix("g.yaml:3: reload.watch_interval must be a positive duration") }, "\(text)")
+            #expect(text.contains("g.yaml:4: admin.listen must be HOST:PORT (e.g. 127.0.0.1:9443) or off"), "\(text)")
+            #expect(text.contains { $0.hasPrefix("g.yaml:4: unknown key 'port'") }, "\(text)")
+        }
+    }
+
     @Test("Every problem is reported with file and line")
     func everyProblemListed() {
         do {
@@ -154,5 +186,6 @@ struct ExampleConfigurationTests {
         #expect(config.listenPort == 443)
         #expect(config.tls.crl?.hasSuffix("pki/crl.pem") == true)
         #expect(config.auditDirectory == "/var/log/portcullis")
+        #expect(config.admin?.host == "127.0.0.1")
     }
 }

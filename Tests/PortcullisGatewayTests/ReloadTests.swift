@@ -210,6 +210,56 @@ struct ReloadTests {
         }
     }
 
+    @Test("A new configuration narrows the allowed origins: the browser session from the dropped origin ends")
+    func originsNarrowed() async throws {
+        try await withGateway { gw in
+            guard case .upgraded(let browser) = try await gw.connect(gw.console, origins: ["https://console.example.test"]) else {
+                Issue.record("the console session was refused")
+                return
+            }
+            let device = try await openEcho(gw, gw.device)
+            var narrowed = gw.gateway.runtime.configuration
+            narrowed.allowedOrigins = ["https://other.example.test"]
+            let proposed = narrowed
+            let outcome = await gw.gateway.reload(trigger: "test") { proposed }
+            #expect(outcome.result == .applied)
+            #expect(outcome.lines.contains { $0.hasPrefix("allowed origins: ") && $0.hasSuffix("[\"https://other.example.test\"]") }, "\(outcome.lines)")
+            let close = await closeFrame(of: browser, within: 1)
+            #expect(close?.code == 1008)
+            #expect(close?.reason == "origin_not_allowed")
+            // The device sends no Origin and its rule allows that: it stays.
+            #expect(try await echoes(device))
+        }
+    }
+
+    @Test("The watcher reports a changed file once, after it has been still for the debounce time")
+    func watcherDebounces() async throws {
+        let directory = NSTemporaryDirectory() + "portcullis-watch-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let watched = "\(directory)/crl.pem"
+        let reports = AsyncStream<([String], Date)>.makeStream()
+        let watcher = ReloadWatcher.run(
+            interval: .milliseconds(50), debounce: .seconds(1), paths: { [watched, "\(directory)/other"] },
+            changed: { paths in reports.continuation.yield((paths, Date())) })
+        defer { watcher.cancel() }
+        try await Task.sleep(for: .milliseconds(200))
+        // Created, then rewritten a few times in quick succession, like a key and certificate written in turn.
+        for round in 0..<5 {
+            try "version \(round)".write(toFile: watched, atomically: true, encoding: .utf8)
+            try await Task.sleep(for: .milliseconds(40))
+        }
+        let lastWrite = Date()
+        var iterator = reports.stream.makeAsyncIterator()
+        let first = await iterator.next()
+        #expect(first?.0 == [watched])
+        #expect((first?.1 ?? .distantPast) >= lastWrite, "reported before the writes stopped")
+        // Nothing more until the next change.
+        try "version 5".write(toFile: watched, atomically: true, encoding: .utf8)
+        let second = await iterator.next()
+        #expect(second?.0 == [watched])
+    }
+
     @Test("Settings only a restart can change are kept and named; others are listed as changed")
     func restartOnlySettings() {
         let current = GatewayConfiguration.development()
@@ -231,8 +281,9 @@ struct CertificateExpiryTests {
     @Test("A session is warned before its certificate's not-after and closed at it with 1008 certificate_expired")
     func sessionEndsAtExpiry() async throws {
         try await withGateway(adjust: { $0.certificateExpiryWarning = 2 }) { gw in
-            let notValidAfter = Date().addingTimeInterval(4)
-            let (shortLived, _) = try gw.pki.client("device-42", notValidAfter: notValidAfter)
+            // X.509 times have whole seconds: the certificate's own not-after is what counts.
+            let (shortLived, certificate) = try gw.pki.client("device-42", notValidAfter: Date().addingTimeInterval(4))
+            let notValidAfter = certificate.notValidAfter
             let session = try await openEcho(gw, shortLived)
             guard case .text(let text) = await session.receive() else {
                 Issue.record("no notice before the expiry")
