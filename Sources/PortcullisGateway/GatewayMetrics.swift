@@ -42,19 +42,23 @@ public final class GatewayMetrics: Sendable {
                       .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
                       .seconds(5)],
             help: "Time from TCP accept to the end of the TLS handshake (successful handshakes).")
-        let handshakes = "portcullis_tls_handshakes_total"
-        let handshakesHelp = "TLS handshakes by result: full, resumed (session ticket) or failed."
-        handshakesFull = registry.makeCounter(name: handshakes, labels: [("result", "full")], help: handshakesHelp)
-        handshakesResumed = registry.makeCounter(name: handshakes, labels: [("result", "resumed")], help: handshakesHelp)
-        handshakesFailed = registry.makeCounter(name: handshakes, labels: [("result", "failed")], help: handshakesHelp)
-        let messages = "portcullis_messages_total"
-        let messagesHelp = "WebSocket data messages: in from clients, out to clients."
-        messagesIn = registry.makeCounter(name: messages, labels: [("direction", "in")], help: messagesHelp)
-        messagesOut = registry.makeCounter(name: messages, labels: [("direction", "out")], help: messagesHelp)
-        let bytes = "portcullis_message_bytes_total"
-        let bytesHelp = "Payload bytes of WebSocket data messages: in from clients, out to clients."
-        bytesIn = registry.makeCounter(name: bytes, labels: [("direction", "in")], help: bytesHelp)
-        bytesOut = registry.makeCounter(name: bytes, labels: [("direction", "out")], help: bytesHelp)
+        let registry = self.registry
+        /// One counter family, one counter per value of its label.
+        func family(_ name: String, _ label: String, _ values: [String], help: String) -> [Counter] {
+            values.map { registry.makeCounter(name: name, labels: [(label, $0)], help: help) }
+        }
+        let handshakes = family(
+            "portcullis_tls_handshakes_total", "result", ["full", "resumed", "failed"],
+            help: "TLS handshakes by result: full, resumed (session ticket) or failed.")
+        (handshakesFull, handshakesResumed, handshakesFailed) = (handshakes[0], handshakes[1], handshakes[2])
+        let messages = family(
+            "portcullis_messages_total", "direction", ["in", "out"],
+            help: "WebSocket data messages: in from clients, out to clients.")
+        (messagesIn, messagesOut) = (messages[0], messages[1])
+        let bytes = family(
+            "portcullis_message_bytes_total", "direction", ["in", "out"],
+            help: "Payload bytes of WebSocket data messages: in from clients, out to clients.")
+        (bytesIn, bytesOut) = (bytes[0], bytes[1])
         aclDenials = registry.makeCounter(
             name: "portcullis_acl_denials_total", help: "Subscribes and publishes a topic ACL refused.")
         rateLimitHits = registry.makeCounter(

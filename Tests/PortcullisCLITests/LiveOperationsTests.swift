@@ -70,22 +70,9 @@ struct LiveOperationsTests {
     func sighup() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        for arguments in [["pki", "init"], ["pki", "issue", "server", "localhost", "--dns", "localhost"], ["pki", "issue", "client", "demo-device"]] {
-            #expect(try await portcullis(arguments, in: directory).status == 0)
-        }
-        try FileManager.default.copyItem(
-            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
-        try """
-            listen: 127.0.0.1:0
-            tls: {certificate: pki/issued/localhost.crt, key: pki/private/localhost.key, client_ca: pki/ca.crt}
-            routes: [{path: /v1/echo, kind: echo}]
-            reload: {watch_interval: off}
-            """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
-        let serve = try RunningCommand(["serve", "--config", "gateway.yaml", "--admin-listen", "off"], in: directory)
+        let (serve, port) = try await startConfiguredGateway(
+            in: directory, extra: "reload: {watch_interval: off}\n", arguments: ["--admin-listen", "off"])
         defer { serve.process.terminate() }
-        #expect(try await serve.waitFor("audit log in"), "\(serve.output)")
-        let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on") }?
-            .split(separator: ";").first?.split(separator: ":").last.map(String.init))
         let session = try heldSession(port: port, in: directory)
         defer { session.process.terminate() }
         #expect(try await session.waitFor("101 Switching Protocols"), "\(session.output)")
@@ -255,23 +242,10 @@ struct LiveOperationsTests {
     func adminClientCertificate() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        for arguments in [
-            ["pki", "init"], ["pki", "issue", "server", "localhost", "--dns", "localhost", "--ip", "127.0.0.1"],
-            ["pki", "issue", "client", "admin"],
-        ] {
-            #expect(try await portcullis(arguments, in: directory).status == 0)
-        }
-        try FileManager.default.copyItem(
-            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
-        try """
-            listen: 127.0.0.1:0
-            tls: {certificate: pki/issued/localhost.crt, key: pki/private/localhost.key, client_ca: pki/ca.crt}
-            routes: [{path: /v1/echo, kind: echo}]
-            admin: {listen: 127.0.0.1:0, client_ca: pki/ca.crt}
-            """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
-        let serve = try RunningCommand(["serve", "--config", "gateway.yaml"], in: directory)
+        let (serve, _) = try await startConfiguredGateway(
+            in: directory, clients: ["admin"], extra: "admin: {listen: 127.0.0.1:0, client_ca: pki/ca.crt}\n", arguments: [])
         defer { serve.process.terminate() }
-        #expect(try await serve.waitFor("admin on https://"), "\(serve.output)")
+        #expect(serve.output.contains("admin on https://"), "\(serve.output)")
         let admin = try adminURL(serve)
         let curl = try tool("curl")
         let withCertificate = try await shell(

@@ -98,6 +98,30 @@ func startDevGateway(in directory: String) async throws -> (serve: RunningComman
     return (serve, String(port))
 }
 
+/// `serve --config gateway.yaml` in `directory`, with a fresh PKI (a `localhost` server certificate and the
+/// `clients`), the repository's policies, an echo route and `extra` configuration lines, once it is listening.
+func startConfiguredGateway(
+    in directory: String, clients: [String] = ["demo-device"], extra: String, arguments: [String] = ["--admin-listen", "127.0.0.1:0"]
+) async throws -> (serve: RunningCommand, port: String) {
+    let pki = [["pki", "init"], ["pki", "issue", "server", "localhost", "--dns", "localhost", "--ip", "127.0.0.1"]]
+    for command in pki + clients.map({ ["pki", "issue", "client", $0] }) {
+        #expect(try await portcullis(command, in: directory).status == 0)
+    }
+    try FileManager.default.copyItem(
+        atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
+    try """
+        listen: 127.0.0.1:0
+        tls: {certificate: pki/issued/localhost.crt, key: pki/private/localhost.key, client_ca: pki/ca.crt}
+        routes: [{path: /v1/echo, kind: echo}]
+
+        """.appending(extra).write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
+    let serve = try RunningCommand(["serve", "--config", "gateway.yaml"] + arguments, in: directory)
+    #expect(try await serve.waitFor("audit log in"), "\(serve.output)")
+    let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on") }?
+        .split(separator: ";").first?.split(separator: ":").last.map(String.init), "\(serve.output)")
+    return (serve, port)
+}
+
 @Suite("portcullis serve")
 struct ServeCommandTests {
     @Test("serve --dev creates the PKI, prints commands that work as printed, and drains on SIGTERM")
@@ -164,29 +188,9 @@ struct ServeCommandTests {
     func drainDeadline() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        for arguments in [["pki", "init"], ["pki", "issue", "server", "localhost", "--dns", "localhost", "--ip", "127.0.0.1"],
-                          ["pki", "issue", "client", "demo-device"]] {
-            #expect(try await portcullis(arguments, in: directory).status == 0)
-        }
-        try FileManager.default.copyItem(
-            atPath: repositoryRoot.appendingPathComponent("policies").path, toPath: "\(directory)/policies")
-        try """
-            listen: 127.0.0.1:0
-            tls: {certificate: pki/issued/localhost.crt, key: pki/private/localhost.key, client_ca: pki/ca.crt}
-            routes: [{path: /v1/echo, kind: echo}]
-            drain_timeout: 500ms
-            """.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
-        let serve = try RunningCommand(["serve", "--config", "gateway.yaml", "--admin-listen", "127.0.0.1:0"], in: directory)
-        #expect(try await serve.waitFor("audit log in"), "\(serve.output)")
-        let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on") }?
-            .split(separator: ";").first?.split(separator: ":").last)
+        let (serve, port) = try await startConfiguredGateway(in: directory, extra: "drain_timeout: 500ms\n")
         // openssl upgrades, then holds the connection without ever answering the gateway's close frame.
-        let client = try RunningCommand(
-            ["-c", "(printf 'GET /v1/echo HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
-                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 30) | "
-                + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
-                + "-cert pki/issued/demo-device.crt -key pki/private/demo-device.key"],
-            in: directory, executable: "/bin/bash")
+        let client = try heldSession(port: port, in: directory)
         defer { client.process.terminate() }
         #expect(try await client.waitFor("101 Switching Protocols"), "\(client.output)")
 
