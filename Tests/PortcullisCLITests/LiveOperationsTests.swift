@@ -101,6 +101,26 @@ struct LiveOperationsTests {
         #expect(try await serve.waitForExit() == 0)
     }
 
+    @Test("Editing the configuration file's allowed_origins is picked up by the watcher and audited as what changed")
+    func configurationFileWatched() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let (serve, _) = try await startConfiguredGateway(
+            in: directory, extra: "allowed_origins: [\"https://console.example.com\"]\nreload: {watch_interval: 100ms, debounce: 100ms}\n")
+        defer { serve.process.terminate() }
+        let file = "\(directory)/gateway.yaml"
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        try text.replacingOccurrences(of: "https://console.example.com", with: "https://ops.example.com")
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try await eventually {
+            try await auditRecords("reload", in: directory).contains {
+                ($0["detail"] as? String)?.contains(#"allowed origins: ["https://console.example.com"] → ["https://ops.example.com"]"#) == true
+            }
+        }, "\(serve.output)")
+        let reload = try #require(try await auditRecords("reload", in: directory).last)
+        #expect((reload["detail"] as? String)?.hasPrefix("file change: gateway.yaml") == true, "\(reload)")
+    }
+
     /// Opens sessions back to back and keeps long-lived ones talking until `stop` exists, then prints a JSON
     /// summary: handshakes that worked and failed, long-lived sessions dropped, and the server serials seen.
     static let rotationDriver = #"""
