@@ -63,13 +63,20 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         self.configuration = configuration
         if case .admit(let identity, _, _) = connection.outcome { self.identity = identity.name } else { self.identity = "" }
         self.permissions = connection.permissions
+        self.deniesSomeTopics = !connection.permissions.denySubscribe.isEmpty
     }
 
     /// The admitted identity's name (the session exists only once admitted).
     let identity: String
     /// The session's topic grants and limits, from admission and replaced when a reload changes them; kept
     /// here because the message path reads them for every message.
-    var permissions: MessagePermissions
+    var permissions: MessagePermissions {
+        didSet { deniesSomeTopics = !permissions.denySubscribe.isEmpty }
+    }
+    /// Whether any delivery can be refused. Read for every delivery instead of `permissions`: a `var` struct
+    /// of arrays read from a class is copied (four retains and releases), which cost a tenth of fan-out
+    /// throughput per CPU-second.
+    private var deniesSomeTopics: Bool
 
     func handlerAdded(context: ChannelHandlerContext) {
         // The upgrader always installs the frame encoder; without it no frame could be sent at all.
@@ -274,7 +281,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     }
 
     func deliver(_ frame: OutboundFrame, context: ChannelHandlerContext) {
-        if let topic = frame.topic, !permissions.mayReceive(topic) { return }
+        if deniesSomeTopics, let topic = frame.topic, !permissions.mayReceive(topic) { return }
         send(frame, context: context)
     }
 
