@@ -42,6 +42,28 @@ extension WebSocketSessionHandler {
         }
     }
 
+    /// After a reload: ends the subscriptions the new grants no longer allow, telling the client with a
+    /// `subscription_revoked` notice and auditing each.
+    func dropSubscriptionsNoLongerGranted(context: ChannelHandlerContext) {
+        for filter in subscriptions.sorted() {
+            guard case .forbidden(let why) = permissions.maySubscribe(to: filter) else { continue }
+            subscriptions.remove(filter)
+            if let subscriber {
+                connection.gateway.broker.unsubscribe(filter, subscriber)
+                connection.gateway.usage.releaseSubscription(identity)
+            }
+            connection.gateway.metrics.aclDenials.increment()
+            var record = connection.auditRecord(
+                event: "message_denied", decision: "deny", reason: "forbidden",
+                detail: "after a reload: the subscription was removed: \(why)")
+            record.topic = filter
+            connection.gateway.audit(record)
+            let notice = MessagingProtocol.encodeNotice(
+                code: "subscription_revoked", message: "subscription to '\(filter)' removed: \(why)")
+            send(OutboundFrame(binary: false, buffer: context.channel.allocator.buffer(bytes: notice)), context: context)
+        }
+    }
+
     private func subscribe(context: ChannelHandlerContext, filter: String, id: [UInt8]?) {
         if let problem = Topic.problem(withFilter: filter) {
             refuse(context: context, id: id, code: "invalid_topic", message: problem, topic: filter, violation: true)

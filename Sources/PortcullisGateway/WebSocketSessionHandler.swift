@@ -366,6 +366,7 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
                 self.permissions = permissions
                 connection.permissions = permissions
                 lastAllowedPublishTopic = nil
+                dropSubscriptionsNoLongerGranted(context: context)
             case .end(let reason, let detail):
                 end(context: context, reason: reason, detail: "after a reload: " + detail)
             }

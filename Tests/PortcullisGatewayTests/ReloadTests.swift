@@ -152,9 +152,21 @@ struct ReloadTests {
             #expect(ended.identity == "demo-device")
             #expect(ended.reason == "no_matching_rule")
 
-            // The operator's session stays, under the new grants.
+            // The operator's session stays, under the new grants: its subscription the policy no longer grants
+            // is removed (with a notice), and a device's telemetry no longer reaches it.
+            var notices = operatorSession.notices.makeAsyncIterator()
+            let notice = await notices.next()
+            #expect(notice?.code == "subscription_revoked")
+            #expect(notice?.message.contains("devices/+/telemetry") == true)
+            let device42 = try await gw.broker(gw.spiffeDevice)
+            try await device42.publish("devices/device-42/telemetry", json: #"{"celsius":20}"#)
+            #expect(await collect(1, from: operatorSession, within: 0.5).isEmpty)
             await #expect(throws: BrokerError.self) { try await operatorSession.subscribe("devices/+/telemetry") }
             try await operatorSession.subscribe("devices/+/alerts")
+            let removed = try #require(await gw.auditRecord { $0.event == "message_denied" && $0.detail?.hasPrefix("after a reload") == true })
+            #expect(removed.topic == "devices/+/telemetry")
+            #expect(removed.identity == "operator")
+            await device42.close()
             await operatorSession.close()
         }
     }
