@@ -159,7 +159,6 @@ struct Serve: AsyncParsableCommand {
                     _ = await gateway.reload(trigger: "file change: \(paths.joined(separator: ", "))") { try source.load() }
                 })
             : nil
-        defer { watcher?.cancel() }
         if let bootstrap {
             // The development PKI went through the same issuance as `pki issue`, and is audited the same way.
             let audit = PKIAudit(log: gateway.auditLog)
