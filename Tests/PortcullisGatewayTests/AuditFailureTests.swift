@@ -29,9 +29,15 @@ struct AuditFailureTests {
     @Test("refuse_new_sessions: 503 audit_unavailable while failing, open sessions go on, admitted again after recovery")
     func refuseNewSessions() async throws {
         try await withGateway(adjust: { $0.audit.queueCapacity = 16 }) { gw in
+            let admin = try #require(try await gw.gateway.startAdmin(.init(host: "127.0.0.1", port: 0)).port)
+            let readyz = ["-s", "-w", " %{http_code}", "http://127.0.0.1:\(admin)/readyz"]
+            #expect(try await ExternalTool("curl").run(readyz, holdInput: 0).output == "ready\n 200")
             let open = try #require(try await gw.connect(gw.device).connection)
             let holder = Self.jam(gw)
             #expect(gw.gateway.auditLog.isFailing)
+            // Load balancers stop sending new sessions here while the log cannot take them.
+            let notReady = try await ExternalTool("curl").run(readyz, holdInput: 0).output
+            #expect(notReady == "not ready: the audit log is failing (on_audit_failure: refuse_new_sessions)\n 503")
 
             let refused = try await gw.connect(gw.device)
             guard case .refused(let status, let headers, let body) = refused else {
@@ -64,6 +70,7 @@ struct AuditFailureTests {
         try await withGateway(adjust: { $0.audit.queueCapacity = 16; $0.onAuditFailure = .continue }) { gw in
             let holder = Self.jam(gw)
             #expect(gw.gateway.auditLog.isFailing)
+            #expect(gw.gateway.notReadyReason == nil)
             let admitted = try await gw.connect(gw.device)
             #expect(admitted.status == 101)
             await admitted.connection?.close()
