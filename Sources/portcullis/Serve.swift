@@ -178,7 +178,7 @@ struct Serve: AsyncParsableCommand {
                 _ = await gateway.reload(trigger: "SIGHUP") { try source.load() }
                 continue
             }
-            logger.info("shutting down", metadata: ["signal": "\(signal)"])
+            logger.info("shutting down", metadata: ["signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")"])
             break
         }
         watcher?.cancel()
