@@ -24,12 +24,12 @@ func auditRecords(_ event: String, in directory: String) async throws -> [[Strin
     }
 }
 
-/// Polls `condition` every 50 ms for up to `timeout` seconds.
+/// Polls `condition` every 250 ms for up to `timeout` seconds (each poll may start a process: not faster).
 func eventually(timeout: Double = 10, _ condition: () async throws -> Bool) async throws -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
     repeat {
         if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(50))
+        try await Task.sleep(for: .milliseconds(250))
     } while Date() < deadline
     return false
 }
@@ -121,7 +121,7 @@ struct LiveOperationsTests {
         #expect((reload["detail"] as? String)?.hasPrefix("file change: gateway.yaml") == true, "\(reload)")
     }
 
-    /// Opens sessions back to back and keeps long-lived ones talking until `stop` exists, then prints a JSON
+    /// Opens sessions one after the other and keeps long-lived ones talking until `stop` exists, then prints a JSON
     /// summary: handshakes that worked and failed, long-lived sessions dropped, and the server serials seen.
     static let rotationDriver = #"""
         import asyncio, json, os, ssl, sys, time
@@ -138,7 +138,7 @@ struct LiveOperationsTests {
 
         async def long_lived(n):
             try:
-                async with websockets.connect(url, ssl=context(), open_timeout=5) as ws:
+                async with websockets.connect(url, ssl=context(), open_timeout=20) as ws:
                     while not os.path.exists(stop):
                         await ws.send(f"long-lived {n}")
                         assert await ws.recv() == f"long-lived {n}"
@@ -151,7 +151,7 @@ struct LiveOperationsTests {
             while not os.path.exists(stop):
                 try:
                     # A new context each time: no session ticket, a full handshake against the current certificate.
-                    async with websockets.connect(url, ssl=context(), open_timeout=5) as ws:
+                    async with websockets.connect(url, ssl=context(), open_timeout=20) as ws:
                         serial = "%x" % int(ws.transport.get_extra_info("ssl_object").getpeercert()["serialNumber"], 16)
                         if not result["serials"] or result["serials"][-1] != serial:
                             result["serials"].append(serial)
@@ -162,9 +162,11 @@ struct LiveOperationsTests {
                         print("warmed up", flush=True)
                 except Exception as error:
                     result["failures"].append(f"{type(error).__name__}: {error}")
+                # Paced, so that the test suite running beside it keeps its share of the two cores.
+                await asyncio.sleep(0.03)
 
         async def main():
-            await asyncio.gather(*[long_lived(n) for n in range(5)], loop(), loop())
+            await asyncio.gather(*[long_lived(n) for n in range(5)], loop())
             print(json.dumps(result), flush=True)
 
         asyncio.run(main())
@@ -211,7 +213,7 @@ struct LiveOperationsTests {
         let result = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         #expect((result["failures"] as? [String])?.isEmpty == true, "\(result)")
         #expect((result["dropped"] as? [String])?.isEmpty == true, "\(result)")
-        #expect((result["handshakes"] as? Int ?? 0) > 40, "\(result)")
+        #expect((result["handshakes"] as? Int ?? 0) > 25, "\(result)")
         #expect((result["messages"] as? Int ?? 0) > 100, "\(result)")
         let serials = try #require(result["serials"] as? [String])
         #expect(serials.count == 2, "\(serials)")

@@ -58,7 +58,7 @@ struct BenchTests {
             let group = MultiThreadedEventLoopGroup.singleton
 
             let connect = try await ConnectBenchmark.run(
-                try Self.target(gw, path: "/v1/echo"), duration: 2, warmup: 0.5, concurrency: 2, resume: false,
+                try Self.target(gw, path: "/v1/echo"), duration: 4, warmup: 0.5, concurrency: 2, resume: false,
                 progress: false, group: group)
             #expect(connect.sessions > 0 && connect.failures == 0, "\(connect)")
             #expect(connect.latencyMilliseconds.count == UInt64(connect.sessions))

@@ -174,7 +174,7 @@ struct InteropTests {
                 tls.load_cert_chain(cert, key)
             try:
                 async with websockets.connect(f"wss://localhost:{port}/v1/echo", ssl=tls,
-                                              origin=origin or None, open_timeout=5) as ws:
+                                              origin=origin or None, open_timeout=20) as ws:
                     await ws.send("hello from python")
                     text = await ws.recv()
                     await ws.send(b"\x00\x01\xff")
