@@ -45,11 +45,6 @@ extension Gateway {
         return channel.localAddress!
     }
 
-    /// The admin listener's port, once started.
-    public var adminPort: Int? {
-        adminChannel.withLockedValue { $0?.localAddress?.port }
-    }
-
     private static func adminSSLContext(tls: GatewayConfiguration.TLS, clientCA: String) throws -> NIOSSLContext {
         do {
             let chain = try NIOSSLCertificate.fromPEMFile(tls.certificateChain)

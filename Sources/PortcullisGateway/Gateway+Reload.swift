@@ -63,9 +63,8 @@ extension Gateway {
 
     private func performReload(trigger: String, load: () throws -> GatewayConfiguration) async -> ReloadOutcome {
         let current = runtime
-        let outcome: ReloadOutcome
-        var runtime: GatewayRuntime?
-        var notApplied: [String] = []
+        let runtime: GatewayRuntime
+        let notApplied: [String]
         do {
             var proposed = try load()
             notApplied = Self.keepRestartOnlySettings(of: current.configuration, in: &proposed)
@@ -77,19 +76,18 @@ extension Gateway {
         } catch {
             return rejectReload(trigger: trigger, problems: ["\(error)"])
         }
-        guard let runtime else { return rejectReload(trigger: trigger, problems: ["nothing was loaded"]) }
 
         let changes = runtime.summary.changes(from: current.summary)
             + Self.settingChanges(from: current.configuration, to: runtime.configuration)
         let restartNote = notApplied.isEmpty ? [] : ["needs a restart, not applied: \(notApplied.joined(separator: ", "))"]
         if changes.isEmpty {
             metrics.reloads(.unchanged)
-            outcome = ReloadOutcome(result: .unchanged, lines: ["no change"] + restartNote)
-            logger.info("reload: nothing changed", metadata: ["reload.trigger": "\(trigger)"])
+            let lines = ["no change"] + restartNote
+            logger.info("reload: \(lines.joined(separator: "; "))", metadata: ["reload.trigger": "\(trigger)"])
             var record = AuditRecord(event: "reload", decision: "allow", reason: "unchanged")
-            record.detail = "\(trigger): " + outcome.lines.joined(separator: "; ")
+            record.detail = "\(trigger): " + lines.joined(separator: "; ")
             audit(record)
-            return outcome
+            return ReloadOutcome(result: .unchanged, lines: lines)
         }
         install(runtime)
         metrics.reloads(.applied)

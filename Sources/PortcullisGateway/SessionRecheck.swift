@@ -4,25 +4,17 @@ import PortcullisPolicy
 import X509
 
 /// What an open session was admitted with, for checking it again under a newer runtime.
-public struct SessionSnapshot: Sendable {
+struct SessionSnapshot: Sendable {
     /// The verified chain, leaf first.
-    public var chain: [Certificate]
-    public var facts: CertificateFacts
-    public var identity: String
-    public var route: String
-    public var origin: String?
-
-    public init(chain: [Certificate], facts: CertificateFacts, identity: String, route: String, origin: String?) {
-        self.chain = chain
-        self.facts = facts
-        self.identity = identity
-        self.route = route
-        self.origin = origin
-    }
+    var chain: [Certificate]
+    var facts: CertificateFacts
+    var identity: String
+    var route: String
+    var origin: String?
 }
 
 /// Whether an open session may go on under a newer runtime.
-public enum SessionVerdict: Sendable {
+enum SessionVerdict: Sendable {
     /// It may, with the permissions the new policies give it.
     case keep(MessagePermissions)
     /// It must end: `reason` is the stable code (the same as admission's), `detail` the full reason.
@@ -32,7 +24,7 @@ public enum SessionVerdict: Sendable {
 extension GatewayRuntime {
     /// Checks an open session as admission would check it now: the chain (fully again when the CA bundle
     /// changed, else validity and revocation), the identity it maps to, its route, and the policy for both.
-    public func recheck(_ session: SessionSnapshot, trustChanged: Bool) async -> SessionVerdict {
+    func recheck(_ session: SessionSnapshot, trustChanged: Bool) async -> SessionVerdict {
         let verification: ClientVerification
         if trustChanged || session.chain.isEmpty {
             verification = await verifier.verify(presented: session.chain)

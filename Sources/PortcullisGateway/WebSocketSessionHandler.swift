@@ -6,8 +6,8 @@ import PortcullisClient
 import PortcullisConfig
 import PortcullisPKI
 import PortcullisPolicy
-import Prometheus
 import PortcullisProtocol
+import Prometheus
 
 /// An admitted WebSocket session: RFC 6455 control frames (ping/pong, the close handshake), UTF-8 validation
 /// of text messages, heartbeats, a bounded outbound queue, and the route's behaviour (`echo`, or the broker
