@@ -39,8 +39,9 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
     private var encodedFrameWriter: ChannelHandlerContext?
     private var heartbeat: RepeatedTask?
     private var pingOutstandingSince: NIODeadline?
-    /// The expiry warning and the close at the certificate's not-after.
-    private var expiryTasks: [Scheduled<Void>] = []
+    /// The next step towards the certificate's not-after: the warning, then the close (one task at a time,
+    /// so a session holds one timer for it, not two).
+    private var expiryTask: Scheduled<Void>?
     private var sessionsOpenGauge: Gauge?
     /// What of the session's figures the metrics have already been given.
     private var reported = (messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0)
@@ -385,25 +386,27 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         close(context: context, code: .policyViolation, reason: reason, tellingPeer: true)
     }
 
-    /// A `notice` message `certificateExpiryWarning` seconds before `notValidAfter`, and the end of the session
-    /// at it.
-    private func scheduleExpiry(at notValidAfter: Date, context: ChannelHandlerContext) {
+    /// A `notice` message `certificateExpiryWarning` seconds before `notValidAfter` (unless `warned`), then the
+    /// end of the session at it.
+    private func scheduleExpiry(at notValidAfter: Date, warned: Bool = false, context: ChannelHandlerContext) {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let remaining = notValidAfter.timeIntervalSinceNow
         let warning = configuration.certificateExpiryWarning
-        if warning > 0 {
+        if !warned, warning > 0 {
             let delay = TimeAmount.nanoseconds(Int64(max(0, remaining - warning) * 1e9))
-            expiryTasks.append(context.eventLoop.scheduleTask(in: delay) {
+            expiryTask = context.eventLoop.scheduleTask(in: delay) {
                 let (handler, context) = loopBound.value
                 handler.warnOfExpiry(at: notValidAfter, context: context)
-            })
+                handler.scheduleExpiry(at: notValidAfter, warned: true, context: context)
+            }
+            return
         }
-        expiryTasks.append(context.eventLoop.scheduleTask(in: .nanoseconds(Int64(max(0, remaining) * 1e9))) {
+        expiryTask = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(max(0, remaining) * 1e9))) {
             let (handler, context) = loopBound.value
             handler.end(
                 context: context, reason: CertificateRefusal.expired.rawValue,
                 detail: "the client certificate (or one of its chain) expired at \(AuditTime.format(notValidAfter))")
-        })
+        }
     }
 
     private func warnOfExpiry(at notValidAfter: Date, context: ChannelHandlerContext) {
@@ -443,8 +446,8 @@ final class WebSocketSessionHandler: ChannelInboundHandler {
         sessionsOpenGauge?.decrement()
         heartbeat?.cancel()
         heartbeat = nil
-        for task in expiryTasks { task.cancel() }
-        expiryTasks = []
+        expiryTask?.cancel()
+        expiryTask = nil
         if let subscriber {
             for filter in subscriptions {
                 connection.gateway.broker.unsubscribe(filter, subscriber)
