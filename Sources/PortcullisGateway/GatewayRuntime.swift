@@ -53,7 +53,7 @@ public struct GatewayRuntime: Sendable {
         }
         var summary: RuntimeSummary?
         do {
-            summary = try RuntimeSummary(configuration: configuration, trust: trust, policies: policies)
+            summary = try RuntimeSummary(configuration: configuration, trust: trust)
         } catch let error as GatewayStartupError {
             problems += error.problems
         }

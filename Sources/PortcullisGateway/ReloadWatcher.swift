@@ -1,5 +1,6 @@
 import Foundation
 import PortcullisConfig
+import PortcullisPolicy
 
 #if canImport(Glibc)
 import Glibc
@@ -22,8 +23,7 @@ public struct ReloadWatcher: Sendable {
         if let crl = tls.crl { paths.append(crl) }
         let directory = configuration.policiesDirectory
         paths.append(directory)
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        paths += names.filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }.sorted().map { "\(directory)/\($0)" }
+        paths += ((try? PolicySet.fileNames(in: directory)) ?? []).map { "\(directory)/\($0)" }
         return paths
     }
 

@@ -41,11 +41,11 @@ public struct RuntimeSummary: Sendable, Equatable {
     /// same digests mean the same context.
     var tlsInputs: [String: String]
 
-    /// Reads the server chain and the policy files; `trust` and `policies` are what loading made of the rest
-    /// (nil when they failed, which the caller reports).
+    /// Reads the server chain and the policy files; `trust` is what loading made of the CA bundle and CRL
+    /// (nil when that failed, which the caller reports).
     ///
     /// - Throws: ``GatewayStartupError`` when the server certificate chain cannot be read.
-    init(configuration: GatewayConfiguration, trust: ClientTrust?, policies: PolicySet?) throws {
+    init(configuration: GatewayConfiguration, trust: ClientTrust?) throws {
         let tls = configuration.tls
         let chain: [Certificate]
         do {
@@ -61,8 +61,7 @@ public struct RuntimeSummary: Sendable, Equatable {
         revokedSerials = Set((trust?.crls ?? []).flatMap { $0.entries.map { hexString($0.serial) } })
         policyFiles = [:]
         let directory = configuration.policiesDirectory
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for name in names where name.hasSuffix(".yaml") || name.hasSuffix(".yml") {
+        for name in (try? PolicySet.fileNames(in: directory)) ?? [] {
             policyFiles[name] = Self.digest(ofFile: "\(directory)/\(name)")
         }
         allowedOrigins = configuration.allowedOrigins

@@ -12,9 +12,7 @@ extension PolicySet {
         else {
             throw DiagnosticsError([Diagnostic(file: directory, line: nil, message: "policies directory not found")])
         }
-        let names = try FileManager.default.contentsOfDirectory(atPath: directory)
-            .filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }
-            .sorted()
+        let names = try fileNames(in: directory)
         var sources: [(file: String, text: String)] = []
         var diagnostics: [Diagnostic] = []
         for name in names {
@@ -36,6 +34,13 @@ extension PolicySet {
             diagnostics += error.diagnostics
         }
         throw DiagnosticsError(diagnostics)
+    }
+
+    /// The policy files of `directory` (`*.yaml`, `*.yml`), in name order: what ``load(directory:)`` reads.
+    public static func fileNames(in directory: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: directory)
+            .filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }
+            .sorted()
     }
 
     /// Parses policy documents given as (file name, text) pairs; the order of mapping rules and rules is the
