@@ -6,15 +6,15 @@ import Glibc
 #endif
 
 /// One WebSocket upgrade of `name`'s certificate with openssl; its output.
-private func upgrade(_ name: String, path: String = "/v1/echo", port: String, in directory: String) async throws -> String {
+func upgrade(_ name: String, path: String = "/v1/echo", port: String, in directory: String) async throws -> String {
     try await shell(
-        "(printf 'GET \(path) HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 0.5) | "
-            + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
-            + "-cert pki/issued/\(name).crt -key pki/private/\(name).key 2>&1", in: directory)
+        opensslUpgrade(
+            path: path, port: port, certificate: "pki/issued/\(name).crt", key: "pki/private/\(name).key", hold: "0.5"),
+        in: directory)
 }
 
-private func jsonLines(_ output: String) throws -> [[String: Any]] {
+/// Every line of `output` as a JSON object; a line that is not one fails the test.
+func jsonLines(_ output: String) throws -> [[String: Any]] {
     try output.split(separator: "\n").map {
         try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any], "not JSON: \($0)")
     }
@@ -216,10 +216,7 @@ struct AuditCommandTests {
         _ = try await shell("cp pki/issued/demo-device.crt old.crt && cp pki/private/demo-device.key old.key", in: directory)
         #expect(try await portcullis(["pki", "rotate", "demo-device"], in: directory).status == 0)
         let old = try await shell(
-            "(printf 'GET /v1/echo HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
-                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 0.5) | "
-                + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
-                + "-cert old.crt -key old.key 2>&1", in: directory)
+            opensslUpgrade(port: port, certificate: "old.crt", key: "old.key", hold: "0.5"), in: directory)
         #expect(old.contains("101 Switching Protocols"), "\(old)")
         serve.process.terminate()
         #expect(try await serve.waitForExit() == 0)

@@ -9,19 +9,14 @@ import Glibc
 /// The session held open by `openssl s_client` on /v1/echo until killed; its output shows the gateway's frames.
 func heldSession(port: String, in directory: String, certificate: String = "demo-device") throws -> RunningCommand {
     try RunningCommand(
-        ["-c", "(printf 'GET /v1/echo HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 60) | "
-            + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
-            + "-cert pki/issued/\(certificate).crt -key pki/private/\(certificate).key 2>&1"],
+        ["-c", opensslUpgrade(
+            port: port, certificate: "pki/issued/\(certificate).crt", key: "pki/private/\(certificate).key", hold: "60")],
         in: directory, executable: "/bin/bash")
 }
 
 /// Audit records of `event`, as JSON objects, read with `portcullis audit query`.
 func auditRecords(_ event: String, in directory: String) async throws -> [[String: Any]] {
-    let (_, output) = try await portcullis(["audit", "query", "--event", event, "--jsonl"], in: directory)
-    return output.split(separator: "\n").compactMap {
-        try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
-    }
+    try jsonLines(try await portcullis(["audit", "query", "--event", event, "--jsonl"], in: directory).output)
 }
 
 /// Polls `condition` every 250 ms for up to `timeout` seconds (each poll may start a process: not faster).
@@ -230,12 +225,8 @@ struct LiveOperationsTests {
         let session = try heldSession(port: port, in: directory)
         defer { session.process.terminate() }
         #expect(try await session.waitFor("101 Switching Protocols"), "\(session.output)")
-        // A refusal: the operator certificate on a route its policy does not grant.
-        _ = try await shell(
-            "(printf 'GET /v1/nowhere HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
-                + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep 0.5) | "
-                + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
-                + "-cert pki/issued/demo-operator.crt -key pki/private/demo-operator.key", in: directory)
+        // A refusal: the operator certificate on a path no route serves (404 unknown_route).
+        _ = try await upgrade("demo-operator", path: "/v1/nowhere", port: port, in: directory)
 
         let curl = try tool("curl")
         #expect(try await shell("\(curl) -s \(admin)/healthz", in: directory) == "ok\n")

@@ -78,6 +78,15 @@ func shell(_ command: String, in directory: String, timeout: Double = 30) async 
     return String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
 }
 
+/// The shell pipeline that sends one WebSocket upgrade request for `path` through `openssl s_client` with a
+/// client certificate, keeping its input open `hold` seconds (openssl leaves at end of input); stderr joins stdout.
+func opensslUpgrade(path: String = "/v1/echo", port: String, certificate: String, key: String, hold: String) -> String {
+    "(printf 'GET \(path) HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+        + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep \(hold)) | "
+        + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
+        + "-cert \(certificate) -key \(key) 2>&1"
+}
+
 func scratchDirectory() throws -> String {
     let path = NSTemporaryDirectory() + "portcullis-cli-\(UUID().uuidString)"
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
