@@ -154,6 +154,8 @@ let package = Package(
                 "PortcullisGateway", "PortcullisClient", "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy",
                 "PortcullisAudit", "PortcullisBench", "PortcullisTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

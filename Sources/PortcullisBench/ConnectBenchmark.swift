@@ -36,8 +36,10 @@ public enum ConnectBenchmark {
         let firstError = Mutex<String?>(nil)
         let latency = Mutex(Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three))
 
-        func record(error: any Error) {
-            if counted.load(ordering: .relaxed) { failures.add(1, ordering: .relaxed) }
+        /// A failed attempt counts when it began or ended in the measured window: on a loaded machine a refusal
+        /// can take longer than the window, and it must still be reported, not lost between two windows.
+        func record(error: any Error, beganInWindow: Bool = false) {
+            if beganInWindow || counted.load(ordering: .relaxed) { failures.add(1, ordering: .relaxed) }
             firstError.withLock { if $0 == nil { $0 = "\(error)" } }
         }
     }
@@ -47,6 +49,8 @@ public enum ConnectBenchmark {
         group: any EventLoopGroup
     ) async throws -> Result {
         let state = State()
+        // Without a warm-up, the first attempts are already measured.
+        if warmup <= 0 { state.counted.store(true, ordering: .relaxed) }
         if resume {
             try ResumingConnector.start(target, concurrency: concurrency, state: state)
         } else {
@@ -92,6 +96,7 @@ public enum ConnectBenchmark {
                 var local = Histogram<UInt64>(highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: .three)
                 while !state.stop.load(ordering: .relaxed) {
                     let began = BenchClock.now()
+                    let beganInWindow = state.counted.load(ordering: .relaxed)
                     do {
                         let session = try await BenchSession.open(target, bench: bench, group: group)
                         let took = BenchClock.now() - began
@@ -101,7 +106,7 @@ public enum ConnectBenchmark {
                             local.record(took / 1000)
                         }
                     } catch {
-                        state.record(error: error)
+                        state.record(error: error, beganInWindow: beganInWindow)
                     }
                 }
                 state.latency.withLock { $0.add(local) }

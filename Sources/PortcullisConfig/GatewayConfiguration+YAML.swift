@@ -27,7 +27,7 @@ extension GatewayConfiguration {
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
             "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes",
-            "audit", "on_audit_failure", "drain_timeout", "certificate_expiry_warning", "reload", "admin",
+            "audit", "on_audit_failure", "drain_timeout", "close_timeout", "certificate_expiry_warning", "reload", "admin",
         ]
         guard let root = reader.parse(text), let top = reader.mapping(root, what: "the configuration", allowed: keys)
         else { throw DiagnosticsError(reader.diagnostics) }
@@ -170,6 +170,20 @@ extension GatewayConfiguration {
         }
         if let value = top["drain_timeout"], let seconds = reader.duration(value.value, what: "drain_timeout") {
             config.drainTimeout = seconds
+        }
+        if let value = top["close_timeout"], let seconds = reader.duration(value.value, what: "close_timeout") {
+            config.closeTimeout = seconds
+        }
+        // A message the gateway admits must fit in what it may queue towards a receiver, or it could never be
+        // delivered: every echo or delivery of it would close the receiver as a slow consumer.
+        let largestFrame = config.maxMessageBytes + GatewayConfiguration.largestDeliveryOverhead
+        if config.maxOutboundBytes < largestFrame {
+            let line = (top["max_outbound_bytes"] ?? top["max_message_bytes"])?.value.line
+            reader.report(
+                line: line,
+                "max_outbound_bytes (\(config.maxOutboundBytes)) must hold one largest message: at least "
+                    + "max_message_bytes (\(config.maxMessageBytes)) + \(GatewayConfiguration.largestDeliveryOverhead) bytes of "
+                    + "framing and delivery envelope = \(largestFrame)")
         }
         /// A positive duration, or `off` for 0.
         func durationOrOff(_ value: YAMLValue, what: String) -> Double? {

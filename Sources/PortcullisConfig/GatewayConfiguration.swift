@@ -144,6 +144,14 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// Seconds a shutdown (SIGTERM, SIGINT) waits for sessions to finish their close handshake before it
     /// closes what is left and exits.
     public var drainTimeout: Double = 10
+    /// Seconds the peer has to finish the close handshake (answer our close frame, or read our answer to
+    /// its own) before the connection is dropped.
+    public var closeTimeout: Double = 5
+
+    /// What a delivery may add to the message it carries: the frame header (at most 10 bytes) and the
+    /// broker's stamp of the sender (a type byte, two 2-byte lengths and an identity of at most 65,535
+    /// bytes, as `docs/protocol.md` lays out). `max_outbound_bytes` must hold a largest message with it.
+    public static let largestDeliveryOverhead = 10 + 5 + 65_535
     /// How the audit log writes, fsyncs, rotates and signs (the `audit:` section).
     public var audit = AuditSettings()
     /// What the gateway does while audit records cannot be written.

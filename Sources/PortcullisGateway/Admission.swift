@@ -146,6 +146,12 @@ public struct Admission: Sendable {
             return Refusal(status: 400, reason: "invalid_upgrade_request", message: "HTTP/1.1 is required",
                            detail: "HTTP/\(request.versionMajor).\(request.versionMinor) request")
         }
+        // RFC 9112 §3.2 (and RFC 6455 §4.1, which requires it of a client): exactly one Host, or 400.
+        let hosts = request.values("Host")
+        if hosts.count != 1 || hosts[0].isEmpty {
+            return Refusal(status: 400, reason: "invalid_host_header", message: "exactly one Host header is required",
+                           detail: hosts.isEmpty ? "request without a Host header" : "Host sent \(hosts.count) times: \(hosts)")
+        }
         if !request.tokens("Upgrade").contains("websocket") {
             var refusal = Refusal(status: 426, reason: "upgrade_required",
                                   message: "this endpoint only speaks WebSocket",

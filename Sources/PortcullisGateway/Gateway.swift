@@ -181,19 +181,28 @@ public final class Gateway: Sendable {
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
-                    guard case .admit(_, _, let route) = connection.outcome else {
+                    guard case .admit(let identity, _, let route) = connection.outcome else {
                         throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget
                     }
                     connection.upgraded = true
                     let pipeline = channel.pipeline.syncOperations
                     // The responder would read WebSocket bytes as HTTP: it leaves before any frame arrives.
                     pipeline.removeHandler(context: try pipeline.context(handlerType: AdmissionResponder.self), promise: nil)
-                    try pipeline.addHandler(
-                        NIOWebSocketFrameAggregator(
-                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 4096,
-                            maxAccumulatedFrameSize: maxMessageBytes))
-                    try pipeline.addHandler(
-                        WebSocketSessionHandler(connection: connection, route: route, configuration: connection.runtime.configuration))
+                    // Fragments are reassembled by the session's protocol layer: NIO's aggregator hands on
+                    // whole messages without their mask key and validates no UTF-8 as it goes.
+                    let session = SessionContext(connection: connection, identity: identity.name, route: route)
+                    let messages: any SessionRoute
+                    switch route.kind {
+                    case .echo: messages = EchoRoute()
+                    case .broker: messages = BrokerRoute(context: session)
+                    case .upstream:
+                        // shouldUpgrade connected the backend before agreeing to the upgrade.
+                        guard let backend = connection.upstream else { throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget }
+                        messages = UpstreamRoute(backend: backend)
+                    }
+                    let webSocket = WebSocketProtocolHandler(session: session, route: messages)
+                    try pipeline.addHandler(webSocket)
+                    try pipeline.addHandler(SessionLifetimeHandler(session: session, webSocket: webSocket, route: messages))
                     connection.conclude(
                         connection.auditRecord(event: "session_opened", decision: "allow", reason: "admitted"))
                     self.sessionOpened(connection, channel: channel)

@@ -162,6 +162,29 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("close_timeout decodes (5 s by default); max_outbound_bytes that cannot hold one largest message is refused at its line")
+    func sessionLimits() throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        #expect(try GatewayConfiguration.parse(base, file: "g.yaml", baseDirectory: ".").closeTimeout == 5)
+        let configured = try GatewayConfiguration.parse(
+            base + "close_timeout: 2s\nmax_message_bytes: 16777216\nmax_outbound_bytes: 67108864\n", file: "g.yaml",
+            baseDirectory: ".")
+        #expect(configured.closeTimeout == 2 && configured.maxOutboundBytes == 64 << 20)
+        // 16 MiB messages cannot be delivered through the default 4 MiB outbound bound.
+        for (extra, line) in [
+            ("max_message_bytes: 16777216\n", 3),
+            ("max_message_bytes: 1048576\nmax_outbound_bytes: 1048576\n", 4),
+        ] {
+            do {
+                _ = try GatewayConfiguration.parse(base + extra, file: "g.yaml", baseDirectory: ".")
+                Issue.record("expected \(extra) to be refused")
+            } catch let error as DiagnosticsError {
+                let lines = error.diagnostics.map(\.description)
+                #expect(lines.contains { $0.hasPrefix("g.yaml:\(line): max_outbound_bytes (") && $0.contains("must hold one largest message") }, "\(lines)")
+            }
+        }
+    }
+
     @Test("Durations and listen addresses parse as operators write them")
     func smallParsers() {
         #expect(parseDuration("500ms") == 0.5)

@@ -47,6 +47,10 @@ struct AdmissionDecisionTests {
     func refusals() {
         #expect(outcome(Self.request(method: "POST")) == "405 method_not_allowed")
         #expect(outcome(Self.request(version: (1, 0))) == "400 invalid_upgrade_request")
+        // RFC 9112 §3.2: no Host, an empty one or two of them is a bad request.
+        #expect(outcome(Self.request(drop: ["Host"])) == "400 invalid_host_header")
+        #expect(outcome(Self.request(drop: ["Host"], add: [("Host", "")])) == "400 invalid_host_header")
+        #expect(outcome(Self.request(add: [("Host", "other.example")])) == "400 invalid_host_header")
         #expect(outcome(Self.request(drop: ["Upgrade"])) == "426 upgrade_required")
         #expect(outcome(Self.request(drop: ["Connection"])) == "400 invalid_upgrade_request")
         #expect(outcome(Self.request(drop: ["Sec-WebSocket-Version"])) == "426 unsupported_websocket_version")

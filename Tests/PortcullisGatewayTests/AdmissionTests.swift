@@ -187,6 +187,25 @@ struct AdmissionTests {
         }
     }
 
+    @Test("An otherwise valid upgrade without a Host header is refused with 400 (RFC 9112 §3.2)")
+    func missingHost() async throws {
+        try await withGateway { gw in
+            var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/v1/echo")
+            for (name, value) in [
+                ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("Sec-WebSocket-Version", "13"),
+            ] {
+                head.headers.add(name: name, value: value)
+            }
+            let outcome = try await GatewayClient.send(request: head, port: gw.port, tls: gw.tls(gw.device))
+            #expect(outcome.status == 400)
+            if case .refused(_, _, let body) = outcome { #expect(body.contains("Host")) }
+            let record = try #require(await gw.auditRecord { $0.event == "http_refused" })
+            #expect(record.reason == "invalid_host_header")
+            #expect(record.status == 400)
+        }
+    }
+
     @Test("A client that stalls before TLS or before the upgrade is cut off at the handshake deadline")
     func stalledClientsAreDisconnected() async throws {
         // 2 s: long enough for a TLS handshake on a loaded 2-core CI machine, short enough to wait for.

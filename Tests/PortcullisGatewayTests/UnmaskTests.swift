@@ -15,11 +15,11 @@ struct UnmaskTests {
             var masked = ByteBuffer(bytes: payload)
             masked.webSocketMask(key)
             let frame = WebSocketFrame(fin: true, opcode: .binary, maskKey: key, data: masked)
-            #expect(Array(WebSocketSessionHandler.unmaskedPayload(of: frame).readableBytesView) == payload)
+            #expect(Array(WebSocketProtocolStateMachine.unmasked(frame.data, key: key).readableBytesView) == payload)
             // A region starting `offset` bytes into the payload, as the binary publish path unmasks it.
             for offset in 0..<min(length, 9) {
                 var region = Array(masked.readableBytesView.dropFirst(offset))
-                region.withUnsafeMutableBytes { WebSocketSessionHandler.unmask($0, key: key, offset: offset) }
+                region.withUnsafeMutableBytes { WebSocketProtocolStateMachine.unmask($0, key: key, offset: offset) }
                 #expect(region == Array(payload.dropFirst(offset)), "length \(length), offset \(offset)")
             }
         }

@@ -1,0 +1,66 @@
+import Foundation
+import PortcullisAudit
+import PortcullisConfig
+import PortcullisPolicy
+
+/// What an admitted session is, fixed at admission: who, on which route, under which settings, and the
+/// gateway services it reports to. The session's handlers read it; none reaches back into the connection's
+/// admission state or the gateway.
+final class SessionContext: Sendable {
+    let identity: String
+    let route: GatewayConfiguration.Route
+    /// The configuration of the runtime the session was admitted under.
+    let configuration: GatewayConfiguration
+    /// The topic grants and limits at admission (a reload may replace them; see ``SessionLifetimeHandler``).
+    let permissions: MessagePermissions
+    /// The earliest not-after of the verified chain: the session cannot outlive any of its certificates.
+    let notValidAfter: Date?
+    let metrics: GatewayMetrics
+    let broker: Broker
+    let usage: IdentityUsage
+    private let auditLog: AuditLog
+    /// Peer, session id, certificate, identity, rule, path and origin: what every record of the session carries.
+    private let recordTemplate: AuditRecord
+
+    init(
+        identity: String, route: GatewayConfiguration.Route, configuration: GatewayConfiguration,
+        permissions: MessagePermissions = MessagePermissions(), notValidAfter: Date? = nil,
+        metrics: GatewayMetrics, broker: Broker, usage: IdentityUsage,
+        auditLog: AuditLog, recordTemplate: AuditRecord
+    ) {
+        self.identity = identity
+        self.route = route
+        self.configuration = configuration
+        self.permissions = permissions
+        self.notValidAfter = notValidAfter
+        self.metrics = metrics
+        self.broker = broker
+        self.usage = usage
+        self.auditLog = auditLog
+        self.recordTemplate = recordTemplate
+    }
+
+    /// The session `connection` has become, once admitted.
+    convenience init(connection: Connection, identity: String, route: GatewayConfiguration.Route) {
+        let gateway = connection.gateway
+        self.init(
+            identity: identity, route: route, configuration: connection.runtime.configuration,
+            permissions: connection.permissions, notValidAfter: connection.notValidAfter,
+            metrics: gateway.metrics, broker: gateway.broker, usage: gateway.usage, auditLog: gateway.auditLog,
+            recordTemplate: connection.auditRecord(event: ""))
+    }
+
+    /// An audit record of this session.
+    func record(event: String, decision: String? = nil, reason: String? = nil, detail: String? = nil) -> AuditRecord {
+        var record = recordTemplate
+        record.event = event
+        record.decision = decision
+        record.reason = reason
+        record.detail = detail
+        return record
+    }
+
+    func audit(_ record: AuditRecord) {
+        auditLog.record(record)
+    }
+}

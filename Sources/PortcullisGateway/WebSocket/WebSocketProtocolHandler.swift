@@ -1,0 +1,342 @@
+import NIOCore
+import NIOWebSocket
+import PortcullisAudit
+import PortcullisPolicy
+import Prometheus
+
+/// The route side of a session: what it does with whole messages. One implementation per route kind
+/// (``EchoRoute``, ``BrokerRoute``, ``UpstreamRoute``); all calls arrive on the session's event loop.
+protocol SessionRoute: AnyObject {
+    /// The session is open; `session` is where the route sends its messages.
+    func start(session: WebSocketProtocolHandler)
+    func received(_ message: InboundMessage)
+    /// The end of one read from the socket, which may have held several messages.
+    func readComplete()
+    /// A reload replaced the session's grants.
+    func permissionsChanged(_ permissions: MessagePermissions)
+    /// The connection is gone; `closeCode` is the code sent or received first (1006 when there was none).
+    func ended(closeCode: UInt16)
+}
+
+extension SessionRoute {
+    func readComplete() {}
+    func permissionsChanged(_ permissions: MessagePermissions) {}
+}
+
+/// The WebSocket protocol layer of a session: frames in and out, fragmentation, control frames, the close
+/// handshake and its deadline, heartbeats, the outbound bound and write batching. It knows nothing of routes:
+/// whole messages go to its ``SessionRoute``, which sends through ``send(_:)`` and ends the session with
+/// ``close(code:reason:tellingPeer:)``. The rules are ``WebSocketProtocolStateMachine``'s; this handler
+/// translates channel events into its events and its actions into writes, timers and closes.
+final class WebSocketProtocolHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    let session: SessionContext
+    private let route: any SessionRoute
+    private var machine: WebSocketProtocolStateMachine
+    private var context: ChannelHandlerContext?
+    /// The frame encoder's context: bytes written there skip the encoder and go straight to TLS.
+    private var encodedFrameWriter: ChannelHandlerContext?
+
+    /// Bytes (frames, headers included) handed towards the client and not yet written to the socket.
+    private(set) var queuedBytes = 0
+    /// Frames of this event loop tick, encoded and waiting to be handed to TLS together (see ``enqueue``).
+    private var output: ByteBuffer?
+    /// The answer to the latest ping not answered yet: several pings in one tick get one pong.
+    private var pendingPong: ByteBuffer?
+    private var flushScheduled = false
+
+    private var heartbeat: RepeatedTask?
+    private var closeDeadline: Scheduled<Void>?
+    /// Whether the connection was dropped because the peer did not finish the close handshake in time.
+    private var closeTimedOut = false
+    private let openedAt = NIODeadline.now()
+    private var sessionsOpenGauge: Gauge?
+
+    private var messagesIn = 0
+    private var messagesOut = 0
+    private var bytesIn = 0
+    private var bytesOut = 0
+    /// What of the session's figures the metrics have already been given.
+    private var reported = (messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0)
+
+    init(session: SessionContext, route: any SessionRoute) {
+        self.session = session
+        self.route = route
+        self.machine = WebSocketProtocolStateMachine(limits: .init(maxMessageBytes: session.configuration.maxMessageBytes))
+    }
+
+    /// Whether a close frame has been sent or received: data is no longer sent.
+    var isClosing: Bool { machine.isClosing }
+
+    var allocator: ByteBufferAllocator { context?.channel.allocator ?? ByteBufferAllocator() }
+
+    /// The client's channel while the session is open.
+    var channel: (any Channel)? { context?.channel }
+
+    var eventLoop: (any EventLoop)? { context?.eventLoop }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        // The upgrader always installs the frame encoder; without it no frame could be sent at all.
+        encodedFrameWriter = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
+        if encodedFrameWriter == nil { context.close(promise: nil) }
+        let interval = TimeAmount.configured(seconds: session.configuration.pingInterval)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            loopBound.value.beat()
+        }
+        sessionsOpenGauge = session.metrics.sessionsOpen(route: session.route.path)
+        sessionsOpenGauge?.increment()
+        route.start(session: self)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        perform(machine.received(Self.unwrapInboundIn(data)))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        route.readComplete()
+        reportTraffic()
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // The frame decoder's refusals (frame too large, fragmented or oversized control frame).
+        guard error is NIOWebSocketError else {
+            context.close(promise: nil)
+            return
+        }
+        perform(machine.decodingFailed(error))
+    }
+
+    private func perform(_ action: WebSocketProtocolStateMachine.Action) {
+        guard let context else { return }
+        switch action {
+        case .none:
+            break
+        case .deliver(let binary, let payload):
+            messagesIn += 1
+            bytesIn += payload.readableBytes
+            route.received(InboundMessage(binary: binary, payload: payload))
+        case .answerPing(let payload):
+            guard admitOutbound(bytes: payload.readableBytes + 2) else { return }
+            pendingPong = payload
+            scheduleFlush()
+        case .fail(let failure):
+            sendClose(code: failure.code, reason: nil)
+        case .answerClose(let code):
+            // RFC 6455 §5.5.1: echo the peer's code; the server then closes the TCP connection (§7.1.1).
+            var payload = allocator.buffer(capacity: 2)
+            if let code { payload.write(webSocketErrorCode: code) }
+            enqueue(opcode: .connectionClose, payload: payload)
+            armCloseDeadline()
+            flushOutput()?.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        case .closeHandshakeCompleted:
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: Sending
+
+    /// Sends a data message. Once a close frame has been sent or received it is dropped (RFC 6455 §5.5.1);
+    /// a client that does not read is closed with 1013 when it would exceed `max_outbound_bytes`.
+    func send(_ frame: OutboundFrame) {
+        guard !machine.isClosing else { return }
+        let size = frame.buffer.readableBytes
+        guard admitOutbound(bytes: size + Self.headerSize(payload: size)) else { return }
+        messagesOut += 1
+        bytesOut += size
+        enqueue(opcode: frame.binary ? .binary : .text, payload: frame.buffer)
+    }
+
+    /// Whether `bytes` more may be queued towards the client; if not, the session is closed as a slow consumer.
+    private func admitOutbound(bytes: Int) -> Bool {
+        let limit = session.configuration.maxOutboundBytes
+        guard queuedBytes + bytes > limit else { return true }
+        session.metrics.slowConsumerCloses.increment()
+        session.audit(
+            session.record(
+                event: "session_slow_consumer", decision: "deny", reason: "slow_consumer",
+                detail: "\(queuedBytes) bytes already queued towards the client (limit \(limit))"))
+        close(code: .unknown(1013), reason: "slow_consumer")
+        return false
+    }
+
+    /// Starts the close handshake with `code`; the connection is dropped once the peer answers or
+    /// `close_timeout` passes. With `tellingPeer`, the close frame carries `reason` for the client to read.
+    func close(code: WebSocketErrorCode, reason: String?, tellingPeer: Bool = false) {
+        guard machine.startClose(code: code, reason: reason) else { return }
+        sendClose(code: code, reason: tellingPeer ? reason : nil)
+    }
+
+    private func sendClose(code: WebSocketErrorCode, reason: String?) {
+        var payload = allocator.buffer(capacity: 2)
+        payload.write(webSocketErrorCode: code)
+        // A control frame's payload is at most 125 bytes (RFC 6455 §5.5): the code and 123 bytes of reason.
+        if let reason { payload.writeString(String(decoding: reason.utf8.prefix(123), as: UTF8.self)) }
+        enqueue(opcode: .connectionClose, payload: payload)
+        flushOutput()
+        armCloseDeadline()
+    }
+
+    /// Drops the connection if it is still open `close_timeout` after the close handshake started: a peer
+    /// that neither answers nor reads must not hold the session.
+    private func armCloseDeadline() {
+        guard closeDeadline == nil, let context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        closeDeadline = context.eventLoop.scheduleTask(in: .configured(seconds: session.configuration.closeTimeout)) {
+            let handler = loopBound.value
+            handler.closeTimedOut = true
+            handler.context?.close(promise: nil)
+        }
+    }
+
+    static func headerSize(payload length: Int) -> Int {
+        length < 126 ? 2 : length <= Int(UInt16.max) ? 4 : 10
+    }
+
+    /// Appends a frame to this tick's output and makes sure the output is flushed at the end of the tick.
+    ///
+    /// Written by hand because of what the library does per frame: NIO's frame encoder writes a frame's header
+    /// and payload as two buffers, and NIOSSL seals every buffer as a TLS record of its own, so a flush per
+    /// delivery cost two records and a syscall. Frames encoded here (a server's frames are unmasked, so the
+    /// header is just 2, 4 or 10 bytes, RFC 6455 §5.2) leave in one buffer per tick: one TLS record per 16 KiB.
+    private func enqueue(opcode: WebSocketOpcode, payload: ByteBuffer) {
+        guard encodedFrameWriter != nil else { return }
+        let length = payload.readableBytes
+        var buffer = output.take() ?? allocator.buffer(capacity: Swift.max(4096, length + 10))
+        Self.writeFrame(opcode: opcode, payload: payload, into: &buffer)
+        queuedBytes += length + Self.headerSize(payload: length)
+        output = buffer
+        if buffer.readableBytes >= 64 * 1024 {
+            flushOutput()
+        } else {
+            scheduleFlush()
+        }
+    }
+
+    static func writeFrame(opcode: WebSocketOpcode, payload: ByteBuffer, into buffer: inout ByteBuffer) {
+        let length = payload.readableBytes
+        buffer.writeInteger(0x80 | UInt8(webSocketOpcode: opcode))
+        if length < 126 {
+            buffer.writeInteger(UInt8(length))
+        } else if length <= Int(UInt16.max) {
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(length))
+        } else {
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(length))
+        }
+        buffer.writeImmutableBuffer(payload)
+    }
+
+    private func scheduleFlush() {
+        guard !flushScheduled, let context else { return }
+        flushScheduled = true
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let handler = loopBound.value
+            handler.flushScheduled = false
+            handler.flushOutput()
+        }
+    }
+
+    /// Hands the output to TLS now; the future completes when it has been written to the socket.
+    @discardableResult
+    private func flushOutput() -> EventLoopFuture<Void>? {
+        if let pong = pendingPong.take() {
+            var buffer = output.take() ?? allocator.buffer(capacity: pong.readableBytes + 2)
+            Self.writeFrame(opcode: .pong, payload: pong, into: &buffer)
+            queuedBytes += pong.readableBytes + 2
+            output = buffer
+        }
+        guard let buffer = output.take(), let writer = encodedFrameWriter, let context else { return nil }
+        let size = buffer.readableBytes
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        promise.futureResult.whenComplete { _ in loopBound.value.queuedBytes -= size }
+        writer.writeAndFlush(NIOAny(buffer), promise: promise)
+        reportTraffic()
+        return promise.futureResult
+    }
+
+    // MARK: Heartbeat
+
+    /// The heartbeat: ping, and close a peer that left the previous ping unanswered past the timeout.
+    private func beat() {
+        reportTraffic(force: true)
+        switch machine.heartbeat(now: .now(), timeout: .configured(seconds: session.configuration.pingTimeout)) {
+        case .none:
+            break
+        case .ping(let number):
+            var payload = allocator.buffer(capacity: 8)
+            payload.writeInteger(number)
+            enqueue(opcode: .ping, payload: payload)
+        case .timedOut:
+            close(code: .goingAway, reason: "heartbeat_timeout")
+            context?.close(promise: nil)
+        }
+    }
+
+    // MARK: Metrics and the end
+
+    /// Adds what this session moved since the last report to the gateway's counters, once at least
+    /// `reportEvery` messages are unreported (or when `force`d: by the heartbeat and at the end). The counters
+    /// are shared by every event loop; adding to them per read or per flush cost fan-out throughput (the
+    /// cache line moving between cores), so a busy session reports every few dozen messages and a quiet
+    /// one at its next ping.
+    private func reportTraffic(force: Bool = false) {
+        let unreportedIn = messagesIn - reported.messagesIn
+        let unreportedOut = messagesOut - reported.messagesOut
+        guard force || unreportedIn + unreportedOut >= Self.reportEvery else { return }
+        let metrics = session.metrics
+        if unreportedIn > 0 {
+            metrics.messagesIn.increment(by: Int64(unreportedIn))
+            metrics.bytesIn.increment(by: Int64(bytesIn - reported.bytesIn))
+        }
+        if unreportedOut > 0 {
+            metrics.messagesOut.increment(by: Int64(unreportedOut))
+            metrics.bytesOut.increment(by: Int64(bytesOut - reported.bytesOut))
+        }
+        reported = (messagesIn, messagesOut, bytesIn, bytesOut)
+    }
+
+    static let reportEvery = 64
+
+    func channelInactive(context: ChannelHandlerContext) {
+        heartbeat?.cancel()
+        heartbeat = nil
+        closeDeadline?.cancel()
+        closeDeadline = nil
+        let closeCode = machine.closeCode ?? 1006
+        route.ended(closeCode: closeCode)
+        reportTraffic(force: true)
+        sessionsOpenGauge?.decrement()
+        var record = session.record(event: "session_closed", reason: machine.closeReason)
+        if closeTimedOut {
+            record.detail = "the peer did not complete the close handshake within \(session.configuration.closeTimeout) s; "
+                + "the connection was dropped"
+        }
+        record.closeCode = Int(closeCode)
+        record.durationMs = Int((NIODeadline.now() - openedAt).nanoseconds / 1_000_000)
+        record.messagesIn = messagesIn
+        record.messagesOut = messagesOut
+        record.bytesIn = bytesIn
+        record.bytesOut = bytesOut
+        session.audit(record)
+        self.context = nil
+        context.fireChannelInactive()
+    }
+}
+
+extension TimeAmount {
+    /// A duration of configured seconds, clamped to 0...10⁹ s so that the conversion cannot overflow.
+    static func configured(seconds: Double) -> TimeAmount {
+        .nanoseconds(Int64(Swift.min(Swift.max(seconds, 0), 1e9) * 1e9))
+    }
+}
+
+@available(*, unavailable)
+extension WebSocketProtocolHandler: Sendable {}

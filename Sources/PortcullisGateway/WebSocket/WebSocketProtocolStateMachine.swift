@@ -1,0 +1,259 @@
+import NIOCore
+import NIOWebSocket
+
+/// A whole message received from the client: the reassembly of one data frame or of a fragmented sequence,
+/// unmasked, text already validated as UTF-8.
+struct InboundMessage {
+    var binary: Bool
+    var payload: ByteBuffer
+}
+
+/// RFC 6455 for the server's side of an open connection: which frames are acceptable, how fragments become
+/// messages, what a control frame asks for, and where the close handshake stands. Events in, actions out:
+/// no sockets, no event loop, no clock of its own (time is passed in), so every transition is tested as a
+/// pure function. ``WebSocketProtocolHandler`` translates between it and the channel.
+struct WebSocketProtocolStateMachine {
+    /// The limits that come from configuration.
+    struct Limits: Sendable {
+        /// Largest reassembled message (and frame).
+        var maxMessageBytes: Int
+    }
+
+    /// Why the connection is being failed: the close code sent and the stable reason audited.
+    struct Failure: Equatable, Sendable {
+        var code: WebSocketErrorCode
+        var reason: String
+
+        static let protocolError = Failure(code: .protocolError, reason: "protocol_error")
+        static let tooLarge = Failure(code: .messageTooLarge, reason: "message_too_large")
+        static let invalidUTF8 = Failure(code: .dataInconsistentWithMessage, reason: "invalid_utf8")
+    }
+
+    /// What the handler must do after a frame.
+    enum Action: Equatable {
+        case none
+        /// Hand a whole message to the route.
+        case deliver(binary: Bool, payload: ByteBuffer)
+        /// Answer a ping: a pong with this payload, replacing any pong not written yet (RFC 6455 §5.5.3
+        /// allows answering only the latest of several pings).
+        case answerPing(ByteBuffer)
+        /// Send a close frame with this code, then drop the connection once the peer answers or the close
+        /// deadline passes.
+        case fail(Failure)
+        /// The peer started the close handshake: answer with a close frame carrying `code` (none when the
+        /// peer sent none), then drop the connection once it is written or the close deadline passes.
+        case answerClose(code: WebSocketErrorCode?)
+        /// The peer answered our close frame: drop the connection.
+        case closeHandshakeCompleted
+    }
+
+    private enum CloseState: Equatable {
+        case open
+        /// We sent a close frame and wait for the peer's.
+        case sent
+        /// The peer's close frame arrived (whether or not we had sent ours): nothing more is read.
+        case received
+    }
+
+    private let limits: Limits
+    private var closeState = CloseState.open
+    /// A fragmented message being reassembled.
+    private var partial: (binary: Bool, payload: ByteBuffer, text: UTF8Validator)?
+    /// The payload of the heartbeat ping in flight: only a pong carrying it answers it.
+    private var outstandingPing: (payload: UInt64, sentAt: NIODeadline)?
+    private var pingsSent: UInt64 = 0
+
+    /// The close code sent or received first, and the reason of a close we started (for the audit record).
+    private(set) var closeCode: UInt16?
+    private(set) var closeReason: String?
+
+    init(limits: Limits) {
+        self.limits = limits
+    }
+
+    /// Whether a close frame has been sent or received: data frames are no longer sent.
+    var isClosing: Bool { closeState != .open }
+
+    // MARK: Inbound frames
+
+    /// The client sent `frame`.
+    mutating func received(_ frame: WebSocketFrame) -> Action {
+        guard closeState != .received else { return .none }
+        // RFC 6455 §5.1: a server fails the connection on an unmasked frame; §5.2: no RSV bit without an
+        // extension that defines it (none is negotiated).
+        guard let key = frame.maskKey else { return fail(Failure(code: .protocolError, reason: "unmasked_frame")) }
+        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return fail(Failure(code: .protocolError, reason: "reserved_bits_set")) }
+        switch frame.opcode {
+        case .text, .binary:
+            guard partial == nil else { return fail(Failure(code: .protocolError, reason: "fragment_expected")) }
+            let payload = Self.unmasked(frame.data, key: key)
+            let binary = frame.opcode == .binary
+            if frame.fin {
+                if !binary, !Self.isValidUTF8(payload) { return fail(.invalidUTF8) }
+                return closeState == .open ? .deliver(binary: binary, payload: payload) : .none
+            }
+            partial = (binary, payload, UTF8Validator())
+            return binary ? .none : validateText(at: payload.readerIndex)
+        case .continuation:
+            guard partial != nil else { return fail(Failure(code: .protocolError, reason: "unexpected_continuation")) }
+            let piece = Self.unmasked(frame.data, key: key)
+            guard partial!.payload.readableBytes + piece.readableBytes <= limits.maxMessageBytes else {
+                partial = nil
+                return fail(.tooLarge)
+            }
+            let start = partial!.payload.writerIndex
+            partial!.payload.writeImmutableBuffer(piece)
+            if !partial!.binary, case .fail(let failure) = validateText(at: start) { return .fail(failure) }
+            guard frame.fin, let (binary, payload, text) = partial else { return .none }
+            partial = nil
+            if !binary, !text.isAtCharacterBoundary { return fail(.invalidUTF8) }
+            return closeState == .open ? .deliver(binary: binary, payload: payload) : .none
+        case .ping:
+            return closeState == .open ? .answerPing(Self.unmasked(frame.data, key: key)) : .none
+        case .pong:
+            var payload = Self.unmasked(frame.data, key: key)
+            if let outstanding = outstandingPing, payload.readableBytes == 8,
+                payload.readInteger(as: UInt64.self) == outstanding.payload
+            {
+                outstandingPing = nil
+            }
+            return .none
+        case .connectionClose:
+            return receivedClose(Self.unmasked(frame.data, key: key))
+        default:
+            return fail(Failure(code: .protocolError, reason: "unknown_opcode"))
+        }
+    }
+
+    /// The frame decoder refused the bytes (a frame over the size limit, a fragmented or oversized control frame).
+    mutating func decodingFailed(_ error: any Error) -> Action {
+        guard closeState == .open else { return .closeHandshakeCompleted }
+        if case NIOWebSocketError.invalidFrameLength = error { return fail(.tooLarge) }
+        return fail(.protocolError)
+    }
+
+    /// Validates the text bytes of the partial message from `start` on; fails at the first invalid byte.
+    private mutating func validateText(at start: Int) -> Action {
+        let valid = partial!.payload.withUnsafeReadableBytes { bytes in
+            partial!.text.consume(UnsafeRawBufferPointer(rebasing: bytes[(start - partial!.payload.readerIndex)...]))
+        }
+        return valid ? .none : fail(.invalidUTF8)
+    }
+
+    private mutating func receivedClose(_ payload: ByteBuffer) -> Action {
+        var payload = payload
+        let wasOpen = closeState == .open
+        // RFC 6455 §5.5.1 and §7.4: no payload, or a 2-byte code a peer may send, optionally followed by a
+        // UTF-8 reason.
+        let code: UInt16?
+        switch payload.readableBytes {
+        case 0:
+            code = nil
+        case 1:
+            return failAfterClose(.protocolError)
+        default:
+            let number = payload.readInteger(as: UInt16.self)!
+            guard Self.mayBeSentByPeer(number) else {
+                return failAfterClose(Failure(code: .protocolError, reason: "invalid_close_code"))
+            }
+            guard Self.isValidUTF8(payload) else { return failAfterClose(.invalidUTF8) }
+            code = number
+        }
+        closeState = .received
+        if closeCode == nil { closeCode = code ?? 1005 }
+        guard wasOpen else { return .closeHandshakeCompleted }
+        return .answerClose(code: code.map { WebSocketErrorCode(codeNumber: Int($0)) })
+    }
+
+    /// An invalid close frame: fail with `failure` when we have not sent a close yet, else just drop.
+    private mutating func failAfterClose(_ failure: Failure) -> Action {
+        guard closeState == .open else {
+            closeState = .received
+            return .closeHandshakeCompleted
+        }
+        let action = fail(failure)
+        closeState = .received
+        return action
+    }
+
+    /// Codes a peer may put in a close frame (RFC 6455 §7.4.1–7.4.2 and the IANA registry): 1004–1006 and
+    /// 1015 are reserved for reporting and never sent; 1016–2999 are unassigned; 5000 and up do not exist.
+    static func mayBeSentByPeer(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: true
+        default: false
+        }
+    }
+
+    // MARK: Closing
+
+    /// Starts the close handshake from our side (a failure, a policy decision, shutdown): true when a close
+    /// frame should be sent, false when one was sent or received already.
+    mutating func startClose(code: WebSocketErrorCode, reason: String?) -> Bool {
+        guard closeState == .open else { return false }
+        closeState = .sent
+        if closeCode == nil {
+            closeCode = UInt16(webSocketErrorCode: code)
+            closeReason = reason
+        }
+        return true
+    }
+
+    private mutating func fail(_ failure: Failure) -> Action {
+        partial = nil
+        return startClose(code: failure.code, reason: failure.reason) ? .fail(failure) : .none
+    }
+
+    // MARK: Heartbeat
+
+    /// What the heartbeat does at `now`.
+    enum Heartbeat: Equatable {
+        case none
+        /// Send a ping with this payload.
+        case ping(UInt64)
+        /// The previous ping went unanswered for `timeout`: the peer is gone.
+        case timedOut
+    }
+
+    mutating func heartbeat(now: NIODeadline, timeout: TimeAmount) -> Heartbeat {
+        guard closeState == .open else { return .none }
+        if let outstanding = outstandingPing {
+            return now - outstanding.sentAt >= timeout ? .timedOut : .none
+        }
+        pingsSent &+= 1
+        outstandingPing = (pingsSent, now)
+        return .ping(pingsSent)
+    }
+
+    // MARK: Payloads
+
+    /// A payload with its mask removed, eight bytes at a time: NIO's `unmaskedData` goes byte by byte, which
+    /// showed in profiles of the message path.
+    static func unmasked(_ data: ByteBuffer, key: WebSocketMaskingKey) -> ByteBuffer {
+        var data = data
+        data.withUnsafeMutableReadableBytes { unmask($0, key: key, offset: 0) }
+        return data
+    }
+
+    /// Unmasks `bytes` in place, which start `offset` bytes into the frame's payload.
+    static func unmask(_ bytes: UnsafeMutableRawBufferPointer, key: WebSocketMaskingKey, offset: Int) {
+        let k = (key[offset & 3], key[(offset + 1) & 3], key[(offset + 2) & 3], key[(offset + 3) & 3])
+        let word = withUnsafeBytes(of: (k.0, k.1, k.2, k.3, k.0, k.1, k.2, k.3)) { $0.loadUnaligned(as: UInt64.self) }
+        var index = 0
+        while index + 8 <= bytes.count {
+            let masked = bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            bytes.storeBytes(of: masked ^ word, toByteOffset: index, as: UInt64.self)
+            index += 8
+        }
+        while index < bytes.count {
+            bytes[index] ^= key[(offset + index) & 3]
+            index += 1
+        }
+    }
+
+    /// Whether a whole text payload is UTF-8, without building a `String` of it.
+    static func isValidUTF8(_ payload: ByteBuffer) -> Bool {
+        var validator = UTF8Validator()
+        return payload.withUnsafeReadableBytes { validator.consume($0) } && validator.isAtCharacterBoundary
+    }
+}
