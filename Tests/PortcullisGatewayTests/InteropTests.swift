@@ -179,7 +179,14 @@ struct InteropTests {
                     text = await ws.recv()
                     await ws.send(b"\x00\x01\xff")
                     data = await ws.recv()
-                    print(json.dumps({"result": "echo", "text": text, "binary": list(data)}))
+                    # An iterable is sent as one message in several frames, as streaming clients do; the
+                    # second splits a character (é) across two fragments.
+                    await ws.send(["frag", "mented ", "text"])
+                    fragmented = await ws.recv()
+                    await ws.send([b"caf\xc3", b"\xa9"])
+                    split = await ws.recv()
+                    print(json.dumps({"result": "echo", "text": text, "binary": list(data),
+                                      "fragmented": fragmented, "split": list(split)}))
             except websockets.exceptions.InvalidStatus as error:
                 print(json.dumps({"result": "refused", "status": error.response.status_code,
                                   "body": error.response.body.decode()}))
@@ -208,6 +215,8 @@ struct InteropTests {
             #expect(echo["result"] as? String == "echo")
             #expect(echo["text"] as? String == "hello from python")
             #expect(echo["binary"] as? [Int] == [0, 1, 255])
+            #expect(echo["fragmented"] as? String == "fragmented text")
+            #expect(echo["split"] as? [Int] == [0x63, 0x61, 0x66, 0xC3, 0xA9])
 
             let refused = try await Self.python(gw, gw.device, origin: "https://evil.example")
             #expect(refused["result"] as? String == "refused")
@@ -222,7 +231,7 @@ struct InteropTests {
             #expect(reasons.contains("no_client_certificate"))
             let closed = try #require(await gw.auditRecord { $0.event == "session_closed" })
             #expect(closed.closeCode == 1000)
-            #expect(closed.messagesIn == 2)
+            #expect(closed.messagesIn == 4)
         }
     }
 
