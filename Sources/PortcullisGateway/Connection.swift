@@ -45,7 +45,7 @@ final class Connection: @unchecked Sendable {
     /// The identity whose open-session count this connection holds (released when it closes).
     var sessionSlot: String?
     /// The backend connection of an `upstream` route, opened before the client's upgrade is answered.
-    var upstream: WebSocketConnection?
+    var upstream: BackendRelay?
 
     init(gateway: Gateway, runtime: GatewayRuntime, peer: String, eventLoop: any EventLoop) {
         self.gateway = gateway
@@ -208,15 +208,22 @@ extension Connection {
                 trustRoots: upstream.trustRoots ?? runtime.configuration.tls.clientCA, serverName: upstream.host)
             : nil
         let identityHeaders = headers
-        let connecting = channel.eventLoop.makeFutureWithTask {
+        let maxMessageBytes = runtime.configuration.maxMessageBytes
+        let eventLoop = channel.eventLoop
+        let connecting = eventLoop.makeFutureWithTask {
+            // On the client's event loop, so that the relay's two sides call each other directly.
             try await GatewayClient.connect(
-                host: upstream.host, port: upstream.port, path: upstream.target + query, headers: identityHeaders, tls: tls)
+                host: upstream.host, port: upstream.port, path: upstream.target + query, headers: identityHeaders, tls: tls,
+                frameHandler: {
+                    let relay = BackendRelay(maxMessageBytes: maxMessageBytes)
+                    eventLoop.preconditionInEventLoop()
+                    self.upstream = relay
+                    return relay
+                },
+                group: eventLoop)
         }
         return connecting.map { answer -> HTTPHeaders? in
-            if case .upgraded(let backend) = answer {
-                self.upstream = backend
-                return HTTPHeaders()
-            }
+            if case .upgraded = answer, self.upstream != nil { return HTTPHeaders() }
             self.refuseUpstream("the backend \(upstream.url) answered \(answer.status) to the upgrade")
             return nil
         }.recover { error in

@@ -233,7 +233,7 @@ public final class Gateway: Sendable {
                 self.usage.releaseSession(identity)
             }
             // The upgrade never happened (the client left while the backend was connecting): close the backend too.
-            if !connection.upgraded { connection.upstream?.enqueueClose(code: 1001) }
+            if !connection.upgraded { connection.upstream?.close(code: 1001) }
         }
     }
 

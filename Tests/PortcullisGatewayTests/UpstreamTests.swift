@@ -13,6 +13,18 @@ final class PythonBackend: @unchecked Sendable {
         async def handler(ws):
             seen = {k.lower(): v for k, v in ws.request.headers.raw_items() if k.lower().startswith("x-portcullis")}
             await ws.send(json.dumps({"headers": seen, "path": ws.request.path}))
+            if ws.request.path.startswith("/stall"):
+                # A backend that stops reading: what the client sends piles up in front of it.
+                await asyncio.Future()
+            if ws.request.path.startswith("/flood"):
+                # A backend that sends as fast as it is let: 64 KiB messages, up to 256 MiB.
+                chunk, sent = b"x" * 65536, 0
+                while sent < 256 << 20:
+                    await ws.send(chunk)
+                    sent += len(chunk)
+                    if sent % (1 << 20) == 0:
+                        print(json.dumps({"flooded": sent}), flush=True)
+                return
             try:
                 async for message in ws:
                     if message == "close-please":
@@ -58,6 +70,13 @@ final class PythonBackend: @unchecked Sendable {
         }
     }
 
+    /// The last JSON line with `key`, if any yet.
+    func lastLine(with key: String) -> [String: Any]? {
+        lock.withLock { lines }.reversed().lazy.compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }.first { $0[key] != nil }
+    }
+
     /// The first JSON line with `key`, waiting up to 10 s.
     func line(with key: String) async throws -> [String: Any]? {
         let deadline = Date().addingTimeInterval(10)
@@ -78,6 +97,27 @@ final class PythonBackend: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(5)
         while process.isRunning && Date() < deadline { usleep(10_000) }
     }
+}
+
+/// Samples `progress` until it stops growing for `still` seconds or reaches `limit`, and returns its value then.
+/// A stall is what a bounded relay shows; on a loaded machine progress only slows, which cannot make a
+/// bounded relay look unbounded.
+func valueWhenStalled(limit: Int, still: Double = 3, _ progress: () -> Int) async throws -> Int {
+    var last = progress()
+    var lastChange = Date()
+    while last < limit, Date().timeIntervalSince(lastChange) < still {
+        try await Task.sleep(for: .milliseconds(100))
+        let now = progress()
+        if now != last { (last, lastChange) = (now, Date()) }
+    }
+    return last
+}
+
+final class LockedCount: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    var value: Int { lock.withLock { count } }
+    func add(_ amount: Int) { lock.withLock { count += amount } }
 }
 
 /// The next message, or nil after `seconds`: a test fails instead of hanging.
@@ -137,6 +177,57 @@ struct UpstreamTests {
             _ = await next(second)
             try await second.send(text: "close-please")
             #expect(await next(second) == .close(code: 4001, reason: ""))
+        }
+    }
+
+    /// A gateway whose `/v1/upstream` leads to the Python backend's `target`.
+    static func withBackend(target: String, _ body: (TestGateway, PythonBackend) async throws -> Void) async throws {
+        let scratch = NSTemporaryDirectory() + "portcullis-upstream-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let backend = try PythonBackend(directory: scratch)
+        defer { backend.stop() }
+        let port = try #require(try await backend.line(with: "port")?["port"] as? Int)
+        try await withGateway(adjust: {
+            $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)\(target)")))
+        }) { gw in try await body(gw, backend) }
+    }
+
+    /// Without backpressure the gateway would read all 256 MiB the client sends and hold it for the backend.
+    @Test("A backend that stops reading stops the gateway reading the client: the client's sends stall")
+    func backendStopsReading() async throws {
+        try await Self.withBackend(target: "/stall") { gw, _ in
+            let client = try #require(try await GatewayClient.connect(port: gw.port, path: "/v1/upstream", tls: gw.tls(gw.device)).connection)
+            _ = await next(client)
+            let sent = LockedCount()
+            let chunk = [UInt8](repeating: 0x42, count: 65536)
+            let sender = Task {
+                while sent.value < 256 << 20, !Task.isCancelled {
+                    try await client.send(binary: chunk)
+                    sent.add(chunk.count)
+                }
+            }
+            let accepted = try await valueWhenStalled(limit: 256 << 20) { sent.value }
+            sender.cancel()
+            // Socket buffers on both legs hold some megabytes; the gateway itself holds about one message.
+            #expect(accepted < 64 << 20, "the client could send \(accepted) bytes to a backend that reads nothing")
+            #expect(accepted > 0)
+        }
+    }
+
+    @Test("A client that stops reading stops the gateway reading the backend, without closing the client as slow")
+    func clientStopsReading() async throws {
+        try await Self.withBackend(target: "/flood") { gw, backend in
+            let client = try #require(try await GatewayClient.connect(port: gw.port, path: "/v1/upstream", tls: gw.tls(gw.device)).connection)
+            try await client.setReading(false)
+            let flooded = try await valueWhenStalled(limit: 256 << 20) {
+                backend.lastLine(with: "flooded")?["flooded"] as? Int ?? 0
+            }
+            #expect(flooded < 64 << 20, "the backend could send \(flooded) bytes towards a client that reads nothing")
+            #expect(client.isActive)
+            let slow = try gw.auditRecords().filter { $0.event == "session_slow_consumer" }
+            #expect(slow.isEmpty)
+            await client.close()
         }
     }
 

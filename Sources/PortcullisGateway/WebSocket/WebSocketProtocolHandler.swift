@@ -14,6 +14,9 @@ protocol SessionRoute: AnyObject {
     func readComplete()
     /// A reload replaced the session's grants.
     func permissionsChanged(_ permissions: MessagePermissions)
+    /// The client caught up: what was queued towards it fell back below a quarter of `max_outbound_bytes`
+    /// after having been above half of it (see ``WebSocketProtocolHandler/isBackedUp``).
+    func outboundDrained()
     /// The connection is gone; `closeCode` is the code sent or received first (1006 when there was none).
     func ended(closeCode: UInt16)
 }
@@ -21,6 +24,7 @@ protocol SessionRoute: AnyObject {
 extension SessionRoute {
     func readComplete() {}
     func permissionsChanged(_ permissions: MessagePermissions) {}
+    func outboundDrained() {}
 }
 
 /// The WebSocket protocol layer of a session: frames in and out, fragmentation, control frames, the close
@@ -71,6 +75,18 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     var isClosing: Bool { machine.isClosing }
 
     var allocator: ByteBufferAllocator { context?.channel.allocator ?? ByteBufferAllocator() }
+
+    /// Whether more than half of `max_outbound_bytes` waits towards the client: a route relaying from a
+    /// source it can pause should pause it until ``SessionRoute/outboundDrained()``.
+    private(set) var isBackedUp = false
+
+    /// Stops (or resumes) reading from the client: a route whose destination is not keeping up holds the
+    /// client back instead of buffering what it sends.
+    func setReading(_ reading: Bool) {
+        guard let channel = context?.channel else { return }
+        try? channel.syncOptions?.setOption(.autoRead, value: reading)
+        if reading { channel.read() }
+    }
 
     /// The client's channel while the session is open.
     var channel: (any Channel)? { context?.channel }
@@ -209,6 +225,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
         var buffer = output.take() ?? allocator.buffer(capacity: Swift.max(4096, length + 10))
         Self.writeFrame(opcode: opcode, payload: payload, into: &buffer)
         queuedBytes += length + Self.headerSize(payload: length)
+        if queuedBytes > session.configuration.maxOutboundBytes / 2 { isBackedUp = true }
         output = buffer
         if buffer.readableBytes >= 64 * 1024 {
             flushOutput()
@@ -256,10 +273,19 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
         let size = buffer.readableBytes
         let promise = context.eventLoop.makePromise(of: Void.self)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        promise.futureResult.whenComplete { _ in loopBound.value.queuedBytes -= size }
+        promise.futureResult.whenComplete { _ in loopBound.value.written(size) }
         writer.writeAndFlush(NIOAny(buffer), promise: promise)
         reportTraffic()
         return promise.futureResult
+    }
+
+    /// `size` bytes reached the socket.
+    private func written(_ size: Int) {
+        queuedBytes -= size
+        if isBackedUp, queuedBytes <= session.configuration.maxOutboundBytes / 4 {
+            isBackedUp = false
+            route.outboundDrained()
+        }
     }
 
     // MARK: Heartbeat
