@@ -39,6 +39,9 @@ public enum PubSubBenchmark {
         /// Publish-to-delivery time, in microseconds.
         public var latencyMicroseconds: LatencySummary
         public var firstError: String?
+        /// Deliveries missing once the publishers stopped and the stragglers had up to 30 s to arrive: every
+        /// message published during the run, warm-up included, times the subscribers, less what they received.
+        public var lost: Int = 0
     }
 
     public static func run(_ target: BenchTarget, options: Options, progress: Bool, group: any EventLoopGroup) async throws -> Result {
@@ -98,6 +101,7 @@ public enum PubSubBenchmark {
         let seconds = Double(BenchClock.now() - started) / 1e9
         let serverCPU = cpu.seconds()
         for driver in drivers { driver.stop() }
+        let lost = try await stragglersMissing(after: flow)
 
         var latency = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         var firstError: String?
@@ -113,7 +117,19 @@ public enum PubSubBenchmark {
             delivered: delivered, deliveredPerSecond: Double(delivered) / seconds,
             deliveredBytesPerSecond: Double(delivered * options.payloadSize) / seconds, serverCPUSeconds: serverCPU,
             deliveredPerServerCPUSecond: serverCPU.map { Double(delivered) / $0 },
-            latencyMicroseconds: LatencySummary(latency, divisor: 1000), firstError: firstError)
+            latencyMicroseconds: LatencySummary(latency, divisor: 1000), firstError: firstError, lost: lost)
+    }
+
+    /// Waits (up to 30 s: the window's figures do not depend on it) until every subscriber has what was
+    /// published, and returns how many deliveries are still missing then.
+    private static func stragglersMissing(after flow: PublishFlow) async throws -> Int {
+        func missing() -> Int {
+            let published = flow.published.load(ordering: .relaxed)
+            return flow.counters.reduce(0) { $0 + max(0, published - $1.delivered.load(ordering: .relaxed)) }
+        }
+        let deadline = BenchClock.now() + 30_000_000_000
+        while missing() > 0, BenchClock.now() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        return missing()
     }
 }
 

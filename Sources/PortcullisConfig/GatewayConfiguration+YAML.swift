@@ -27,8 +27,17 @@ extension GatewayConfiguration {
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
             "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes",
-            "audit", "on_audit_failure", "drain_timeout", "close_timeout", "certificate_expiry_warning", "reload", "admin",
+            "audit", "on_audit_failure", "drain_timeout", "close_timeout", "compression", "compression_context_takeover", "certificate_expiry_warning", "reload", "admin",
         ]
+        func compression(_ value: YAMLValue, what: String) -> Compression? {
+            guard let text = reader.string(value, what: what) else { return nil }
+            guard let compression = Compression(rawValue: text) else {
+                let known = Compression.allCases.map(\.rawValue).joined(separator: " or ")
+                reader.report(line: value.line, "\(what) must be \(known), not '\(text)'")
+                return nil
+            }
+            return compression
+        }
         guard let root = reader.parse(text), let top = reader.mapping(root, what: "the configuration", allowed: keys)
         else { throw DiagnosticsError(reader.diagnostics) }
 
@@ -92,7 +101,9 @@ extension GatewayConfiguration {
         }
         if let routes = top["routes"], let list = reader.sequence(routes.value, what: "routes") {
             for item in list {
-                let routeKeys: Set<String> = ["path", "kind", "upstream", "upstream_certificate", "upstream_key", "upstream_ca"]
+                let routeKeys: Set<String> = [
+                    "path", "kind", "upstream", "upstream_certificate", "upstream_key", "upstream_ca", "compression",
+                ]
                 guard let fields = reader.mapping(item, what: "a route", allowed: routeKeys) else { continue }
                 guard let pathField = fields["path"], let path = reader.string(pathField.value, what: "route path"),
                     let kindField = fields["kind"], let kindText = reader.string(kindField.value, what: "route kind")
@@ -114,6 +125,7 @@ extension GatewayConfiguration {
                     continue
                 }
                 var route = Route(path: path, kind: kind)
+                if let field = fields["compression"] { route.compression = compression(field.value, what: "compression") }
                 if kind == .upstream {
                     guard let field = fields["upstream"], let text = reader.string(field.value, what: "upstream") else {
                         reader.report(line: item.line, "an upstream route needs 'upstream: ws://HOST:PORT/PATH' (or wss://)")
@@ -170,6 +182,14 @@ extension GatewayConfiguration {
         }
         if let value = top["drain_timeout"], let seconds = reader.duration(value.value, what: "drain_timeout") {
             config.drainTimeout = seconds
+        }
+        if let value = top["compression"], let mode = compression(value.value, what: "compression") {
+            config.compression = mode
+        }
+        if let value = top["compression_context_takeover"],
+            let enabled = reader.bool(value.value, what: "compression_context_takeover")
+        {
+            config.compressionContextTakeover = enabled
         }
         if let value = top["close_timeout"], let seconds = reader.duration(value.value, what: "close_timeout") {
             config.closeTimeout = seconds

@@ -66,12 +66,27 @@ public struct GatewayConfiguration: Sendable, Equatable {
         public var kind: RouteKind
         /// For `upstream` routes.
         public var upstream: Upstream?
+        /// WebSocket compression on this route; nil takes the gateway-wide `compression`.
+        public var compression: Compression?
 
-        public init(path: String, kind: RouteKind, upstream: Upstream? = nil) {
+        public init(path: String, kind: RouteKind, upstream: Upstream? = nil, compression: Compression? = nil) {
             self.path = path
             self.kind = kind
             self.upstream = upstream
+            self.compression = compression
         }
+    }
+
+    /// WebSocket message compression a route offers its clients.
+    public enum Compression: String, Sendable, CaseIterable {
+        case none
+        /// RFC 7692, negotiated when the client offers it.
+        case perMessageDeflate = "permessage-deflate"
+    }
+
+    /// The compression a route's sessions negotiate.
+    public func compression(of route: Route) -> Compression {
+        route.compression ?? compression
     }
 
     public enum TLSVersion: String, Sendable, CaseIterable {
@@ -144,6 +159,12 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// Seconds a shutdown (SIGTERM, SIGINT) waits for sessions to finish their close handshake before it
     /// closes what is left and exits.
     public var drainTimeout: Double = 10
+    /// WebSocket compression for routes that do not set their own (`none` by default).
+    public var compression: Compression = .none
+    /// Whether permessage-deflate keeps its compression context between messages. Off by default: each message
+    /// is compressed on its own and an idle session holds no compressor state. On, a session that uses
+    /// compression holds a deflate and an inflate stream of its own (about 300 KiB with 15-bit windows).
+    public var compressionContextTakeover = false
     /// Seconds the peer has to finish the close handshake (answer our close frame, or read our answer to
     /// its own) before the connection is dropped.
     public var closeTimeout: Double = 5

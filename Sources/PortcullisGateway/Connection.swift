@@ -44,6 +44,8 @@ final class Connection: @unchecked Sendable {
     var permissions = MessagePermissions()
     /// The identity whose open-session count this connection holds (released when it closes).
     var sessionSlot: String?
+    /// permessage-deflate as agreed in the 101 answer; nil for none.
+    var compression: PerMessageDeflate?
     /// The backend connection of an `upstream` route, opened before the client's upgrade is answered.
     var upstream: BackendRelay?
 

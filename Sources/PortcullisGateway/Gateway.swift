@@ -174,10 +174,18 @@ public final class Gateway: Sendable {
                 guard case .admit(_, _, let route) = connection.evaluate(head, channel: channel) else {
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
-                if route.kind == .upstream, let upstream = route.upstream {
-                    return connection.connectUpstream(upstream, head: head, channel: channel)
+                let configuration = connection.runtime.configuration
+                if configuration.compression(of: route) == .perMessageDeflate {
+                    connection.compression = PerMessageDeflate.negotiate(
+                        offers: head.headers["Sec-WebSocket-Extensions"],
+                        contextTakeover: configuration.compressionContextTakeover)
                 }
-                return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
+                let answer = connection.compression.map { HTTPHeaders([("Sec-WebSocket-Extensions", $0.responseHeader)]) }
+                    ?? HTTPHeaders()
+                if route.kind == .upstream, let upstream = route.upstream {
+                    return connection.connectUpstream(upstream, head: head, channel: channel).map { $0.map { _ in answer } }
+                }
+                return channel.eventLoop.makeSucceededFuture(answer)
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {

@@ -194,7 +194,7 @@ struct BenchPubSub: AsyncParsableCommand {
                 "pubsub (\(result.wire.rawValue)) \(publishers)→\(subscribers), \(payload)-byte payloads, \(rate.map { "\(figure($0)) msg/s" } ?? "full speed"):",
                 "delivered/s: \(figure(result.deliveredPerSecond))  bytes/s: \(figure(result.deliveredBytesPerSecond))  per server CPU-second: \(figure(result.deliveredPerServerCPUSecond))",
                 latencyLine(result.latencyMicroseconds, unit: "µs"),
-            ]
+            ] + (result.lost > 0 ? ["lost: \(result.lost) deliveries never arrived (30 s after the publishers stopped)"] : [])
         }
     }
 }

@@ -153,9 +153,10 @@ struct AuditChainTests {
         let audit = try ScratchAudit()
         defer { audit.remove() }
         var settings = AuditSettings()
-        settings.segmentMaxAge = .milliseconds(200)
+        // Long enough that writing a few records never takes it, on however loaded a machine.
+        settings.segmentMaxAge = .seconds(3)
         try audit.write(2, settings: settings)
-        Thread.sleep(forTimeInterval: 0.3)
+        Thread.sleep(forTimeInterval: 3.2)
         try audit.write(1, settings: settings, from: 2)
         #expect(audit.layout.segments() == [audit.layout.closedSegment(firstSeq: 1), audit.active])
         #expect(try audit.lines().first.map(link)?.seq == 4)

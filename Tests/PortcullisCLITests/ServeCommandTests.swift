@@ -79,12 +79,15 @@ func shell(_ command: String, in directory: String, timeout: Double = 30) async 
 }
 
 /// The shell pipeline that sends one WebSocket upgrade request for `path` through `openssl s_client` with a
-/// client certificate, keeping its input open `hold` seconds (openssl leaves at end of input); stderr joins stdout.
+/// client certificate; stderr joins stdout. openssl leaves at the end of its input, so the input stays open until
+/// the gateway has answered (a status line, or a TLS alert or error: up to 60 s, however loaded the machine),
+/// then `hold` seconds more.
 func opensslUpgrade(path: String = "/v1/echo", port: String, certificate: String, key: String, hold: String) -> String {
-    "(printf 'GET \(path) HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
-        + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; sleep \(hold)) | "
-        + "openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
-        + "-cert \(certificate) -key \(key) 2>&1"
+    "out=$(mktemp); (printf 'GET \(path) HTTP/1.1\\r\\nHost: localhost\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+        + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n'; i=0; "
+        + "until grep -qE '^HTTP/1\\.[01] |alert|error|errno' \"$out\" || [ $i -ge 1200 ]; do sleep 0.05; i=$((i+1)); done; "
+        + "sleep \(hold)) | openssl s_client -quiet -no_ign_eof -connect 127.0.0.1:\(port) -servername localhost "
+        + "-CAfile pki/ca.crt -cert \(certificate) -key \(key) 2>&1 | tee \"$out\"; rm -f \"$out\""
 }
 
 func scratchDirectory() throws -> String {

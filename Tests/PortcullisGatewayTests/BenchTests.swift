@@ -74,8 +74,8 @@ struct BenchTests {
                 try Self.target(gw, path: "/v1/messages"), options: options, progress: false, group: group)
             #expect(pubsub.firstError == nil, "\(pubsub)")
             #expect(pubsub.published >= 150 && pubsub.published <= 250, "\(pubsub)")
-            // Each subscriber receives every message; a few may still be in flight at the end of the window.
-            #expect(pubsub.delivered >= 2 * pubsub.published - 20, "\(pubsub)")
+            // Each subscriber receives every message (those in flight when the window closed arrive after it).
+            #expect(pubsub.delivered > 0 && pubsub.lost == 0, "\(pubsub)")
             #expect(pubsub.latencyMicroseconds.count > 0 && pubsub.latencyMicroseconds.p50 > 0)
 
             let idle = try await IdleBenchmark.run(

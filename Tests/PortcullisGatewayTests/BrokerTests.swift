@@ -6,7 +6,7 @@ import PortcullisProtocol
 import Testing
 
 /// Collects `count` deliveries (or fewer if `seconds` pass).
-func collect(_ count: Int, from session: BrokerSession, within seconds: Double = 10) async -> [Delivery] {
+func collect(_ count: Int, from session: BrokerSession, within seconds: Double = 30) async -> [Delivery] {
     await withTaskGroup(of: [Delivery].self) { group in
         group.addTask {
             var received: [Delivery] = []
@@ -208,7 +208,8 @@ struct BrokerTests {
     func rateLimitClose() async throws {
         try await withGateway { gw in
             let session = try await gw.broker(gw.strict)
-            for n in 0..<10 { try? await session.publishWithoutAck("load/x", json: "\(n)") }
+            // Publish until the gateway closes the session: at 2 messages a second it must, however slowly this runs.
+            for n in 0..<1000 where session.connection.isActive { try? await session.publishWithoutAck("load/x", json: "\(n)") }
             await session.connection.closed()
             let closed = try #require(await gw.auditRecord { $0.event == "session_closed" })
             #expect(closed.closeCode == 1008 && closed.reason == "rate_limited")
@@ -262,7 +263,7 @@ struct BrokerTests {
 
 extension WebSocketConnection {
     /// Waits for the connection to close, failing the test after `seconds` instead of hanging.
-    func closed(within seconds: Double = 10, sourceLocation: SourceLocation = #_sourceLocation) async {
+    func closed(within seconds: Double = 30, sourceLocation: SourceLocation = #_sourceLocation) async {
         let deadline = Date().addingTimeInterval(seconds)
         while isActive && Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
         #expect(!isActive, "the connection is still open after \(seconds) s", sourceLocation: sourceLocation)

@@ -20,10 +20,12 @@ struct ExternalTool {
         var all: String { output + error }
     }
 
-    /// Runs the tool with `input` on standard input, keeping stdin open `holdInput` seconds (TLS clients exit on
-    /// EOF before the answer arrives otherwise) and killing it after `timeout` seconds.
+    /// Runs the tool with `input` on standard input and kills it after `timeout` seconds. TLS clients leave at
+    /// the end of their input, before the answer arrives, so with `input` stdin stays open until the tool has
+    /// answered (an HTTP status line, or a TLS alert or error), has exited, or 60 s passed, however loaded the
+    /// machine; then `holdInput` seconds more, for what follows the answer.
     func run(
-        _ arguments: [String], input: String = "", holdInput: Double = 1.0, timeout: Double = 20,
+        _ arguments: [String], input: String = "", holdInput: Double = 0.2, timeout: Double = 60,
         environment: [String: String]? = nil
     ) async throws -> Result {
         let process = Process()
@@ -40,6 +42,15 @@ struct ExternalTool {
         let out = PipeReader(stdout.fileHandleForReading)
         let err = PipeReader(stderr.fileHandleForReading)
         try? stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
+        if !input.isEmpty {
+            let answered = Date().addingTimeInterval(60)
+            func hasAnswered() -> Bool {
+                let output = String(decoding: out.collected, as: UTF8.self)
+                let error = String(decoding: err.collected, as: UTF8.self).lowercased()
+                return output.contains("HTTP/1.") || error.contains("alert") || error.contains("error")
+            }
+            while process.isRunning, !hasAnswered(), Date() < answered { try await Task.sleep(for: .milliseconds(20)) }
+        }
         try await Task.sleep(for: .milliseconds(Int(holdInput * 1000)))
         try? stdin.fileHandleForWriting.close()
         let deadline = Date().addingTimeInterval(timeout)

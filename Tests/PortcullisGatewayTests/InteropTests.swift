@@ -235,6 +235,45 @@ struct InteropTests {
         }
     }
 
+    static let pythonCompression = #"""
+        import asyncio, json, ssl, sys
+        import websockets
+
+        async def main(port, ca, cert, key):
+            tls = ssl.create_default_context(cafile=ca)
+            tls.load_cert_chain(cert, key)
+            # websockets offers "permessage-deflate; client_max_window_bits" by default, as browsers do.
+            async with websockets.connect(f"wss://localhost:{port}/v1/echo", ssl=tls, open_timeout=20,
+                                          max_size=2**22) as ws:
+                text = "telemetry " * 5000  # 50,000 bytes: under the test gateway's 64 KiB limit once inflated
+                await ws.send(text)
+                echoed = await ws.recv()
+                await ws.send(["frag", "mented " * 100])
+                fragmented = await ws.recv()
+                print(json.dumps({"extensions": ws.response.headers.get("Sec-WebSocket-Extensions"),
+                                  "echo": echoed == text, "fragmented": fragmented == "frag" + "mented " * 100}))
+
+        asyncio.run(main(int(sys.argv[1]), *sys.argv[2:]))
+        """#
+
+    @Test("Python websockets negotiates permessage-deflate where a route enables it, and messages round-trip compressed")
+    func pythonCompression() async throws {
+        try await withGateway(adjust: { $0.compression = .perMessageDeflate }) { gw in
+            let script = "\(gw.pki.directory)/compression.py"
+            try Self.pythonCompression.write(toFile: script, atomically: true, encoding: .utf8)
+            let result = try await ExternalTool("python3").run(
+                [script, "\(gw.port)", gw.pki.caPath, gw.device.certificate, gw.device.key], holdInput: 0)
+            let line = try #require(result.output.split(separator: "\n").last, "python printed nothing: \(result.all)")
+            let answer = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            #expect(answer["extensions"] as? String == "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+            #expect(answer["echo"] as? Bool == true)
+            #expect(answer["fragmented"] as? Bool == true)
+            let closed = try #require(await gw.auditRecord { $0.event == "session_closed" })
+            #expect(closed.closeCode == 1000)
+            #expect(closed.bytesIn == 50_000 + 704)
+        }
+    }
+
     static let pythonBroker = #"""
         import asyncio, json, ssl, sys
         import websockets
@@ -270,7 +309,7 @@ struct InteropTests {
                 [script, "subscribe", "\(gw.port)", gw.pki.caPath, gw.operatorCredential.certificate,
                  gw.operatorCredential.key, "5", ready], holdInput: 0)
             // Publish only once the subscription is acknowledged, however slowly Python starts.
-            let deadline = Date().addingTimeInterval(15)
+            let deadline = Date().addingTimeInterval(60)
             while !FileManager.default.fileExists(atPath: ready) && Date() < deadline {
                 try await Task.sleep(for: .milliseconds(20))
             }

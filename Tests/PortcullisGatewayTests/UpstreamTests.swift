@@ -77,9 +77,9 @@ final class PythonBackend: @unchecked Sendable {
         }.first { $0[key] != nil }
     }
 
-    /// The first JSON line with `key`, waiting up to 10 s.
+    /// The first JSON line with `key`, waiting up to 60 s (Python starts slowly on a loaded machine).
     func line(with key: String) async throws -> [String: Any]? {
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             let found = lock.withLock { lines }.compactMap {
                 try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
@@ -121,7 +121,7 @@ final class LockedCount: @unchecked Sendable {
 }
 
 /// The next message, or nil after `seconds`: a test fails instead of hanging.
-func next(_ connection: WebSocketConnection, within seconds: Double = 5) async -> WebSocketMessage? {
+func next(_ connection: WebSocketConnection, within seconds: Double = 30) async -> WebSocketMessage? {
     await withTaskGroup(of: WebSocketMessage?.self) { group in
         group.addTask { await connection.receive() }
         group.addTask {

@@ -13,6 +13,8 @@ final class SessionContext: Sendable {
     let configuration: GatewayConfiguration
     /// The topic grants and limits at admission (a reload may replace them; see ``SessionLifetimeHandler``).
     let permissions: MessagePermissions
+    /// permessage-deflate as negotiated at the upgrade; nil for none.
+    let compression: PerMessageDeflate?
     /// The earliest not-after of the verified chain: the session cannot outlive any of its certificates.
     let notValidAfter: Date?
     let metrics: GatewayMetrics
@@ -24,14 +26,15 @@ final class SessionContext: Sendable {
 
     init(
         identity: String, route: GatewayConfiguration.Route, configuration: GatewayConfiguration,
-        permissions: MessagePermissions = MessagePermissions(), notValidAfter: Date? = nil,
-        metrics: GatewayMetrics, broker: Broker, usage: IdentityUsage,
+        permissions: MessagePermissions = MessagePermissions(), compression: PerMessageDeflate? = nil,
+        notValidAfter: Date? = nil, metrics: GatewayMetrics, broker: Broker, usage: IdentityUsage,
         auditLog: AuditLog, recordTemplate: AuditRecord
     ) {
         self.identity = identity
         self.route = route
         self.configuration = configuration
         self.permissions = permissions
+        self.compression = compression
         self.notValidAfter = notValidAfter
         self.metrics = metrics
         self.broker = broker
@@ -45,7 +48,7 @@ final class SessionContext: Sendable {
         let gateway = connection.gateway
         self.init(
             identity: identity, route: route, configuration: connection.runtime.configuration,
-            permissions: connection.permissions, notValidAfter: connection.notValidAfter,
+            permissions: connection.permissions, compression: connection.compression, notValidAfter: connection.notValidAfter,
             metrics: gateway.metrics, broker: gateway.broker, usage: gateway.usage, auditLog: gateway.auditLog,
             recordTemplate: connection.auditRecord(event: ""))
     }

@@ -39,6 +39,8 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     let session: SessionContext
     private let route: any SessionRoute
     private var machine: WebSocketProtocolStateMachine
+    /// permessage-deflate, when the upgrade negotiated it.
+    private let deflater: MessageDeflater?
     private var context: ChannelHandlerContext?
     /// The frame encoder's context: bytes written there skip the encoder and go straight to TLS.
     private var encodedFrameWriter: ChannelHandlerContext?
@@ -68,7 +70,10 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     init(session: SessionContext, route: any SessionRoute) {
         self.session = session
         self.route = route
-        self.machine = WebSocketProtocolStateMachine(limits: .init(maxMessageBytes: session.configuration.maxMessageBytes))
+        let deflater = session.compression.map(MessageDeflater.init(agreement:))
+        self.deflater = deflater
+        self.machine = WebSocketProtocolStateMachine(
+            limits: .init(maxMessageBytes: session.configuration.maxMessageBytes), deflater: deflater)
     }
 
     /// Whether a close frame has been sent or received: data is no longer sent.
@@ -161,10 +166,12 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     func send(_ frame: OutboundFrame) {
         guard !machine.isClosing else { return }
         let size = frame.buffer.readableBytes
-        guard admitOutbound(bytes: size + Self.headerSize(payload: size)) else { return }
+        let compressed = deflater?.compress(frame.buffer, allocator: allocator)
+        let payload = compressed ?? frame.buffer
+        guard admitOutbound(bytes: payload.readableBytes + Self.headerSize(payload: payload.readableBytes)) else { return }
         messagesOut += 1
         bytesOut += size
-        enqueue(opcode: frame.binary ? .binary : .text, payload: frame.buffer)
+        enqueue(opcode: frame.binary ? .binary : .text, payload: payload, compressed: compressed != nil)
     }
 
     /// Whether `bytes` more may be queued towards the client; if not, the session is closed as a slow consumer.
@@ -219,11 +226,11 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     /// and payload as two buffers, and NIOSSL seals every buffer as a TLS record of its own, so a flush per
     /// delivery cost two records and a syscall. Frames encoded here (a server's frames are unmasked, so the
     /// header is just 2, 4 or 10 bytes, RFC 6455 §5.2) leave in one buffer per tick: one TLS record per 16 KiB.
-    private func enqueue(opcode: WebSocketOpcode, payload: ByteBuffer) {
+    private func enqueue(opcode: WebSocketOpcode, payload: ByteBuffer, compressed: Bool = false) {
         guard encodedFrameWriter != nil else { return }
         let length = payload.readableBytes
         var buffer = output.take() ?? allocator.buffer(capacity: Swift.max(4096, length + 10))
-        Self.writeFrame(opcode: opcode, payload: payload, into: &buffer)
+        Self.writeFrame(opcode: opcode, payload: payload, compressed: compressed, into: &buffer)
         queuedBytes += length + Self.headerSize(payload: length)
         if queuedBytes > session.configuration.maxOutboundBytes / 2 { isBackedUp = true }
         output = buffer
@@ -234,9 +241,10 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
         }
     }
 
-    static func writeFrame(opcode: WebSocketOpcode, payload: ByteBuffer, into buffer: inout ByteBuffer) {
+    /// A whole (FIN) frame; `compressed` sets RSV1, which marks a permessage-deflate message.
+    static func writeFrame(opcode: WebSocketOpcode, payload: ByteBuffer, compressed: Bool = false, into buffer: inout ByteBuffer) {
         let length = payload.readableBytes
-        buffer.writeInteger(0x80 | UInt8(webSocketOpcode: opcode))
+        buffer.writeInteger(0x80 | (compressed ? 0x40 : 0) | UInt8(webSocketOpcode: opcode))
         if length < 126 {
             buffer.writeInteger(UInt8(length))
         } else if length <= Int(UInt16.max) {

@@ -27,6 +27,7 @@ struct WebSocketProtocolStateMachine {
         static let protocolError = Failure(code: .protocolError, reason: "protocol_error")
         static let tooLarge = Failure(code: .messageTooLarge, reason: "message_too_large")
         static let invalidUTF8 = Failure(code: .dataInconsistentWithMessage, reason: "invalid_utf8")
+        static let invalidCompressedData = Failure(code: .dataInconsistentWithMessage, reason: "invalid_compressed_data")
     }
 
     /// What the handler must do after a frame.
@@ -56,9 +57,11 @@ struct WebSocketProtocolStateMachine {
     }
 
     private let limits: Limits
+    /// permessage-deflate, when the upgrade negotiated it.
+    private let deflater: MessageDeflater?
     private var closeState = CloseState.open
-    /// A fragmented message being reassembled.
-    private var partial: (binary: Bool, payload: ByteBuffer, text: UTF8Validator)?
+    /// A fragmented message being reassembled; a compressed one is validated once inflated.
+    private var partial: (binary: Bool, compressed: Bool, payload: ByteBuffer, text: UTF8Validator)?
     /// The payload of the heartbeat ping in flight: only a pong carrying it answers it.
     private var outstandingPing: (payload: UInt64, sentAt: NIODeadline)?
     private var pingsSent: UInt64 = 0
@@ -67,8 +70,9 @@ struct WebSocketProtocolStateMachine {
     private(set) var closeCode: UInt16?
     private(set) var closeReason: String?
 
-    init(limits: Limits) {
+    init(limits: Limits, deflater: MessageDeflater? = nil) {
         self.limits = limits
+        self.deflater = deflater
     }
 
     /// Whether a close frame has been sent or received: data frames are no longer sent.
@@ -82,18 +86,20 @@ struct WebSocketProtocolStateMachine {
         // RFC 6455 §5.1: a server fails the connection on an unmasked frame; §5.2: no RSV bit without an
         // extension that defines it (none is negotiated).
         guard let key = frame.maskKey else { return fail(Failure(code: .protocolError, reason: "unmasked_frame")) }
-        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return fail(Failure(code: .protocolError, reason: "reserved_bits_set")) }
+        // RSV1 marks the first frame of a compressed message, and only when permessage-deflate was negotiated
+        // (RFC 7692 §6); RSV2 and RSV3 belong to no extension the gateway speaks.
+        let compressed = frame.rsv1 && deflater != nil && (frame.opcode == .text || frame.opcode == .binary)
+        guard !frame.rsv1 || compressed, !frame.rsv2, !frame.rsv3 else {
+            return fail(Failure(code: .protocolError, reason: "reserved_bits_set"))
+        }
         switch frame.opcode {
         case .text, .binary:
             guard partial == nil else { return fail(Failure(code: .protocolError, reason: "fragment_expected")) }
             let payload = Self.unmasked(frame.data, key: key)
             let binary = frame.opcode == .binary
-            if frame.fin {
-                if !binary, !Self.isValidUTF8(payload) { return fail(.invalidUTF8) }
-                return closeState == .open ? .deliver(binary: binary, payload: payload) : .none
-            }
-            partial = (binary, payload, UTF8Validator())
-            return binary ? .none : validateText(at: payload.readerIndex)
+            if frame.fin { return complete(binary: binary, compressed: compressed, payload: payload, text: nil) }
+            partial = (binary, compressed, payload, UTF8Validator())
+            return binary || compressed ? .none : validateText(at: payload.readerIndex)
         case .continuation:
             guard partial != nil else { return fail(Failure(code: .protocolError, reason: "unexpected_continuation")) }
             let piece = Self.unmasked(frame.data, key: key)
@@ -103,11 +109,12 @@ struct WebSocketProtocolStateMachine {
             }
             let start = partial!.payload.writerIndex
             partial!.payload.writeImmutableBuffer(piece)
-            if !partial!.binary, case .fail(let failure) = validateText(at: start) { return .fail(failure) }
-            guard frame.fin, let (binary, payload, text) = partial else { return .none }
+            if !partial!.binary, !partial!.compressed, case .fail(let failure) = validateText(at: start) {
+                return .fail(failure)
+            }
+            guard frame.fin, let (binary, compressed, payload, text) = partial else { return .none }
             partial = nil
-            if !binary, !text.isAtCharacterBoundary { return fail(.invalidUTF8) }
-            return closeState == .open ? .deliver(binary: binary, payload: payload) : .none
+            return complete(binary: binary, compressed: compressed, payload: payload, text: text)
         case .ping:
             return closeState == .open ? .answerPing(Self.unmasked(frame.data, key: key)) : .none
         case .pong:
@@ -123,6 +130,29 @@ struct WebSocketProtocolStateMachine {
         default:
             return fail(Failure(code: .protocolError, reason: "unknown_opcode"))
         }
+    }
+
+    /// The last frame of a message arrived: inflate it if it was compressed, finish checking its text, and
+    /// hand it on. `text` is the validation of an uncompressed fragmented text message so far.
+    private mutating func complete(binary: Bool, compressed: Bool, payload: ByteBuffer, text: UTF8Validator?) -> Action {
+        var payload = payload
+        if compressed, let deflater {
+            do {
+                payload = try deflater.inflate(payload, maxBytes: limits.maxMessageBytes, allocator: ByteBufferAllocator())
+            } catch .tooLarge {
+                return fail(.tooLarge)
+            } catch {
+                return fail(.invalidCompressedData)
+            }
+        }
+        if !binary {
+            if let text, !compressed {
+                guard text.isAtCharacterBoundary else { return fail(.invalidUTF8) }
+            } else if !Self.isValidUTF8(payload) {
+                return fail(.invalidUTF8)
+            }
+        }
+        return closeState == .open ? .deliver(binary: binary, payload: payload) : .none
     }
 
     /// The frame decoder refused the bytes (a frame over the size limit, a fragmented or oversized control frame).
