@@ -11,7 +11,7 @@ func benchResult(_ output: String) throws -> [String: Any] {
 func tool(_ name: String) throws -> String {
     try #require(
         (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/usr/sbin").split(separator: ":").map { "\($0)/\(name)" }
-            .first { FileManager.default.isExecutableFile(atPath: $0) }, "\(name) is not installed; .ci/run installs it")
+            .first { FileManager.default.isExecutableFile(atPath: $0) }, "\(name) is not installed; scripts/test installs it")
 }
 
 @Suite("portcullis bench")

@@ -170,7 +170,7 @@ struct ServeCommandTests {
         let root = repositoryRoot.path
         let python3 = try #require(
             (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":").map { "\($0)/python3" }
-                .first { FileManager.default.isExecutableFile(atPath: $0) }, "python3 is not installed; .ci/run installs it")
+                .first { FileManager.default.isExecutableFile(atPath: $0) }, "python3 is not installed; scripts/test installs it")
         let subscriber = try RunningCommand(
             ["\(root)/docs/examples/operator_subscribe.py", "3"], in: directory, executable: python3,
             environment: ["PORTCULLIS_URL": "wss://localhost:\(port)/v1/messages"])

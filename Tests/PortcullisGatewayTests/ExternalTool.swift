@@ -3,14 +3,15 @@ import PortcullisTestSupport
 import Testing
 
 /// A third-party program the interop tests drive (openssl, gnutls-cli, python3). A missing tool fails the
-/// test: CI installs them all (`.ci/run`), so absence is a broken environment, not a reason to skip.
+/// test: `scripts/test` (the test command, which CI runs) installs them all, so absence is a broken environment,
+/// not a reason to skip.
 struct ExternalTool {
     let path: String
 
     init(_ name: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let directories = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
         let found = directories.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
-        path = try #require(found, "\(name) is not installed; .ci/run installs it", sourceLocation: sourceLocation)
+        path = try #require(found, "\(name) is not installed; scripts/test installs it", sourceLocation: sourceLocation)
     }
 
     struct Result {

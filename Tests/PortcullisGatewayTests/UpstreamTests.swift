@@ -5,7 +5,7 @@ import PortcullisConfig
 import Testing
 
 /// A Python `websockets` backend in the background: it reports its port, the identity headers it received
-/// and how each connection closed, one JSON line each.
+/// and how each connection closed, one JSON line each (or runs `script`, which prints its port likewise).
 final class PythonBackend: @unchecked Sendable {
     static let script = #"""
         import asyncio, json, websockets
@@ -48,9 +48,9 @@ final class PythonBackend: @unchecked Sendable {
     private var partial = ""
     private var reader: PipeReader?
 
-    init(directory: String) throws {
+    init(directory: String, script: String = PythonBackend.script) throws {
         let path = "\(directory)/backend.py"
-        try Self.script.write(toFile: path, atomically: true, encoding: .utf8)
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: try ExternalTool("python3").path)
         process.arguments = [path]
         let pipe = Pipe()

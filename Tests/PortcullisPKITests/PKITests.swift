@@ -18,7 +18,7 @@ func run(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output
     let directories = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":")
     let path = try #require(
         directories.map { "\($0)/\(tool)" }.first { FileManager.default.isExecutableFile(atPath: $0) },
-        "\(tool) is not installed; .ci/run installs it")
+        "\(tool) is not installed; scripts/test installs it")
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
