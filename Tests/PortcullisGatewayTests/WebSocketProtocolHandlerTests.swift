@@ -106,27 +106,40 @@ struct WebSocketProtocolHandlerTests {
     static let closeOpcode: UInt8 = 0x8
     static let pongOpcode: UInt8 = 0xA
 
-    @Test("A ping flood from a client that does not read: one pong per read, then 1013 at max_outbound_bytes")
+    @Test("A ping flood from a client that does not read: one pong per read once writes wait, then 1013 at max_outbound_bytes")
     func pingFloodIsBounded() throws {
-        let harness = try Harness(maxOutboundBytes: 4096)
+        let harness = try Harness(maxOutboundBytes: 16384)
         var reads = 0
         while harness.channel.isActive, reads < 1000, !harness.handler.isClosing {
             let pings = (0..<50).map { index in Self.frame(.ping, [UInt8(reads & 0xFF), UInt8(index)] + [UInt8](repeating: 0x50, count: 123)) }
             harness.read(pings)
             reads += 1
         }
-        // Only the latest ping of each read was answered.
+        // The first read's pings were all answered; after that the socket took nothing, so each read got one
+        // pong, for its latest ping, until the bound closed the session.
         let pongs = harness.socket.frames.filter { $0.opcode == Self.pongOpcode }
-        #expect(pongs.count == reads - 1)
-        #expect(pongs.first?.payload.prefix(2) == [0, 49])
+        #expect(pongs.prefix(50).map { Array($0.payload.prefix(2)) } == (0..<50).map { [0, UInt8($0)] })
+        #expect(pongs.count == 50 + reads - 2)
+        #expect(pongs.dropFirst(50).allSatisfy { $0.payload[1] == 49 })
         // The bound held: what waits towards the client is at most the limit and one close frame.
         #expect(harness.handler.isClosing)
-        #expect(harness.socket.heldBytes <= 4096 + 4)
+        #expect(harness.socket.heldBytes <= 16384 + 4)
         #expect(harness.handler.queuedBytes == harness.socket.heldBytes)
         let close = try #require(harness.socket.frames.last)
         #expect(close.opcode == Self.closeOpcode && close.payload.prefix(2) == [0x03, 0xF5])  // 1013
         let records = try harness.records()
         #expect(records.contains { $0.event == "session_slow_consumer" && $0.reason == "slow_consumer" })
+    }
+
+    @Test("A close frame with an invalid code is answered with 1002 and the connection dropped once that is written")
+    func invalidCloseIsDropped() throws {
+        let harness = try Harness()
+        harness.read([Self.frame(.connectionClose, [0x03, 0xEC])])  // 1004: reserved
+        #expect(harness.socket.frames.last.map { $0.opcode == Self.closeOpcode && $0.payload == [0x03, 0xEA] } == true)
+        #expect(harness.channel.isActive)
+        harness.socket.release()
+        harness.channel.embeddedEventLoop.run()
+        #expect(!harness.channel.isActive)
     }
 
     @Test("A client that stops reading is closed with 1013 once echoes exceed max_outbound_bytes")

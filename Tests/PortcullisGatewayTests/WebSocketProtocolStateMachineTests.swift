@@ -44,10 +44,12 @@ struct WebSocketProtocolStateMachineTests {
         return frame(.connectionClose, bytes + reason)
     }
 
-    /// The close code of a `.fail` action, nil for any other action.
+    /// The close code of a `.fail` or `.failAndDrop` action, nil for any other action.
     static func failedWith(_ action: Machine.Action) -> UInt16? {
-        if case .fail(let failure) = action { return UInt16(webSocketErrorCode: failure.code) }
-        return nil
+        switch action {
+        case .fail(let failure), .failAndDrop(let failure): UInt16(webSocketErrorCode: failure.code)
+        default: nil
+        }
     }
 
     static func delivered(_ action: Machine.Action) -> (binary: Bool, bytes: [UInt8])? {
@@ -172,10 +174,11 @@ struct WebSocketProtocolStateMachineTests {
         #expect(Self.failedWith(machine.received(Self.close(code: code))) == 1002)
     }
 
-    @Test("A close reason that is not UTF-8 closes with 1007")
+    @Test("A close reason that is not UTF-8 closes with 1007, and the connection is dropped once that is written")
     func invalidCloseReason() {
         let machine = Self.machine()
-        #expect(Self.failedWith(machine.received(Self.close(code: 1000, reason: [0xCE, 0xBA, 0xED, 0xA0, 0x80]))) == 1007)
+        #expect(machine.received(Self.close(code: 1000, reason: [0xCE, 0xBA, 0xED, 0xA0, 0x80])) == .failAndDrop(.invalidUTF8))
+        #expect(machine.closeCode == 1007)
     }
 
     @Test("After our close, data is ignored and the peer's close completes the handshake")

@@ -49,7 +49,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     private(set) var queuedBytes = 0
     /// Frames of this event loop tick, encoded and waiting to be handed to TLS together (see ``enqueue``).
     private var output: ByteBuffer?
-    /// The answer to the latest ping not answered yet: several pings in one tick get one pong.
+    /// The answer to the latest ping, while earlier writes wait on the socket: of several, only the last is sent.
     private var pendingPong: ByteBuffer?
     private var flushScheduled = false
 
@@ -143,10 +143,18 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
             route.received(InboundMessage(binary: binary, payload: payload))
         case .answerPing(let payload):
             guard admitOutbound(bytes: payload.readableBytes + 2) else { return }
-            pendingPong = payload
-            scheduleFlush()
+            // While earlier writes still wait on the socket (the client is not reading), only the latest ping
+            // is answered (RFC 6455 §5.5.3): a ping flood then costs one pong per read, not one per ping.
+            if queuedBytes > (output?.readableBytes ?? 0) {
+                pendingPong = payload
+                scheduleFlush()
+            } else {
+                enqueue(opcode: .pong, payload: payload)
+            }
         case .fail(let failure):
             sendClose(code: failure.code, reason: nil)
+        case .failAndDrop(let failure):
+            sendClose(code: failure.code, reason: nil)?.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         case .answerClose(let code):
             // RFC 6455 §5.5.1: echo the peer's code; the server then closes the TCP connection (§7.1.1).
             var payload = allocator.buffer(capacity: 2)
@@ -194,14 +202,16 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
         sendClose(code: code, reason: tellingPeer ? reason : nil)
     }
 
-    private func sendClose(code: WebSocketErrorCode, reason: String?) {
+    /// Writes a close frame now and arms the close deadline; the future completes once the frame is written.
+    @discardableResult
+    private func sendClose(code: WebSocketErrorCode, reason: String?) -> EventLoopFuture<Void>? {
         var payload = allocator.buffer(capacity: 2)
         payload.write(webSocketErrorCode: code)
         // A control frame's payload is at most 125 bytes (RFC 6455 §5.5): the code and 123 bytes of reason.
         if let reason { payload.writeString(String(decoding: reason.utf8.prefix(123), as: UTF8.self)) }
         enqueue(opcode: .connectionClose, payload: payload)
-        flushOutput()
         armCloseDeadline()
+        return flushOutput()
     }
 
     /// Drops the connection if it is still open `close_timeout` after the close handshake started: a peer

@@ -35,12 +35,14 @@ struct WebSocketProtocolStateMachine {
         case none
         /// Hand a whole message to the route.
         case deliver(binary: Bool, payload: ByteBuffer)
-        /// Answer a ping: a pong with this payload, replacing any pong not written yet (RFC 6455 §5.5.3
-        /// allows answering only the latest of several pings).
+        /// Answer a ping with a pong carrying its payload.
         case answerPing(ByteBuffer)
         /// Send a close frame with this code, then drop the connection once the peer answers or the close
         /// deadline passes.
         case fail(Failure)
+        /// The peer's close frame was invalid: send a close frame with this code and drop the connection once
+        /// it is written (the peer has closed already; nothing more will come).
+        case failAndDrop(Failure)
         /// The peer started the close handshake: answer with a close frame carrying `code` (none when the
         /// peer sent none), then drop the connection once it is written or the close deadline passes.
         case answerClose(code: WebSocketErrorCode?)
@@ -201,9 +203,10 @@ struct WebSocketProtocolStateMachine {
             closeState = .received
             return .closeHandshakeCompleted
         }
-        let action = fail(failure)
+        partial = nil
+        _ = startClose(code: failure.code, reason: failure.reason)
         closeState = .received
-        return action
+        return .failAndDrop(failure)
     }
 
     /// Codes a peer may put in a close frame (RFC 6455 §7.4.1–7.4.2 and the IANA registry): 1004–1006 and
