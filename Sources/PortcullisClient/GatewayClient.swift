@@ -251,7 +251,8 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
         do {
             let pipeline = context.pipeline.syncOperations
             let (messages, continuation) = AsyncStream<WebSocketMessage>.makeStream()
-            let connection = WebSocketConnection(channel: context.channel, messages: messages)
+            let connection = WebSocketConnection(
+                channel: context.channel, messages: messages, subprotocol: head.headers["Sec-WebSocket-Protocol"].first)
             try pipeline.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 26)), position: .after(decoder))
             try pipeline.addHandler(WebSocketFrameEncoder())
             pipeline.removeHandler(encoder, promise: nil)

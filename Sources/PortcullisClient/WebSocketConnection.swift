@@ -19,10 +19,13 @@ public final class WebSocketConnection: Sendable {
     let channel: any Channel
     /// Messages in arrival order; ends when the connection closes. Consume it from one task.
     public let messages: AsyncStream<WebSocketMessage>
+    /// The subprotocol the server chose (`Sec-WebSocket-Protocol` of its 101 answer), if any.
+    public let subprotocol: String?
 
-    init(channel: any Channel, messages: AsyncStream<WebSocketMessage>) {
+    init(channel: any Channel, messages: AsyncStream<WebSocketMessage>, subprotocol: String? = nil) {
         self.channel = channel
         self.messages = messages
+        self.subprotocol = subprotocol
     }
 
     public func send(text: String) async throws {

@@ -103,6 +103,7 @@ extension GatewayConfiguration {
             for item in list {
                 let routeKeys: Set<String> = [
                     "path", "kind", "upstream", "upstream_certificate", "upstream_key", "upstream_ca", "compression",
+                    "subprotocols", "subprotocol_required",
                 ]
                 guard let fields = reader.mapping(item, what: "a route", allowed: routeKeys) else { continue }
                 guard let pathField = fields["path"], let path = reader.string(pathField.value, what: "route path"),
@@ -126,6 +127,20 @@ extension GatewayConfiguration {
                 }
                 var route = Route(path: path, kind: kind)
                 if let field = fields["compression"] { route.compression = compression(field.value, what: "compression") }
+                if let field = fields["subprotocols"], let names = reader.strings(field.value, what: "subprotocols") {
+                    for name in names where !GatewayConfiguration.isSubprotocolToken(name) {
+                        reader.report(line: field.value.line, "subprotocol '\(name)' is not a token (RFC 6455 §4.1)")
+                    }
+                    route.subprotocols = names
+                }
+                if let field = fields["subprotocol_required"],
+                    let required = reader.bool(field.value, what: "subprotocol_required")
+                {
+                    route.subprotocolRequired = required
+                    if required, route.subprotocols.isEmpty, kind != .upstream {
+                        reader.report(line: field.value.line, "subprotocol_required needs the route's 'subprotocols'")
+                    }
+                }
                 if kind == .upstream {
                     guard let field = fields["upstream"], let text = reader.string(field.value, what: "upstream") else {
                         reader.report(line: item.line, "an upstream route needs 'upstream: ws://HOST:PORT/PATH' (or wss://)")

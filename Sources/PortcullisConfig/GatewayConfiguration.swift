@@ -68,12 +68,30 @@ public struct GatewayConfiguration: Sendable, Equatable {
         public var upstream: Upstream?
         /// WebSocket compression on this route; nil takes the gateway-wide `compression`.
         public var compression: Compression?
+        /// Subprotocols (`Sec-WebSocket-Protocol`, RFC 6455 §1.9) the route accepts, in no particular order: the
+        /// first the client offers among them is chosen. Empty: offers are ignored on `echo` and `broker`
+        /// routes, and passed on whole to an `upstream` backend.
+        public var subprotocols: [String] = []
+        /// Whether a session must agree on a subprotocol; a client that offers none the route accepts is refused.
+        public var subprotocolRequired = false
 
-        public init(path: String, kind: RouteKind, upstream: Upstream? = nil, compression: Compression? = nil) {
+        public init(
+            path: String, kind: RouteKind, upstream: Upstream? = nil, compression: Compression? = nil,
+            subprotocols: [String] = [], subprotocolRequired: Bool = false
+        ) {
             self.path = path
             self.kind = kind
             self.upstream = upstream
             self.compression = compression
+            self.subprotocols = subprotocols
+            self.subprotocolRequired = subprotocolRequired
+        }
+    }
+
+    /// Whether `name` can be a subprotocol: an RFC 7230 token (printable ASCII without separators).
+    public static func isSubprotocolToken(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { byte in
+            (0x21...0x7E).contains(byte) && !"()<>@,;:\\\"/[]?={}".utf8.contains(byte)
         }
     }
 

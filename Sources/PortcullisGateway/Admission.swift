@@ -32,6 +32,14 @@ public struct UpgradeRequest: Sendable {
         }
     }
 
+    /// The subprotocols the client offers (`Sec-WebSocket-Protocol`, every field line), in its order of
+    /// preference; names are case-sensitive.
+    public var offeredSubprotocols: [String] {
+        values("Sec-WebSocket-Protocol").flatMap { $0.split(separator: ",") }.map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }.filter { !$0.isEmpty }
+    }
+
     /// Header names are ASCII tokens (RFC 9110 §5.1); comparing them needs no locale-aware Foundation call,
     /// which showed in profiles of session setup.
     static func equalIgnoringASCIICase(_ a: String, _ b: String) -> Bool {
@@ -52,7 +60,7 @@ public struct UpgradeRequest: Sendable {
 }
 
 /// A refusal: what the client is told (status and a short reason) and what the audit log records.
-public struct Refusal: Sendable, Equatable {
+public struct Refusal: Error, Sendable, Equatable {
     public var status: Int
     /// Stable machine-readable code, e.g. `origin_not_allowed`.
     public var reason: String
@@ -73,6 +81,56 @@ public struct Refusal: Sendable, Equatable {
 public enum AdmissionOutcome: Sendable {
     case admit(identity: Identity, rule: String, route: GatewayConfiguration.Route)
     case refuse(Refusal, identity: Identity?)
+}
+
+/// What an admitted upgrade answers in `Sec-WebSocket-Protocol` (RFC 6455 §4.2.2).
+public enum SubprotocolChoice: Sendable, Equatable {
+    /// No subprotocol: the answer carries no `Sec-WebSocket-Protocol`.
+    case none
+    /// The gateway's own choice (`echo` and `broker` routes).
+    case chosen(String)
+    /// An `upstream` route: these are offered to the backend, whose choice the client is answered with.
+    case askBackend(offers: [String])
+}
+
+extension Admission {
+    /// The subprotocol for `request` on `route`: the first the client offers among those the route accepts (an
+    /// upstream route passes the offers on to its backend), or a 400 when the route requires one and none is
+    /// offered.
+    public static func subprotocol(for request: UpgradeRequest, on route: GatewayConfiguration.Route) -> Result<
+        SubprotocolChoice, Refusal
+    > {
+        let offered = request.offeredSubprotocols
+        let acceptable = route.subprotocols.isEmpty ? (route.kind == .upstream ? offered : []) :
+            offered.filter(route.subprotocols.contains)
+        if acceptable.isEmpty, route.subprotocolRequired {
+            return .failure(
+                Refusal(
+                    status: 400, reason: "subprotocol_required",
+                    message: "this route requires a subprotocol: \(route.subprotocols.joined(separator: ", "))",
+                    detail: "Sec-WebSocket-Protocol offered \(offered) on \(route.path), which accepts \(route.subprotocols)"))
+        }
+        if route.kind == .upstream { return .success(acceptable.isEmpty ? SubprotocolChoice.none : .askBackend(offers: acceptable)) }
+        return .success(acceptable.first.map(SubprotocolChoice.chosen) ?? SubprotocolChoice.none)
+    }
+
+    /// Checks an upstream backend's answer to `offers`: its choice, which must be one of them (and present when
+    /// the route requires one); a failure describes what is wrong.
+    public static func backendSubprotocol(
+        _ answered: String?, offers: [String], on route: GatewayConfiguration.Route
+    ) -> Result<String?, SubprotocolMismatch> {
+        if let answered, !offers.contains(answered) {
+            return .failure(SubprotocolMismatch(detail: "the backend chose subprotocol '\(answered)', which was not offered (\(offers))"))
+        }
+        if answered == nil, route.subprotocolRequired {
+            return .failure(SubprotocolMismatch(detail: "the backend accepted none of the subprotocols \(offers) this route requires"))
+        }
+        return .success(answered)
+    }
+
+    public struct SubprotocolMismatch: Error, Equatable {
+        public var detail: String
+    }
 }
 
 /// Admission after TLS, in the order of the design: request validation → route → identity → Origin → policy.

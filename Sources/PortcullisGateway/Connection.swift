@@ -44,6 +44,8 @@ final class Connection: @unchecked Sendable {
     var permissions = MessagePermissions()
     /// The identity whose open-session count this connection holds (released when it closes).
     var sessionSlot: String?
+    /// The subprotocol of the 101 answer, or the offers an upstream backend chooses from.
+    var subprotocol = SubprotocolChoice.none
     /// permessage-deflate as agreed in the 101 answer; nil for none.
     var compression: PerMessageDeflate?
     /// The backend connection of an `upstream` route, opened before the client's upgrade is answered.
@@ -111,6 +113,13 @@ final class Connection: @unchecked Sendable {
         self.facts = facts
         let outcome = runtime.admission.decideValidated(request, certificate: facts)
         guard case .admit(let identity, let rule, let route) = outcome else { return outcome }
+        switch Admission.subprotocol(for: request, on: route) {
+        case .success(let choice):
+            subprotocol = choice
+        case .failure(var refusal):
+            refusal.rule = rule
+            return .refuse(refusal, identity: identity)
+        }
         permissions = runtime.admission.policies.permissions(for: identity, route: route.path)
         guard gateway.usage.reserveSession(identity.name, limit: permissions.limits.sessions) else {
             return .refuse(
@@ -121,6 +130,14 @@ final class Connection: @unchecked Sendable {
         }
         sessionSlot = identity.name
         return outcome
+    }
+
+    /// What the 101 answer says of the agreed extension and subprotocol.
+    var upgradeAnswerHeaders: HTTPHeaders {
+        var headers = HTTPHeaders()
+        if let compression { headers.add(name: "Sec-WebSocket-Extensions", value: compression.responseHeader) }
+        if case .chosen(let name) = subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: name) }
+        return headers
     }
 
     /// The chain to re-check for a resumed session's leaf, and the leaf's facts: from the cache of verified
@@ -195,13 +212,18 @@ extension Connection {
     func connectUpstream(_ upstream: GatewayConfiguration.Upstream, head: HTTPRequestHead, channel: any Channel)
         -> EventLoopFuture<HTTPHeaders?>
     {
-        guard case .admit(let identity, _, _) = outcome else { return channel.eventLoop.makeSucceededFuture(nil) }
+        guard case .admit(let identity, _, let route) = outcome else { return channel.eventLoop.makeSucceededFuture(nil) }
         var headers: [(String, String)] = [
             ("X-Portcullis-Identity", identity.name),
             ("X-Portcullis-Fingerprint", identity.certificate.fingerprint),
             ("X-Portcullis-Serial", identity.certificate.serial),
         ]
         if let origin { headers.append(("X-Portcullis-Origin", origin)) }
+        var offers: [String] = []
+        if case .askBackend(let offered) = subprotocol {
+            offers = offered
+            headers.append(("Sec-WebSocket-Protocol", offered.joined(separator: ", ")))
+        }
         let query = head.uri.firstIndex(of: "?").map { String(head.uri[$0...]) } ?? ""
         let tls = upstream.secure
             ? GatewayClient.TLSOptions(
@@ -225,7 +247,18 @@ extension Connection {
                 group: eventLoop)
         }
         return connecting.map { answer -> HTTPHeaders? in
-            if case .upgraded = answer, self.upstream != nil { return HTTPHeaders() }
+            if case .upgraded(let backend) = answer, self.upstream != nil {
+                switch Admission.backendSubprotocol(backend.subprotocol, offers: offers, on: route) {
+                case .success(let chosen):
+                    self.subprotocol = chosen.map(SubprotocolChoice.chosen) ?? .none
+                    return HTTPHeaders()
+                case .failure(let mismatch):
+                    self.upstream?.close(code: 1002)
+                    self.upstream = nil
+                    self.refuseUpstream("the backend \(upstream.url) answered the upgrade, but \(mismatch.detail)")
+                    return nil
+                }
+            }
             self.refuseUpstream("the backend \(upstream.url) answered \(answer.status) to the upgrade")
             return nil
         }.recover { error in

@@ -180,12 +180,13 @@ public final class Gateway: Sendable {
                         offers: head.headers["Sec-WebSocket-Extensions"],
                         contextTakeover: configuration.compressionContextTakeover)
                 }
-                let answer = connection.compression.map { HTTPHeaders([("Sec-WebSocket-Extensions", $0.responseHeader)]) }
-                    ?? HTTPHeaders()
                 if route.kind == .upstream, let upstream = route.upstream {
-                    return connection.connectUpstream(upstream, head: head, channel: channel).map { $0.map { _ in answer } }
+                    // The backend's choice of subprotocol is known once it has answered.
+                    return connection.connectUpstream(upstream, head: head, channel: channel).map {
+                        $0.map { _ in connection.upgradeAnswerHeaders }
+                    }
                 }
-                return channel.eventLoop.makeSucceededFuture(answer)
+                return channel.eventLoop.makeSucceededFuture(connection.upgradeAnswerHeaders)
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {

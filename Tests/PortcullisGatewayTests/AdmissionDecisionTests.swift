@@ -64,6 +64,42 @@ struct AdmissionDecisionTests {
         #expect(outcome(Self.request(method: "PUT", uri: "/nowhere")) == "405 method_not_allowed")
     }
 
+    @Test("Subprotocols: the first the client offers among the route's, none, the backend's choice, or 400 when required")
+    func subprotocols() {
+        typealias Route = GatewayConfiguration.Route
+        func choice(_ offers: [String], _ route: Route) -> String {
+            let request = Self.request(add: offers.map { ("Sec-WebSocket-Protocol", $0) })
+            switch Admission.subprotocol(for: request, on: route) {
+            case .success(.none): return "none"
+            case .success(.chosen(let name)): return "chosen \(name)"
+            case .success(.askBackend(let offers)): return "ask \(offers.joined(separator: " "))"
+            case .failure(let refusal): return "\(refusal.status) \(refusal.reason)"
+            }
+        }
+        let echo = Route(path: "/v1/echo", kind: .echo, subprotocols: ["v2.portcullis", "mqtt"])
+        // The client's order of preference decides among those the route accepts; names are case-sensitive.
+        #expect(choice(["graphql-ws, mqtt", "v2.portcullis"], echo) == "chosen mqtt")
+        #expect(choice(["MQTT"], echo) == "none")
+        #expect(choice([], echo) == "none")
+        #expect(choice(["mqtt"], Route(path: "/v1/echo", kind: .echo)) == "none")
+        var required = echo
+        required.subprotocolRequired = true
+        #expect(choice(["graphql-ws"], required) == "400 subprotocol_required")
+        #expect(choice([], required) == "400 subprotocol_required")
+        // An upstream route offers the backend what the client offered (narrowed to the route's list, if any).
+        let upstream = Route(path: "/v1/up", kind: .upstream)
+        #expect(choice(["mqtt", "mqttv3.1"], upstream) == "ask mqtt mqttv3.1")
+        #expect(choice([], upstream) == "none")
+        #expect(choice(["mqtt", "other"], Route(path: "/v1/up", kind: .upstream, subprotocols: ["mqtt"])) == "ask mqtt")
+        // The backend must choose among the offers, and choose one where the route requires it.
+        #expect(Admission.backendSubprotocol("mqtt", offers: ["mqtt"], on: upstream) == .success("mqtt"))
+        #expect(Admission.backendSubprotocol(nil, offers: ["mqtt"], on: upstream) == .success(nil))
+        #expect((try? Admission.backendSubprotocol("stomp", offers: ["mqtt"], on: upstream).get()) == nil)
+        var strictUpstream = upstream
+        strictUpstream.subprotocolRequired = true
+        #expect((try? Admission.backendSubprotocol(nil, offers: ["mqtt"], on: strictUpstream).get()) == nil)
+    }
+
     @Test("A certificate no mapping rule matches is refused before origin and policy")
     func unmappedCertificate() {
         let admission = Admission(routes: Self.admission.routes, policies: .empty,

@@ -40,8 +40,8 @@ struct WebSocketProtocolStateMachine {
         /// Send a close frame with this code, then drop the connection once the peer answers or the close
         /// deadline passes.
         case fail(Failure)
-        /// The peer's close frame was invalid: send a close frame with this code and drop the connection once
-        /// it is written (the peer has closed already; nothing more will come).
+        /// Nothing more can be read (the peer's close frame was invalid, or the decoder gave up): send a close
+        /// frame with this code and drop the connection once it is written.
         case failAndDrop(Failure)
         /// The peer started the close handshake: answer with a close frame carrying `code` (none when the
         /// peer sent none), then drop the connection once it is written or the close deadline passes.
@@ -158,10 +158,16 @@ struct WebSocketProtocolStateMachine {
     }
 
     /// The frame decoder refused the bytes (a frame over the size limit, a fragmented or oversized control frame).
+    /// Nothing after them can be read, the peer's close frame included: the connection is dropped once the
+    /// close frame is written.
     mutating func decodingFailed(_ error: any Error) -> Action {
         guard closeState == .open else { return .closeHandshakeCompleted }
-        if case NIOWebSocketError.invalidFrameLength = error { return fail(.tooLarge) }
-        return fail(.protocolError)
+        let failure: Failure
+        if case NIOWebSocketError.invalidFrameLength = error { failure = .tooLarge } else { failure = .protocolError }
+        partial = nil
+        _ = startClose(code: failure.code, reason: failure.reason)
+        closeState = .received
+        return .failAndDrop(failure)
     }
 
     /// Validates the text bytes of the partial message from `start` on; fails at the first invalid byte.
