@@ -138,15 +138,7 @@ func next(_ connection: WebSocketConnection, within seconds: Double = 30) async 
 struct UpstreamTests {
     @Test("Frames are proxied both ways; the backend gets the verified identity, never the client's headers; both sides close together")
     func proxiesWithIdentity() async throws {
-        let scratch = NSTemporaryDirectory() + "portcullis-upstream-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let backend = try PythonBackend(directory: scratch)
-        defer { backend.stop() }
-        let port = try #require(try await backend.line(with: "port")?["port"] as? Int)
-        try await withGateway(adjust: {
-            $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)/backend")))
-        }) { gw in
+        try await Self.withBackend(target: "/backend") { gw, backend in
             let outcome = try await GatewayClient.connect(
                 port: gw.port, path: "/v1/upstream?room=7", headers: [("X-Portcullis-Identity", "operator")],
                 tls: gw.tls(gw.device))
