@@ -36,19 +36,10 @@ public final class WebSocketConnection: Sendable {
         try await send(frame: WebSocketFrame(fin: true, opcode: .binary, maskKey: .random(), data: ByteBuffer(bytes: binary)))
     }
 
-    /// Queues a masked data frame without waiting: frames queued this way leave in call order (a proxy
-    /// forwarding from an event loop uses it).
+    /// Queues a masked data frame without waiting: frames queued this way leave in call order (a burst that a
+    /// loaded machine cannot spread out).
     public func enqueue(binary: Bool, data: ByteBuffer) {
         channel.writeAndFlush(WebSocketFrame(fin: true, opcode: binary ? .binary : .text, maskKey: .random(), data: data), promise: nil)
-    }
-
-    /// Queues a close frame with `code` and closes the connection once it is sent, without waiting.
-    public func enqueueClose(code: UInt16) {
-        var data = channel.allocator.buffer(capacity: 2)
-        data.writeInteger(code)
-        let channel = self.channel
-        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: data))
-            .whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// Sends a frame exactly as given (tests use it for unmasked or malformed frames).

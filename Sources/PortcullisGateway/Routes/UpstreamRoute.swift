@@ -23,11 +23,8 @@ final class UpstreamRoute: SessionRoute {
     }
 
     func received(_ message: InboundMessage) {
-        guard backend.send(message) else {
-            // The backend is behind: stop reading the client until it catches up.
-            session?.setReading(false)
-            return
-        }
+        // The backend is behind: stop reading the client until it catches up.
+        if !backend.send(message) { session?.setReading(false) }
     }
 
     /// A message from the backend.
