@@ -73,7 +73,9 @@ struct BenchTests {
             let pubsub = try await PubSubBenchmark.run(
                 try Self.target(gw, path: "/v1/messages"), options: options, progress: false, group: group)
             #expect(pubsub.firstError == nil, "\(pubsub)")
-            #expect(pubsub.published >= 150 && pubsub.published <= 250, "\(pubsub)")
+            // At most the rate over the window and the warm-up whose shortfall it may catch up on (a loaded machine
+            // publishes fewer, never more).
+            #expect(pubsub.published > 0 && Double(pubsub.published) <= 200 * (pubsub.seconds + 1), "\(pubsub)")
             // Each subscriber receives every message (those in flight when the window closed arrive after it).
             #expect(pubsub.delivered > 0 && pubsub.lost == 0, "\(pubsub)")
             #expect(pubsub.latencyMicroseconds.count > 0 && pubsub.latencyMicroseconds.p50 > 0)
