@@ -19,8 +19,9 @@ func auditRecords(_ event: String, in directory: String) async throws -> [[Strin
     try jsonLines(try await portcullis(["audit", "query", "--event", event, "--jsonl"], in: directory).output)
 }
 
-/// Polls `condition` every 250 ms for up to `timeout` seconds (each poll may start a process: not faster).
-func eventually(timeout: Double = 10, _ condition: () async throws -> Bool) async throws -> Bool {
+/// Polls `condition` every 250 ms for up to `timeout` seconds (each poll may start a process: not faster); the
+/// default leaves room for a loaded machine, since a condition that holds returns at once.
+func eventually(timeout: Double = 30, _ condition: () async throws -> Bool) async throws -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
     repeat {
         if try await condition() { return true }

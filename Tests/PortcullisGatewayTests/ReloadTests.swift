@@ -71,7 +71,7 @@ struct ReloadTests {
             let serial = hexString(gw.deviceCertificate.serialNumber.bytes)
             #expect(outcome.lines.contains { $0.contains("CRL: newly revoked \(serial)") }, "\(outcome.lines)")
 
-            let close = await closeFrame(of: device, within: 1)
+            let close = await closeFrame(of: device, within: 30)
             #expect(close?.code == 1008)
             #expect(close?.reason == "certificate_revoked")
             #expect(try await echoes(other))
@@ -145,7 +145,7 @@ struct ReloadTests {
             #expect(outcome.result == .applied)
             #expect(outcome.lines.contains("policies: changed test.yaml"), "\(outcome.lines)")
 
-            let close = await closeFrame(of: device, within: 1)
+            let close = await closeFrame(of: device, within: 30)
             #expect(close?.code == 1008)
             #expect(close?.reason == "no_matching_rule")
             let ended = try #require(await gw.auditRecord { $0.event == "session_terminated" })
@@ -197,7 +197,7 @@ struct ReloadTests {
             let onlyNew = await gw.gateway.reload(trigger: "test")
             #expect(onlyNew.result == .applied, "\(onlyNew.lines)")
             #expect(onlyNew.lines.contains { $0.contains("removed CN=Portcullis Test CA") }, "\(onlyNew.lines)")
-            let close = await closeFrame(of: session, within: 1)
+            let close = await closeFrame(of: session, within: 30)
             #expect(close?.code == 1008)
             #expect(close?.reason == "certificate_untrusted")
         }
@@ -236,7 +236,7 @@ struct ReloadTests {
             let outcome = await gw.gateway.reload(trigger: "test") { proposed }
             #expect(outcome.result == .applied)
             #expect(outcome.lines.contains { $0.hasPrefix("allowed origins: ") && $0.hasSuffix("[\"https://other.example.test\"]") }, "\(outcome.lines)")
-            let close = await closeFrame(of: browser, within: 1)
+            let close = await closeFrame(of: browser, within: 30)
             #expect(close?.code == 1008)
             #expect(close?.reason == "origin_not_allowed")
             // The device sends no Origin and its rule allows that: it stays.
