@@ -82,8 +82,12 @@ struct MQTTTests {
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let (mosquitto, port) = try await Self.startMosquitto(in: scratch)
         defer {
+            // Mosquitto's websockets loop can sit out a SIGTERM: SIGKILL after a grace period.
             mosquitto.terminate()
-            let deadline = Date().addingTimeInterval(5)
+            var deadline = Date().addingTimeInterval(5)
+            while mosquitto.isRunning && Date() < deadline { usleep(10_000) }
+            if mosquitto.isRunning { kill(mosquitto.processIdentifier, SIGKILL) }
+            deadline = Date().addingTimeInterval(5)
             while mosquitto.isRunning && Date() < deadline { usleep(10_000) }
         }
         try await withGateway(adjust: {
