@@ -211,6 +211,18 @@ extension ExternalTool {
     }
 }
 
+/// Stops a child process: SIGTERM, then SIGKILL if it lingers past 5 s (some, like Mosquitto's websockets loop,
+/// sit out a SIGTERM). Polled: `waitUntilExit()` can wait forever on a concurrency thread.
+func stopProcess(_ process: Process) {
+    guard process.isRunning else { return }
+    kill(process.processIdentifier, SIGTERM)
+    var deadline = Date().addingTimeInterval(5)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    deadline = Date().addingTimeInterval(5)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+}
+
 /// stunnel in client mode on an ephemeral loopback port: it takes plain TCP and connects to the gateway over TLS
 /// with a client certificate, verifying the gateway's against the test CA.
 final class Stunnel: @unchecked Sendable {
@@ -277,15 +289,9 @@ final class Stunnel: @unchecked Sendable {
         let description: String
     }
 
-    /// SIGTERM, then SIGKILL if it lingers. Polled: `waitUntilExit()` can wait forever on a concurrency thread.
+    /// Stops stunnel (``stopProcess(_:)``).
     func stop() {
-        guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
-        var deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
+        stopProcess(process)
     }
 
     /// A loopback port nothing listens on now: bound with port 0, read back, closed.

@@ -81,15 +81,7 @@ struct MQTTTests {
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let (mosquitto, port) = try await Self.startMosquitto(in: scratch)
-        defer {
-            // Mosquitto's websockets loop can sit out a SIGTERM: SIGKILL after a grace period.
-            mosquitto.terminate()
-            var deadline = Date().addingTimeInterval(5)
-            while mosquitto.isRunning && Date() < deadline { usleep(10_000) }
-            if mosquitto.isRunning { kill(mosquitto.processIdentifier, SIGKILL) }
-            deadline = Date().addingTimeInterval(5)
-            while mosquitto.isRunning && Date() < deadline { usleep(10_000) }
-        }
+        defer { stopProcess(mosquitto) }
         try await withGateway(adjust: {
             $0.routes.append(.init(
                 path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)/"),
