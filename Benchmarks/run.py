@@ -3,7 +3,10 @@
 table: each figure for both servers and the ratio, per wall-clock second and per server CPU-second, plus the
 bound that `openssl speed` sets on full handshakes.
 
-Usage: python3 Benchmarks/run.py [--quick] [--no-build] [--json results.json]
+Usage: python3 Benchmarks/run.py [--quick] [--no-build] [--binary BINARY] [--baseline BINARY] [--json results.json]
+
+With --baseline, a second Portcullis binary (say, a release build of an earlier commit) runs beside the two with
+the same configuration, and a second table compares this build with it: "before and after" in one run.
 
 Needs a release build (it runs `swift build -c release` unless --no-build), nats-server (Debian package
 `nats-server`) and openssl. Client and servers share this machine's cores, so run it on an otherwise idle
@@ -60,7 +63,7 @@ def make_pki(work):
     return pki, subject
 
 
-def start_portcullis(work, pki, port):
+def start_portcullis(work, pki, port, binary=BINARY, name="portcullis"):
     policies = os.path.join(work, "policies")
     os.makedirs(policies, exist_ok=True)
     with open(os.path.join(policies, "bench.yaml"), "w") as f:
@@ -74,7 +77,7 @@ rules:
     publish: ["bench/#"]
     subscribe: ["bench/#"]
 """)
-    config = os.path.join(work, "portcullis.yaml")
+    config = os.path.join(work, f"{name}.yaml")
     with open(config, "w") as f:
         f.write(f"""listen: 127.0.0.1:{port}
 tls:
@@ -89,11 +92,14 @@ routes:
   - path: /v1/messages
     kind: broker
 policies: {policies}
-audit_dir: {work}/audit
+audit_dir: {work}/audit-{name}
+# Two builds may run side by side (--baseline): neither needs the admin listener's fixed port.
+admin:
+  listen: "off"
 """)
-    log = open(os.path.join(work, "portcullis.log"), "w")
-    process = subprocess.Popen([BINARY, "serve", "--config", config], stdout=log, stderr=subprocess.STDOUT)
-    wait_for_port(port, process, "portcullis")
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    process = subprocess.Popen([binary, "serve", "--config", config], stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, name)
     return process
 
 
@@ -189,7 +195,15 @@ def main():
     parser.add_argument("--quick", action="store_true", help="short runs and 1,000 idle sessions (a smoke test)")
     parser.add_argument("--no-build", action="store_true", help="use the existing release build")
     parser.add_argument("--json", help="also write every result to this file")
+    parser.add_argument("--baseline", help="another portcullis binary to measure beside this build (before/after)")
+    parser.add_argument("--binary", help="the portcullis binary to measure (default: this checkout's release build)")
     options = parser.parse_args()
+    global BINARY
+    if options.binary:
+        BINARY = os.path.abspath(options.binary)
+        options.no_build = True
+    if options.baseline and not os.access(options.baseline, os.X_OK):
+        sys.exit(f"--baseline {options.baseline} is not an executable")
     for tool in ["nats-server", "openssl"]:
         if not shutil.which(tool):
             sys.exit(f"{tool} is not installed (apt-get install -y {'nats-server' if tool == 'nats-server' else 'openssl'})")
@@ -205,9 +219,13 @@ def main():
         key = os.path.join(pki, "private", f"{IDENTITY}.key")
         ca = os.path.join(pki, "ca.crt")
         servers = []
-        for name, protocol in [("portcullis", "portcullis"), ("nats-server", "nats")]:
+        candidates = [("portcullis", "portcullis", BINARY), ("nats-server", "nats", None)]
+        if options.baseline:
+            candidates.insert(1, ("baseline", "portcullis", options.baseline))
+        for name, protocol, binary in candidates:
             port = free_port()
-            process = start_portcullis(work, pki, port) if protocol == "portcullis" else start_nats(work, pki, subject, port)
+            process = (start_portcullis(work, pki, port, binary, name) if protocol == "portcullis"
+                       else start_nats(work, pki, subject, port))
             processes.append(process)
             servers.append({"name": name, "protocol": protocol, "port": port, "pid": process.pid,
                             "cert": cert, "key": key, "ca": ca})
@@ -226,7 +244,9 @@ def main():
             process.terminate()
         for process in processes:
             process.wait(timeout=15)
-    print_table(results, bound, half)
+    print_table(results["portcullis"], results["nats-server"], "nats-server", bound, half)
+    if options.baseline:
+        print_table(results["portcullis"], results["baseline"], "baseline", bound, half)
     if options.json:
         with open(options.json, "w") as f:
             json.dump({"results": results, "openssl_bound": bound, "half_rate": half, "machine": machine()}, f, indent=2)
@@ -241,8 +261,8 @@ def machine():
             "openssl": run(["openssl", "version"]).strip()}
 
 
-def print_table(results, bound, half):
-    p, n = results["portcullis"], results["nats-server"]
+def print_table(p, n, other, bound, half):
+    """One table: this build (p) against another server (n), with the ratio."""
     rows = []
 
     def row(label, a, b, unit="", lower_is_better=False, digits=0):
@@ -277,8 +297,8 @@ def print_table(results, bound, half):
         n["idle"]["server_ki_b_per_session"], lower_is_better=True, digits=1)
     row("  seconds to open them", p["idle"]["open_seconds"], n["idle"]["open_seconds"], lower_is_better=True, digits=1)
 
-    widths = [max(len(r[i]) for r in rows + [("", "Portcullis", "nats-server", "ratio")]) for i in range(4)]
-    header = ("", "Portcullis", "nats-server", "ratio")
+    header = ("", "Portcullis", other, "ratio")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
     print()
     print(f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]:>{widths[2]}}  {header[3]:>{widths[3]}}")
     for r in rows:
@@ -287,7 +307,7 @@ def print_table(results, bound, half):
     print(f"openssl speed bound: {bound['full_handshakes_per_core_second']:,.0f} full handshakes per core-second "
           f"(ECDSA P-256 sign {bound['ecdsa_p256_sign_per_s']:,.0f}/s, verify {bound['ecdsa_p256_verify_per_s']:,.0f}/s, "
           f"X25519 {bound['x25519_per_s']:,.0f}/s)")
-    print("ratio: Portcullis / nats-server (for latency and memory, nats-server / Portcullis): above 1 favours Portcullis")
+    print(f"ratio: Portcullis / {other} (for latency and memory, {other} / Portcullis): above 1 favours Portcullis")
 
 
 def fmt(value, digits=0):
