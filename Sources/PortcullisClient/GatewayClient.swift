@@ -105,6 +105,11 @@ public enum GatewayClient {
         frameHandler: FrameHandlerFactory? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
+        // NIO's request encoder writes names and values as given: a CR or LF in one (a certificate name passed on
+        // in X-Portcullis-Identity, say) would split the request. Refused before anything is sent.
+        for (name, value) in headers + origins.map({ ("Origin", $0) }) {
+            guard isHeaderName(name), isHeaderValue(value) else { throw InvalidHeaderError(name: name) }
+        }
         var requestHeaders = HTTPHeaders()
         requestHeaders.add(name: "Host", value: "\(tls?.serverName ?? host):\(port)")
         requestHeaders.add(name: "Upgrade", value: "websocket")
@@ -292,3 +297,23 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
 
 @available(*, unavailable)
 extension UpgradeResponseHandler: Sendable {}
+
+/// A request header the client refused to send: its name is not an RFC 9110 token, or its value holds a
+/// control character other than tab.
+public struct InvalidHeaderError: Error, CustomStringConvertible {
+    public var name: String
+    public var description: String { "invalid HTTP header \(String(reflecting: name)): control characters or an invalid name" }
+}
+
+/// RFC 9110 §5.1: a header name is a non-empty token.
+func isHeaderName(_ name: String) -> Bool {
+    !name.isEmpty && name.utf8.allSatisfy { byte in
+        (0x21...0x7E).contains(byte) && !"\"(),/:;<=>?@[\\]{}".utf8.contains(byte)
+    }
+}
+
+/// RFC 9110 §5.5: a header value has visible characters, spaces and tabs, never CR, LF, NUL or another control.
+func isHeaderValue(_ value: String) -> Bool {
+    value.utf8.allSatisfy { $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) }
+}
+

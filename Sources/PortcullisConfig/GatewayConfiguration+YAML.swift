@@ -49,7 +49,7 @@ extension GatewayConfiguration {
             }
         }
         if let tls = top["tls"] {
-            let tlsKeys: Set<String> = ["certificate", "key", "client_ca", "client_intermediates", "crl", "min_version", "key_exchange"]
+            let tlsKeys: Set<String> = ["certificate", "key", "client_ca", "client_intermediates", "crl", "crl_expired", "min_version", "key_exchange"]
             if let fields = reader.mapping(tls.value, what: "tls", allowed: tlsKeys) {
                 for required in ["certificate", "key", "client_ca"] where fields[required] == nil {
                     reader.report(line: tls.line, "tls needs '\(required)'")
@@ -70,6 +70,13 @@ extension GatewayConfiguration {
                 }
                 if let value = fields["crl"], let text = reader.string(value.value, what: "tls.crl") {
                     config.tls.crl = resolve(text)
+                }
+                if let value = fields["crl_expired"], let text = reader.string(value.value, what: "tls.crl_expired") {
+                    if let policy = CRLExpiredPolicy(rawValue: text) {
+                        config.tls.crlExpired = policy
+                    } else {
+                        reader.report(line: value.value.line, "tls.crl_expired must be refuse or warn, not '\(text)'")
+                    }
                 }
                 if let value = fields["min_version"], let text = reader.string(value.value, what: "tls.min_version") {
                     if let version = TLSVersion(rawValue: text) {
@@ -171,7 +178,7 @@ extension GatewayConfiguration {
         } else {
             config.auditDirectory = resolve(config.auditDirectory)
         }
-        if let value = top["handshake_timeout"], let seconds = reader.duration(value.value, what: "handshake_timeout") {
+        if let value = top["handshake_timeout"], let seconds = reader.duration(value.value, what: "handshake_timeout", range: Bounds.handshakeTimeout) {
             config.handshakeTimeout = seconds
         }
         if let value = top["max_header_bytes"],
@@ -184,10 +191,10 @@ extension GatewayConfiguration {
         {
             config.maxMessageBytes = number
         }
-        if let value = top["ping_interval"], let seconds = reader.duration(value.value, what: "ping_interval") {
+        if let value = top["ping_interval"], let seconds = reader.duration(value.value, what: "ping_interval", range: Bounds.pingInterval) {
             config.pingInterval = seconds
         }
-        if let value = top["ping_timeout"], let seconds = reader.duration(value.value, what: "ping_timeout") {
+        if let value = top["ping_timeout"], let seconds = reader.duration(value.value, what: "ping_timeout", range: Bounds.pingTimeout) {
             config.pingTimeout = seconds
         }
         if let value = top["max_outbound_bytes"],
@@ -195,7 +202,7 @@ extension GatewayConfiguration {
         {
             config.maxOutboundBytes = number
         }
-        if let value = top["drain_timeout"], let seconds = reader.duration(value.value, what: "drain_timeout") {
+        if let value = top["drain_timeout"], let seconds = reader.duration(value.value, what: "drain_timeout", range: Bounds.drainTimeout) {
             config.drainTimeout = seconds
         }
         if let value = top["compression"], let mode = compression(value.value, what: "compression") {
@@ -206,7 +213,7 @@ extension GatewayConfiguration {
         {
             config.compressionContextTakeover = enabled
         }
-        if let value = top["close_timeout"], let seconds = reader.duration(value.value, what: "close_timeout") {
+        if let value = top["close_timeout"], let seconds = reader.duration(value.value, what: "close_timeout", range: Bounds.closeTimeout) {
             config.closeTimeout = seconds
         }
         // A message the gateway admits must fit in what it may queue towards a receiver, or it could never be
@@ -221,22 +228,22 @@ extension GatewayConfiguration {
                     + "framing and delivery envelope = \(largestFrame)")
         }
         /// A positive duration, or `off` for 0.
-        func durationOrOff(_ value: YAMLValue, what: String) -> Double? {
+        func durationOrOff(_ value: YAMLValue, what: String, range: ClosedRange<Double>) -> Double? {
             if value.isWord("off") { return 0 }
-            return reader.duration(value, what: what)
+            return reader.duration(value, what: what, range: range)
         }
         if let value = top["certificate_expiry_warning"],
-            let seconds = durationOrOff(value.value, what: "certificate_expiry_warning")
+            let seconds = durationOrOff(value.value, what: "certificate_expiry_warning", range: Bounds.certificateExpiryWarning)
         {
             config.certificateExpiryWarning = seconds
         }
         if let value = top["reload"],
             let fields = reader.mapping(value.value, what: "reload", allowed: ["watch_interval", "debounce"])
         {
-            if let field = fields["watch_interval"], let seconds = durationOrOff(field.value, what: "reload.watch_interval") {
+            if let field = fields["watch_interval"], let seconds = durationOrOff(field.value, what: "reload.watch_interval", range: Bounds.reloadWatchInterval) {
                 config.reloadWatchInterval = seconds
             }
-            if let field = fields["debounce"], let seconds = reader.duration(field.value, what: "reload.debounce") {
+            if let field = fields["debounce"], let seconds = reader.duration(field.value, what: "reload.debounce", range: Bounds.reloadDebounce) {
                 config.reloadDebounce = seconds
             }
         }
@@ -280,8 +287,9 @@ extension GatewayConfiguration {
             "checkpoint_interval", "checkpoint_records",
         ]
         guard let fields = reader.mapping(value, what: "audit", allowed: keys) else { return settings }
-        func duration(_ key: String) -> Duration? {
-            guard let field = fields[key], let seconds = reader.duration(field.value, what: "audit.\(key)") else { return nil }
+        func duration(_ key: String, _ range: ClosedRange<Double>) -> Duration? {
+            guard let field = fields[key], let seconds = reader.duration(field.value, what: "audit.\(key)", range: range)
+            else { return nil }
             return .microseconds(Int64(seconds * 1e6))
         }
         func integer(_ key: String, _ range: ClosedRange<Int>) -> Int? {
@@ -294,12 +302,12 @@ extension GatewayConfiguration {
                 reader.report(line: field.value.line, "audit.fsync must be always, batch or never, not '\(text)'")
             }
         }
-        if let interval = duration("fsync_interval") { settings.fsyncInterval = interval }
+        if let interval = duration("fsync_interval", Bounds.auditFsyncInterval) { settings.fsyncInterval = interval }
         if let records = integer("fsync_records", 1...1_000_000) { settings.fsyncRecords = records }
         if let capacity = integer("queue_capacity", 16...10_000_000) { settings.queueCapacity = capacity }
         if let bytes = integer("segment_max_bytes", 4096...(1 << 40)) { settings.segmentMaxBytes = bytes }
-        if let age = duration("segment_max_age") { settings.segmentMaxAge = age }
-        if let interval = duration("checkpoint_interval") { settings.checkpointInterval = interval }
+        if let age = duration("segment_max_age", Bounds.auditSegmentMaxAge) { settings.segmentMaxAge = age }
+        if let interval = duration("checkpoint_interval", Bounds.auditCheckpointInterval) { settings.checkpointInterval = interval }
         if let records = integer("checkpoint_records", 1...100_000_000) { settings.checkpointRecords = records }
         return settings
     }

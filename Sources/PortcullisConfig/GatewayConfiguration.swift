@@ -121,6 +121,14 @@ public struct GatewayConfiguration: Sendable, Equatable {
         case p384
     }
 
+    /// What the gateway does with the certificates a CRL covers once the CRL is past its `nextUpdate`.
+    public enum CRLExpiredPolicy: String, Sendable, Equatable, CaseIterable {
+        /// Refuse them (`crl_expired`): a stale CRL may miss revocations made since (the default).
+        case refuse
+        /// Admit them as the stale CRL says, counted in `portcullis_crl_expired`.
+        case warn
+    }
+
     public struct TLS: Sendable, Equatable {
         /// PEM file with the server certificate first, then any intermediates.
         public var certificateChain: String
@@ -134,6 +142,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
         /// Whether `crl` may not exist yet: true for a `pki/` layout, whose CRL the first revocation creates
         /// (a reload picks it up then). A CRL named in the configuration file must exist.
         public var crlMayBeAbsent = false
+        /// What a CRL past its `nextUpdate` means for the certificates it covers.
+        public var crlExpired: CRLExpiredPolicy = .refuse
         public var minimumVersion: TLSVersion
         /// Groups in the server's order of preference; nil for the TLS library's default (which puts the
         /// post-quantum hybrid first).
@@ -191,6 +201,22 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// broker's stamp of the sender (a type byte, two 2-byte lengths and an identity of at most 65,535
     /// bytes, as `docs/protocol.md` lays out). `max_outbound_bytes` must hold a largest message with it.
     public static let largestDeliveryOverhead = 10 + 5 + 65_535
+    /// The range each duration setting accepts, in seconds (`docs/configuration.md` lists them). Every one is
+    /// bounded: a timer past Int64 nanoseconds (about 292 years) would end the process when it is armed.
+    public enum Bounds {
+        public static let handshakeTimeout: ClosedRange<Double> = 0.1...600
+        public static let pingInterval: ClosedRange<Double> = 0.1...86400
+        public static let pingTimeout: ClosedRange<Double> = 0.1...3600
+        public static let drainTimeout: ClosedRange<Double> = 0.1...3600
+        public static let closeTimeout: ClosedRange<Double> = 0.1...600
+        public static let certificateExpiryWarning: ClosedRange<Double> = 1...(3650 * 86400)
+        public static let reloadWatchInterval: ClosedRange<Double> = 0.01...3600
+        public static let reloadDebounce: ClosedRange<Double> = 0.001...600
+        public static let auditFsyncInterval: ClosedRange<Double> = 0.001...60
+        public static let auditSegmentMaxAge: ClosedRange<Double> = 1...(3650 * 86400)
+        public static let auditCheckpointInterval: ClosedRange<Double> = 1...(30 * 86400)
+    }
+
     /// How the audit log writes, fsyncs, rotates and signs (the `audit:` section).
     public var audit = AuditSettings()
     /// What the gateway does while audit records cannot be written.

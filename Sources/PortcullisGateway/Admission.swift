@@ -168,7 +168,7 @@ public struct Admission: Sendable {
             return .refuse(
                 Refusal(status: 403, reason: PolicyRefusal.noIdentityMapping.rawValue,
                         message: "certificate does not map to an identity",
-                        detail: "no identity mapping rule matches certificate \(facts.subject)"),
+                        detail: policies.mappingFailure(facts)),
                 identity: nil)
         }
         let origins = request.values("Origin")

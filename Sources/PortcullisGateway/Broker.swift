@@ -160,51 +160,118 @@ final class Broker: Sendable {
 }
 
 /// What each identity uses across all its sessions, against the limits its policy sets.
+///
+/// An identity's rate budget outlives its last session until it has refilled: were it dropped with the
+/// session, reconnecting would hand out a fresh burst each time.
 final class IdentityUsage: Sendable {
     private struct Usage {
         var sessions = 0
         var subscriptions = 0
         var messages: TokenBucket?
         var bytes: TokenBucket?
+        /// While the identity has no session: when its buckets will be full again and the entry can go.
+        var retainedUntil: Double?
     }
 
-    private let usage = NIOLockedValueBox([String: Usage]())
+    private struct State {
+        var usage: [String: Usage] = [:]
+        /// Identities without sessions whose entries are kept, in the order they expire (every retention has the
+        /// same length, so appending keeps the order); pruned a few at a time as sessions come and go.
+        var retained: [(identity: String, until: Double)] = []
+        var retainedStart = 0
+    }
+
+    private let state = NIOLockedValueBox(State())
+    private let clock: @Sendable () -> Double
+
+    /// - Parameter clock: monotonic seconds; a parameter so that tests control time.
+    init(clock: @escaping @Sendable () -> Double = { Double(NIODeadline.now().uptimeNanoseconds) / 1e9 }) {
+        self.clock = clock
+    }
+
+    /// Monotonic seconds, the clock rate budgets are kept in.
+    var now: Double { clock() }
 
     /// Counts a new session unless the identity already has `limit` open.
     func reserveSession(_ identity: String, limit: Int?) -> Bool {
-        usage.withLockedValue { usage in
-            if let limit, usage[identity, default: Usage()].sessions >= limit { return false }
-            usage[identity, default: Usage()].sessions += 1
+        let now = clock()
+        return state.withLockedValue { state in
+            Self.prune(&state, now: now)
+            if let limit, state.usage[identity, default: Usage()].sessions >= limit { return false }
+            state.usage[identity, default: Usage()].sessions += 1
+            state.usage[identity]?.retainedUntil = nil
             return true
         }
     }
 
-    /// Releases a session slot; its subscriptions were released one by one as the session closed.
+    /// Releases a session slot; its subscriptions were released one by one as the session closed. With the
+    /// last session gone, the entry stays while its rate budget refills.
     func releaseSession(_ identity: String) {
-        usage.withLockedValue { usage in
-            usage[identity]?.sessions -= 1
-            if usage[identity]?.sessions == 0 { usage[identity] = nil }
+        let now = clock()
+        state.withLockedValue { state in
+            Self.prune(&state, now: now)
+            guard var entry = state.usage[identity] else { return }
+            entry.sessions -= 1
+            guard entry.sessions == 0 else {
+                state.usage[identity] = entry
+                return
+            }
+            let refill = [entry.messages, entry.bytes].compactMap { $0.map { $0.burst / $0.rate } }.max()
+            guard let refill else {
+                state.usage[identity] = nil
+                return
+            }
+            entry.retainedUntil = now + refill
+            state.usage[identity] = entry
+            state.retained.append((identity, now + refill))
+        }
+    }
+
+    /// Whether the identity has an entry (open sessions, or a budget still refilling); for tests.
+    func isTracked(_ identity: String) -> Bool {
+        let now = clock()
+        return state.withLockedValue { state in
+            Self.prune(&state, now: now)
+            return state.usage[identity] != nil
+        }
+    }
+
+    /// Drops at most a few expired retentions per call, so no call does work that grows with the fleet.
+    private static func prune(_ state: inout State, now: Double) {
+        var budget = 8
+        while budget > 0, state.retainedStart < state.retained.count, state.retained[state.retainedStart].until <= now {
+            let (identity, until) = state.retained[state.retainedStart]
+            state.retainedStart += 1
+            budget -= 1
+            // A later session (and release) may have renewed the entry; only a retention still current removes it.
+            if let entry = state.usage[identity], entry.sessions == 0, let retained = entry.retainedUntil, retained <= until {
+                state.usage[identity] = nil
+            }
+        }
+        if state.retainedStart > 64, state.retainedStart * 2 > state.retained.count {
+            state.retained.removeFirst(state.retainedStart)
+            state.retainedStart = 0
         }
     }
 
     func reserveSubscription(_ identity: String, limit: Int?) -> Bool {
-        usage.withLockedValue { usage in
-            if let limit, usage[identity, default: Usage()].subscriptions >= limit { return false }
-            usage[identity, default: Usage()].subscriptions += 1
+        state.withLockedValue { state in
+            if let limit, state.usage[identity, default: Usage()].subscriptions >= limit { return false }
+            state.usage[identity, default: Usage()].subscriptions += 1
             return true
         }
     }
 
     func releaseSubscription(_ identity: String) {
-        usage.withLockedValue { $0[identity]?.subscriptions -= 1 }
+        state.withLockedValue { $0.usage[identity]?.subscriptions -= 1 }
     }
 
     /// Takes one message of `bytes` from the identity's rate budget; false when over its limits.
     func admitMessage(_ identity: String, bytes: Int, limits: Limits, now: Double) -> Bool {
         guard limits.messagesPerSecond != nil || limits.bytesPerSecond != nil else { return true }
-        return usage.withLockedValue { usage in
-            var entry = usage[identity, default: Usage()]
-            defer { usage[identity] = entry }
+        return state.withLockedValue { state in
+            var entry = state.usage[identity, default: Usage()]
+            defer { state.usage[identity] = entry }
             if let rate = limits.messagesPerSecond, entry.messages == nil { entry.messages = TokenBucket(rate: rate, now: now) }
             if let rate = limits.bytesPerSecond, entry.bytes == nil { entry.bytes = TokenBucket(rate: rate, now: now) }
             // Check both before taking from either, so a refused message costs nothing.

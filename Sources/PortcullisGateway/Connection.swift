@@ -7,6 +7,7 @@ import PortcullisClient
 import PortcullisConfig
 import PortcullisPKI
 import PortcullisPolicy
+import Synchronization
 import SwiftASN1
 import X509
 
@@ -50,6 +51,9 @@ final class Connection: @unchecked Sendable {
     var compression: PerMessageDeflate?
     /// The backend connection of an `upstream` route, opened before the client's upgrade is answered.
     var upstream: BackendRelay?
+    /// Set when the connection closes (the client left, or the handshake deadline closed it): a verification
+    /// still waiting for a thread is then not started. Read off the event loop, hence atomic.
+    let closed = Atomic<Bool>(false)
 
     init(gateway: Gateway, runtime: GatewayRuntime, peer: String, eventLoop: any EventLoop) {
         self.gateway = gateway
@@ -96,7 +100,11 @@ final class Connection: @unchecked Sendable {
         {
             resumed = true
             self.chain = chain
-            if case .refused(let reason, let detail) = runtime.verifier.recheck(chain: chain) {
+            let verdict =
+                chain.isEmpty
+                ? .refused(.untrusted, detail: "its chain cannot be rebuilt from the trusted CAs; reconnect without resuming")
+                : runtime.verifier.recheck(chain: chain)
+            if case .refused(let reason, let detail) = verdict {
                 self.facts = leafFacts
                 return .refuse(
                     Refusal(status: 403, reason: reason.rawValue, message: "certificate not accepted",
@@ -120,7 +128,7 @@ final class Connection: @unchecked Sendable {
             refusal.rule = rule
             return .refuse(refusal, identity: identity)
         }
-        permissions = runtime.admission.policies.permissions(for: identity, route: route.path)
+        permissions = runtime.admission.policies.permissions(for: identity, route: route.path, origin: request.values("Origin").first)
         guard gateway.usage.reserveSession(identity.name, limit: permissions.limits.sessions) else {
             return .refuse(
                 Refusal(status: 429, reason: "session_limit", message: "too many open sessions for this identity",
@@ -142,10 +150,14 @@ final class Connection: @unchecked Sendable {
 
     /// The chain to re-check for a resumed session's leaf, and the leaf's facts: from the cache of verified
     /// chains when the leaf is in it, else parsed from the leaf alone.
+    /// The whole chain of a resumed session's leaf: from the cache of verified chains, or rebuilt from the
+    /// trust set and the intermediates seen in verified chains (after a reload the cache starts empty while
+    /// the session tickets stay valid). The chain is empty when it cannot be rebuilt.
     private func resumedChain(leafDER der: [UInt8]) -> ([Certificate], CertificateFacts)? {
         if let known = runtime.verifiedChains.entry(forLeaf: der) { return (known.chain, known.value) }
         guard let leaf = try? Certificate(derEncoded: der) else { return nil }
-        return ([leaf], CertificateFacts(certificate: leaf, derBytes: der))
+        let chain = runtime.verifier.rebuildChain(leaf: leaf, seen: runtime.seenIntermediates.all) ?? []
+        return (chain, CertificateFacts(certificate: leaf, derBytes: der))
     }
 
     /// An audit record pre-filled with what this connection knows: peer, session id, certificate, identity.
@@ -284,6 +296,10 @@ extension Connection {
     func verify(
         _ presented: [NIOSSLCertificate], promise: EventLoopPromise<NIOSSLVerificationResultWithMetadata>
     ) {
+        if let refusal = ClientCertificateVerifier.refusal(presenting: presented.count) {
+            settle(refusal, promise: promise)
+            return
+        }
         var ders: [[UInt8]] = []
         ders.reserveCapacity(presented.count)
         for certificate in presented {
@@ -311,10 +327,14 @@ extension Connection {
         let runtime = self.runtime
         let eventLoop = self.eventLoop
         Task {
-            let result = await runtime.verifier.verify(presented: certificates)
+            let result =
+                self.closed.load(ordering: .relaxed)
+                ? .refused(.untrusted, detail: "the connection closed before its certificate was verified")
+                : await runtime.verifier.verify(presented: certificates)
             eventLoop.execute {
                 if case .trusted(let chain) = result, let facts = self.presentedFacts {
                     runtime.verifiedChains.insert(key, chain: chain, value: facts)
+                    runtime.seenIntermediates.learn(from: chain)
                 }
                 self.settle(result, promise: promise)
             }

@@ -78,7 +78,7 @@ extension Gateway {
         }
 
         let changes = runtime.summary.changes(from: current.summary)
-            + Self.settingChanges(from: current.configuration, to: runtime.configuration)
+            + Self.settingChanges(from: current.configuration, to: runtime.configuration) + runtime.notes
         let restartNote = notApplied.isEmpty ? [] : ["needs a restart, not applied: \(notApplied.joined(separator: ", "))"]
         if changes.isEmpty {
             metrics.reloads(.unchanged)

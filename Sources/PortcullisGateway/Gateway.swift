@@ -224,7 +224,7 @@ public final class Gateway: Sendable {
         try pipeline.addHandler(AdmissionResponder(connection: connection))
 
         let timeout = runtime.configuration.handshakeTimeout
-        connection.handshakeTimeout = channel.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) {
+        connection.handshakeTimeout = channel.eventLoop.scheduleTask(in: .configured(seconds: timeout)) {
             guard !connection.upgraded else { return }
             connection.conclude(
                 connection.auditRecord(
@@ -237,6 +237,7 @@ public final class Gateway: Sendable {
         connections.withLockedValue { $0[key] = OpenConnection(channel: channel, connection: connection) }
         channel.closeFuture.whenComplete { _ in
             self.connections.withLockedValue { $0[key] = nil }
+            connection.closed.store(true, ordering: .relaxed)
             connection.handshakeTimeout?.cancel()
             if let identity = connection.sessionSlot {
                 self.usage.releaseSession(identity)
@@ -270,8 +271,10 @@ public final class Gateway: Sendable {
     /// The Prometheus exposition of ``metrics``, with the gauges of this moment.
     public func metricsExposition() -> [UInt8] {
         let certificates = connections.withLockedValue { Set($0.values.compactMap(\.certificate)) }
+        let runtime = self.runtime
         return metrics.exposition(
-            summary: runtime.summary, audit: auditLog.statistics(), certificatesInUse: certificates)
+            summary: runtime.summary, audit: auditLog.statistics(), certificatesInUse: certificates,
+            expiredCRLs: runtime.verifier.trust.expiredCRLs(at: Date()).count)
     }
 
     /// Whether the gateway takes new sessions: listening, not draining, and (under `refuse_new_sessions`)
@@ -281,6 +284,11 @@ public final class Gateway: Sendable {
         if serverChannel.withLockedValue({ $0 }) == nil { return "not listening yet" }
         if runtime.configuration.onAuditFailure == .refuseNewSessions, auditLog.isFailing {
             return "the audit log is failing (on_audit_failure: refuse_new_sessions)"
+        }
+        let trust = runtime.verifier.trust
+        if trust.refusesExpiredCRLs, let stale = trust.expiredCRLs(at: Date()).first {
+            return "the CRL of \(stale.issuer) is past its nextUpdate (tls.crl_expired: refuse): "
+                + "the certificates it covers are refused until a new CRL is published"
         }
         return nil
     }

@@ -32,6 +32,7 @@ public final class GatewayMetrics: Sendable {
     private let auditFailing: Gauge
     private let auditDropped: Gauge
     private let clientCertificatesInUse: Gauge
+    private let crlsExpired: Gauge
     private let routeGauges = NIOLockedValueBox<[String: Gauge]>([:])
     /// Gauges whose labels come from the loaded certificates or the sessions open: replaced at each scrape.
     private let certificateGauges = NIOLockedValueBox<[Gauge]>([])
@@ -81,6 +82,9 @@ public final class GatewayMetrics: Sendable {
             name: "portcullis_audit_records_dropped", help: "Audit records lost since the gateway started.")
         clientCertificatesInUse = registry.makeGauge(
             name: "portcullis_client_certificates_in_use", help: "Distinct client certificates of open sessions.")
+        crlsExpired = registry.makeGauge(
+            name: "portcullis_crl_expired",
+            help: "CRLs in force past their nextUpdate (with tls.crl_expired: refuse, the certificates they cover are refused).")
         // Every result is counted from zero, so a dashboard has the series before the first reload.
         for result in [ReloadOutcome.Result.applied, .unchanged, .rejected] { reloadCounter(result) }
     }
@@ -126,9 +130,11 @@ public final class GatewayMetrics: Sendable {
     }
 
     /// The exposition text: the gauges that describe the present are computed now.
-    func exposition(summary: RuntimeSummary, audit: AuditStatistics, certificatesInUse: Set<CertificateInUse>, now: Date = Date())
-        -> [UInt8]
-    {
+    func exposition(
+        summary: RuntimeSummary, audit: AuditStatistics, certificatesInUse: Set<CertificateInUse>, expiredCRLs: Int,
+        now: Date = Date()
+    ) -> [UInt8] {
+        crlsExpired.set(to: Double(expiredCRLs))
         auditQueueDepth.set(to: Double(audit.queueDepth))
         auditWriteLatency.set(to: audit.lastWriteLatency)
         auditFailing.set(to: audit.failure == nil ? 0 : 1)

@@ -17,6 +17,11 @@ public struct GatewayRuntime: Sendable {
     public let verifier: ClientCertificateVerifier
     /// Chains `verifier` accepted, with their leaf's facts; it belongs to this trust set and goes with it.
     let verifiedChains = VerifiedChainCache<CertificateFacts>()
+    /// Intermediates of verified chains, for rebuilding a resumed session's chain; kept with the TLS context,
+    /// whose session tickets outlive a reload that changes only the CRL or the policies.
+    let seenIntermediates: SeenIntermediates
+    /// What loading kept or decided that a reload's outcome should say (a vanished CRL kept in force).
+    let notes: [String]
     public let admission: Admission
     /// What was loaded, for a reload to say what changed and for the expiry metrics.
     public let summary: RuntimeSummary
@@ -41,13 +46,27 @@ public struct GatewayRuntime: Sendable {
             problems += error.diagnostics.map(\.description)
         }
         var trust: ClientTrust?
+        var notes: [String] = []
         do {
             let tls = configuration.tls
-            let crl = tls.crl.flatMap { path in
-                tls.crlMayBeAbsent && !FileManager.default.fileExists(atPath: path) ? nil : path
+            let vanished = tls.crl.map { tls.crlMayBeAbsent && !FileManager.default.fileExists(atPath: $0) } ?? false
+            var loaded = try ClientTrust.load(
+                caBundlePath: tls.clientCA, intermediatesPath: tls.clientIntermediates, crlPath: vanished ? nil : tls.crl,
+                refusesExpiredCRLs: tls.crlExpired == .refuse)
+            if let previous {
+                let inForce = previous.verifier.trust.crls
+                // Deleting the file must not un-revoke every certificate: the last CRL stays until a newer one
+                // (as long as a CA of the bundle still signs it: a CRL of a CA taken out goes with it).
+                let issuers = loaded.roots + loaded.intermediates
+                let kept = inForce.filter { crl in issuers.contains { crl.isSigned(by: $0) } }
+                if vanished, !kept.isEmpty {
+                    loaded = loaded.replacingCRLs(with: kept)
+                    notes.append(
+                        "\(tls.crl ?? "the CRL") is gone: the CRL in force stays (revocations end only with a newer CRL)")
+                }
+                problems += olderCRLs(loaded.crls, than: inForce, path: tls.crl ?? "")
             }
-            trust = try ClientTrust.load(
-                caBundlePath: tls.clientCA, intermediatesPath: tls.clientIntermediates, crlPath: crl)
+            trust = loaded
         } catch {
             problems.append("client CA / CRL: \(error)")
         }
@@ -58,10 +77,12 @@ public struct GatewayRuntime: Sendable {
             problems += error.problems
         }
         var sslContext: NIOSSLContext?
+        var seenIntermediates = SeenIntermediates()
         if let previous, let summary, previous.configuration.tls.minusCRL == configuration.tls.minusCRL,
             previous.summary.tlsInputs == summary.tlsInputs
         {
             sslContext = previous.sslContext
+            seenIntermediates = previous.seenIntermediates
         } else if summary != nil {
             do {
                 sslContext = try makeSSLContext(configuration.tls, clientCAs: (trust?.roots ?? []) + (trust?.intermediates ?? []))
@@ -76,11 +97,30 @@ public struct GatewayRuntime: Sendable {
             configuration: configuration,
             sslContext: sslContext,
             verifier: ClientCertificateVerifier(trust: trust),
+            seenIntermediates: seenIntermediates,
+            notes: notes,
             admission: Admission(
                 routes: configuration.routes, policies: policies,
                 gatewayOrigins: OriginMatcher(configuration.allowedOrigins),
                 maxHeaderBytes: configuration.maxHeaderBytes),
             summary: summary)
+    }
+
+    /// A problem for each CRL of `loaded` older than the one in force for the same issuer: by CRL number, or by
+    /// `thisUpdate` when either has none. Installing it would un-revoke what the newer one revoked.
+    static func olderCRLs(_ loaded: [CertificateRevocationList], than inForce: [CertificateRevocationList], path: String)
+        -> [String]
+    {
+        loaded.compactMap { crl in
+            guard let current = inForce.first(where: { $0.issuer == crl.issuer }) else { return nil }
+            if let number = crl.number, let currentNumber = current.number {
+                guard CertificateRevocationList.compareNumbers(number, currentNumber) == .orderedAscending else { return nil }
+                return "\(path): CRL number \(hexString(number)) of \(crl.issuer) is older than the one in force "
+                    + "(\(hexString(currentNumber))); an older CRL would un-revoke certificates"
+            }
+            guard crl.thisUpdate < current.thisUpdate else { return nil }
+            return "\(path): the CRL of \(crl.issuer) was issued before the one in force; an older CRL would un-revoke certificates"
+        }
     }
 
     /// ECDHE key exchange with AEAD ciphers only, TLS 1.2 or 1.3 minimum, client certificate required.

@@ -33,6 +33,9 @@ public struct RuntimeSummary: Sendable, Equatable {
     public var certificateAuthorities: [CertificateSummary]
     /// Serials (hex) listed by the CRLs in force.
     public var revokedSerials: Set<String>
+    /// Each CRL in force by issuer, number and next update: a renewed CRL with the same entries is a change too
+    /// (it ends a stale CRL's `crl_expired` refusals).
+    public var crlVersions: [String]
     /// Policy file name → SHA-256 of its contents.
     public var policyFiles: [String: String]
     public var allowedOrigins: [String]
@@ -59,6 +62,10 @@ public struct RuntimeSummary: Sendable, Equatable {
         serverCertificate = CertificateSummary(leaf)
         certificateAuthorities = ((trust?.roots ?? []) + (trust?.intermediates ?? [])).map(CertificateSummary.init)
         revokedSerials = Set((trust?.crls ?? []).flatMap { $0.entries.map { hexString($0.serial) } })
+        crlVersions = (trust?.crls ?? []).map { crl in
+            "\(crl.issuer) number \(crl.number.map { hexString($0) } ?? "none"), next update "
+                + (crl.nextUpdate.map { ISO8601DateFormatter().string(from: $0) } ?? "none")
+        }
         policyFiles = [:]
         let directory = configuration.policiesDirectory
         for name in (try? PolicySet.fileNames(in: directory)) ?? [] {
@@ -101,6 +108,9 @@ public struct RuntimeSummary: Sendable, Equatable {
                     revoked.isEmpty ? nil : "newly revoked \(Self.list(revoked))",
                     reinstated.isEmpty ? nil : "no longer listed \(Self.list(reinstated))",
                 ].compactMap { $0 }.joined(separator: ", ") + " (\(revokedSerials.count) revoked in all)")
+        }
+        if revoked.isEmpty, reinstated.isEmpty, crlVersions != old.crlVersions {
+            changes.append("CRL: renewed, " + crlVersions.joined(separator: "; "))
         }
         if policyFiles != old.policyFiles {
             let names = Set(policyFiles.keys).union(old.policyFiles.keys).sorted()

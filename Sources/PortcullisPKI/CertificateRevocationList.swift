@@ -47,6 +47,15 @@ public struct CertificateRevocationList: Sendable {
     public let number: [UInt8]?
     /// The complete DER encoding.
     public let derBytes: [UInt8]
+
+    /// Orders two CRL numbers (DER INTEGER contents, big-endian; RFC 5280 §5.2.3 makes them non-negative and
+    /// up to 20 octets) as the numbers they are, whatever their leading zero octets.
+    public static func compareNumbers(_ a: [UInt8], _ b: [UInt8]) -> ComparisonResult {
+        let x = a.drop { $0 == 0 }, y = b.drop { $0 == 0 }
+        if x.count != y.count { return x.count < y.count ? .orderedAscending : .orderedDescending }
+        for (left, right) in zip(x, y) where left != right { return left < right ? .orderedAscending : .orderedDescending }
+        return .orderedSame
+    }
     private let tbsBytes: ArraySlice<UInt8>
     private let signatureAlgorithm: Certificate.SignatureAlgorithm?
     private let signatureBytes: ArraySlice<UInt8>

@@ -10,6 +10,9 @@ public enum CertificateRefusal: String, Sendable, Hashable, CaseIterable {
     case notYetValid = "certificate_not_yet_valid"
     case missingClientAuth = "certificate_missing_client_auth"
     case revoked = "certificate_revoked"
+    /// The CRL of an issuer in the chain is past its `nextUpdate` (`tls.crl_expired: refuse`): it may miss
+    /// revocations made since.
+    case crlExpired = "crl_expired"
     /// Any other RFC 5280 failure (basic constraints, name constraints, an unhandled critical extension).
     case invalid = "certificate_invalid"
 }
@@ -34,16 +37,31 @@ public struct ClientCertificateVerifier: Sendable {
         self.trust = trust
     }
 
+    /// The most certificates a client may present (leaf and intermediates). Path building tries every
+    /// combination of candidate issuers: 10 layers of 4 certificates sharing subject and key cost seconds of
+    /// CPU per handshake before any trust is established. Real chains are a leaf and one to three
+    /// intermediates; with at most 10, the worst search is a few dozen paths.
+    public static let maximumPresentedCertificates = 10
+
+    /// Refuses a presentation longer than ``maximumPresentedCertificates`` before anything is parsed.
+    public static func refusal(presenting count: Int) -> ClientVerification? {
+        guard count > maximumPresentedCertificates else { return nil }
+        return .refused(
+            .untrusted,
+            detail: "the client presented \(count) certificates; at most \(maximumPresentedCertificates) are accepted")
+    }
+
     /// Verifies `presented` (leaf first, then whatever intermediates the client sent).
     public func verify(presented: [Certificate], now: Date = Date()) async -> ClientVerification {
         guard let leaf = presented.first else {
             return .refused(.untrusted, detail: "no certificate presented")
         }
+        if let refusal = Self.refusal(presenting: presented.count) { return refusal }
         let intermediates = CertificateStore(Array(presented.dropFirst()) + trust.intermediates)
         var verifier = Verifier(rootCertificates: CertificateStore(trust.roots)) {
             RFC5280Policy(fixedExpiryValidationTime: now)
             ClientAuthUsagePolicy()
-            RevocationPolicy(trust: trust)
+            RevocationPolicy(trust: trust, now: now)
         }
         let result = await verifier.validate(leaf: leaf, intermediates: intermediates)
         if case .validCertificate(let chain) = result {
@@ -71,9 +89,44 @@ public struct ClientCertificateVerifier: Sendable {
             if let refusal = validityRefusal(certificate, now: now) { return refusal }
         }
         for certificate in chain.count > 1 ? chain.dropLast() : chain[...] {
-            if let entry = trust.revocation(of: certificate) {
-                return .refused(.revoked, detail: Self.describe(entry, of: certificate))
+            if let refusal = revocationRefusal(certificate, now: now) { return refusal }
+        }
+        return nil
+    }
+
+    /// Refuses `certificate` when its issuer's CRL lists it, or is stale and stale CRLs refuse.
+    private func revocationRefusal(_ certificate: Certificate, now: Date) -> ClientVerification? {
+        if let crl = trust.expiredCRL(covering: certificate, at: now) {
+            return .refused(.crlExpired, detail: Self.describeExpired(crl, covering: certificate))
+        }
+        if let entry = trust.revocation(of: certificate) {
+            return .refused(.revoked, detail: Self.describe(entry, of: certificate))
+        }
+        return nil
+    }
+
+    static func describeExpired(_ crl: CertificateRevocationList, covering certificate: Certificate) -> String {
+        "the CRL of \(crl.issuer) was due to be replaced at "
+            + ISO8601DateFormatter().string(from: crl.nextUpdate ?? crl.thisUpdate)
+            + " (its nextUpdate) and may miss revocations since, so \(certificate.subject) is refused "
+            + "(tls.crl_expired: refuse); publish a new CRL"
+    }
+
+    /// The chain of a leaf whose TLS session was resumed, rebuilt by issuer name and signature from the trust
+    /// set's roots and intermediates and from `seen` (intermediates of chains verified before; a resumed session
+    /// does not carry what the client presented). The chain passed every policy at the session's full
+    /// handshake; what can have changed since is left to ``recheck(chain:now:)``. Nil when no chain to a root
+    /// can be rebuilt.
+    public func rebuildChain(leaf: Certificate, seen: [Certificate]) -> [Certificate]? {
+        var chain = [leaf]
+        while chain.count <= Self.maximumPresentedCertificates, let tip = chain.last {
+            func signs(_ issuer: Certificate) -> Bool {
+                issuer.subject == tip.issuer && !chain.contains(issuer)
+                    && issuer.publicKey.isValidSignature(tip.signature, for: tip)
             }
+            if let root = trust.roots.first(where: signs) { return chain + [root] }
+            guard let next = (trust.intermediates + seen).first(where: signs) else { return nil }
+            chain.append(next)
         }
         return nil
     }
@@ -98,9 +151,7 @@ public struct ClientCertificateVerifier: Sendable {
             return .refused(.missingClientAuth, detail: "the certificate's extended key usage lacks clientAuth")
         }
         for certificate in chain.dropLast() {
-            if let entry = trust.revocation(of: certificate) {
-                return .refused(.revoked, detail: Self.describe(entry, of: certificate))
-            }
+            if let refusal = revocationRefusal(certificate, now: now) { return refusal }
         }
         return .refused(.invalid, detail: joined)
     }
@@ -147,14 +198,21 @@ struct ClientAuthUsagePolicy: VerifierPolicy {
     }
 }
 
-/// Refuses a chain when a CRL of the trust set lists any certificate of it.
+/// Refuses a chain when a CRL of the trust set lists any certificate of it, or (when stale CRLs refuse) the
+/// CRL of an issuer in it is past its `nextUpdate`.
 struct RevocationPolicy: VerifierPolicy {
     let verifyingCriticalExtensions: [ASN1ObjectIdentifier] = []
     let trust: ClientTrust
+    let now: Date
 
     func chainMeetsPolicyRequirements(chain: UnverifiedCertificateChain) -> PolicyEvaluationResult {
-        for certificate in chain.dropLast() where trust.revocation(of: certificate) != nil {
-            return .failsToMeetPolicy(reason: "certificate \(certificate.subject) is revoked")
+        for certificate in chain.dropLast() {
+            if trust.expiredCRL(covering: certificate, at: now) != nil {
+                return .failsToMeetPolicy(reason: "the CRL covering \(certificate.subject) is past its nextUpdate")
+            }
+            if trust.revocation(of: certificate) != nil {
+                return .failsToMeetPolicy(reason: "certificate \(certificate.subject) is revoked")
+            }
         }
         return .meetsPolicy
     }

@@ -8,20 +8,43 @@ public struct ClientTrust: Sendable {
     public let roots: [Certificate]
     public let intermediates: [Certificate]
     public let crls: [CertificateRevocationList]
+    /// Whether a CRL past its `nextUpdate` refuses the certificates it covers (fail closed) or still counts
+    /// as it stands.
+    public let refusesExpiredCRLs: Bool
 
-    public init(roots: [Certificate], intermediates: [Certificate] = [], crls: [CertificateRevocationList] = []) {
+    public init(
+        roots: [Certificate], intermediates: [Certificate] = [], crls: [CertificateRevocationList] = [],
+        refusesExpiredCRLs: Bool = true
+    ) {
         self.roots = roots
         self.intermediates = intermediates
         self.crls = crls
+        self.refusesExpiredCRLs = refusesExpiredCRLs
+    }
+
+    /// The same trust with other CRLs in force.
+    public func replacingCRLs(with crls: [CertificateRevocationList]) -> ClientTrust {
+        ClientTrust(roots: roots, intermediates: intermediates, crls: crls, refusesExpiredCRLs: refusesExpiredCRLs)
+    }
+
+    /// The CRLs in force that are past their `nextUpdate` at `now`.
+    public func expiredCRLs(at now: Date) -> [CertificateRevocationList] {
+        crls.filter { $0.nextUpdate.map { $0 < now } ?? false }
+    }
+
+    /// The CRL of `certificate`'s issuer when it is past its `nextUpdate` at `now` and such a CRL refuses.
+    public func expiredCRL(covering certificate: Certificate, at now: Date) -> CertificateRevocationList? {
+        guard refusesExpiredCRLs else { return nil }
+        return crls.first { $0.issuer == certificate.issuer && ($0.nextUpdate.map { $0 < now } ?? false) }
     }
 
     /// Loads a PEM CA bundle and an optional PEM CRL file (which may hold several CRLs).
     ///
     /// Self-signed certificates in the bundle are roots; the others, and those of `intermediatesPath`, are
     /// intermediates. A CRL must be signed by one of these CAs.
-    public static func load(caBundlePath: String, intermediatesPath: String? = nil, crlPath: String?) throws
-        -> ClientTrust
-    {
+    public static func load(
+        caBundlePath: String, intermediatesPath: String? = nil, crlPath: String?, refusesExpiredCRLs: Bool = true
+    ) throws -> ClientTrust {
         var bundle = try readPEMCertificates(path: caBundlePath)
         guard !bundle.isEmpty else {
             throw PKIError.unreadable(path: caBundlePath, reason: "no CERTIFICATE in the CA bundle")
@@ -57,7 +80,7 @@ public struct ClientTrust: Sendable {
                 crls.append(crl)
             }
         }
-        return ClientTrust(roots: roots, intermediates: intermediates, crls: crls)
+        return ClientTrust(roots: roots, intermediates: intermediates, crls: crls, refusesExpiredCRLs: refusesExpiredCRLs)
     }
 
     /// The revocation entry for `certificate` when the CRL of its issuer lists it.

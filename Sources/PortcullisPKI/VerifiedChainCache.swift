@@ -69,3 +69,28 @@ public final class VerifiedChainCache<Value: Sendable>: Sendable {
 
     public var count: Int { entries.withLock { $0.count } }
 }
+
+/// Intermediates that appeared in chains the verifier accepted, so that the chain of a resumed TLS session
+/// can be rebuilt (``ClientCertificateVerifier/rebuildChain(leaf:seen:)``): a resumed session carries only
+/// its leaf. Only verified chains teach it, so a client cannot fill it with certificates of its making.
+/// Bounded; once full, new intermediates are not learned (a fleet has a handful).
+public final class SeenIntermediates: Sendable {
+    public let capacity: Int
+    private let certificates = Mutex<(list: [Certificate], set: Set<Certificate>)>(([], []))
+
+    public init(capacity: Int = 256) {
+        self.capacity = capacity
+    }
+
+    /// Learns the intermediates of `chain` (leaf first, root last).
+    public func learn(from chain: [Certificate]) {
+        guard chain.count > 2 else { return }
+        certificates.withLock { known in
+            for certificate in chain.dropFirst().dropLast() where known.list.count < capacity {
+                if known.set.insert(certificate).inserted { known.list.append(certificate) }
+            }
+        }
+    }
+
+    public var all: [Certificate] { certificates.withLock { $0.list } }
+}

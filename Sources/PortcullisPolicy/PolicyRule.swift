@@ -60,4 +60,10 @@ public struct PolicyRule: Sendable, Hashable {
     func grants(route: String) -> Bool {
         routes.contains("*") || routes.contains(route)
     }
+
+    /// Whether a session with this `Origin` header (nil when it sent none) meets the rule's origin condition.
+    func accepts(origin: String?) -> Bool {
+        guard let origin else { return allowMissingOrigin }
+        return origins?.allows(origin) ?? true
+    }
 }

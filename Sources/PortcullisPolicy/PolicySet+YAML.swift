@@ -140,6 +140,11 @@ extension PolicySet {
             }
         }
         if let identities = fields["identities"], let list = reader.strings(identities.value, what: "identities") {
+            for name in list where name != "*" {
+                if let problem = Identity.problem(withName: name) {
+                    reader.report(line: identities.value.line, "identity \(String(reflecting: name)): \(problem)")
+                }
+            }
             rule.identities = list
         }
         if let groups = fields["groups"], let list = reader.strings(groups.value, what: "groups") {
@@ -185,14 +190,10 @@ extension PolicySet {
         return reader.diagnostics.count == before ? rule : nil
     }
 
-    /// Identity variables a topic pattern may use.
-    static let topicVariables = ["{identity}", "{cn}"]
-
     private static func patternProblem(_ pattern: String) -> String? {
-        var probe = pattern
-        for variable in topicVariables { probe = probe.replacingOccurrences(of: variable, with: "x") }
+        let probe = Template(pattern, variables: topicVariables).expand { _ in "x" } ?? pattern
         if probe.contains("{") || probe.contains("}") {
-            return "unknown variable (known: \(topicVariables.joined(separator: ", ")))"
+            return "unknown variable (known: \(topicVariables.sorted().map { "{\($0)}" }.joined(separator: ", ")))"
         }
         return Topic.problem(withFilter: probe)
     }

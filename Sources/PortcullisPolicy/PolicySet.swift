@@ -46,12 +46,22 @@ public struct PolicySet: Sendable {
 
     /// The identity the first matching mapping rule gives this certificate, or nil when none applies.
     public func identify(_ facts: CertificateFacts) -> Identity? {
+        var unusable: [String] = []
         for rule in mappings {
-            if let name = rule.apply(to: facts) {
+            if let name = rule.apply(to: facts, unusable: &unusable) {
                 return Identity(name: name, groups: rule.groups, mappingRule: rule.location, certificate: facts)
             }
         }
         return nil
+    }
+
+    /// Why ``identify(_:)`` gives this certificate no identity, for the refusal's audit detail: no rule
+    /// matched, or the names the rules gave are not valid identity names.
+    public func mappingFailure(_ facts: CertificateFacts) -> String {
+        var unusable: [String] = []
+        for rule in mappings { _ = rule.apply(to: facts, unusable: &unusable) }
+        if unusable.isEmpty { return "no identity mapping rule matches certificate \(facts.subject)" }
+        return "certificate \(facts.subject) maps to no valid identity name: " + unusable.joined(separator: "; ")
     }
 
     /// The rules that name this identity, one of its groups, or everyone, in file order.
@@ -61,38 +71,61 @@ public struct PolicySet: Sendable {
         return Set(indices).sorted().map { rules[$0] }
     }
 
-    /// The message permissions of a session of `identity` on `route`: the union of the publish/subscribe
-    /// grants of every allow rule for that identity and route, the topic denials of every deny rule, and the
-    /// tightest of their limits (so the order of rules never loosens a limit).
-    public func permissions(for identity: Identity, route: String) -> MessagePermissions {
+    /// The message permissions of a session of `identity` on `route` that came with `origin` (nil when it
+    /// sent none): the union of the publish/subscribe grants of the allow rules for that identity and route
+    /// whose origin condition this session meets (a rule for another origin grants it nothing), the topic
+    /// denials of every deny rule for them, and the tightest of the granting rules' limits (so the order of
+    /// rules never loosens a limit).
+    public func permissions(for identity: Identity, route: String, origin: String?) -> MessagePermissions {
         var permissions = MessagePermissions()
         var limits: [Limits] = []
         for rule in rules(for: identity) where rule.grants(route: route) {
-            let publish = rule.publish.compactMap { substitute($0, identity: identity) }
-            let subscribe = rule.subscribe.compactMap { substitute($0, identity: identity) }
             if rule.effect == .allow {
-                permissions.publish += publish
-                permissions.subscribe += subscribe
+                guard rule.accepts(origin: origin) else { continue }
+                permissions.publish += rule.publish.compactMap { substitute($0, identity: identity) }
+                permissions.subscribe += rule.subscribe.compactMap { substitute($0, identity: identity) }
                 limits.append(rule.limits)
             } else {
-                permissions.denyPublish += publish
-                permissions.denySubscribe += subscribe
+                permissions.denyPublish += rule.publish.map { substituteDenial($0, identity: identity) }
+                permissions.denySubscribe += rule.subscribe.map { substituteDenial($0, identity: identity) }
             }
         }
         permissions.limits = Limits.tightest(limits)
         return permissions
     }
 
-    /// The pattern with the session's values in place of `{identity}` and `{cn}`; nil when a value is missing
-    /// or would change the pattern's shape (a `/`, `+` or `#` in a CN must not widen a grant).
+    /// Variables a topic pattern may use.
+    static let topicVariables: Set<String> = ["identity", "cn"]
+
+    /// The session's value of a topic pattern variable, when it can stand in a topic level: present,
+    /// non-empty, and without a `/`, `+`, `#` or control character (which would change the pattern's shape
+    /// or match nothing). Checked as bytes, as topics are matched.
+    private func topicValue(_ variable: String, identity: Identity) -> String? {
+        guard let value = variable == "identity" ? identity.name : identity.certificate.commonName, !value.isEmpty,
+            !value.utf8.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 < 0x20 || $0 == 0x7F })
+        else { return nil }
+        return value
+    }
+
+    /// The pattern with the session's values in place of `{identity}` and `{cn}`, substituted once; nil when
+    /// a value is missing or could not stand in a topic (a `/`, `+` or `#` in a CN must not widen a grant).
     func substitute(_ pattern: String, identity: Identity) -> String? {
-        var result = pattern
-        let values: [(String, String?)] = [("{identity}", identity.name), ("{cn}", identity.certificate.commonName)]
-        for (variable, value) in values where result.contains(variable) {
-            guard let value, !value.isEmpty, !value.contains(where: { "/+#".contains($0) }) else { return nil }
-            result = result.replacingOccurrences(of: variable, with: value)
+        Template(pattern, variables: Self.topicVariables).expand { topicValue($0, identity: identity) }
+    }
+
+    /// A denied pattern with the session's values in place. A denial must never be dropped because a value is
+    /// missing: from the first level whose variable cannot be substituted, it denies everything (`#`).
+    func substituteDenial(_ pattern: String, identity: Identity) -> String {
+        if let whole = substitute(pattern, identity: identity) { return whole }
+        var levels: [String] = []
+        for level in pattern.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {
+            guard let expanded = substitute(String(decoding: level, as: UTF8.self), identity: identity) else {
+                levels.append("#")
+                break
+            }
+            levels.append(expanded)
         }
-        return result
+        return levels.joined(separator: "/")
     }
 
     /// Decides whether `identity` may open `route` with the given `Origin` header (nil when absent).
@@ -119,13 +152,7 @@ public struct PolicySet: Sendable {
             return .refuse(
                 .noMatchingRule, rule: nil, detail: "no rule grants identity '\(identity.name)' the route \(route)")
         }
-        for rule in allows {
-            if let origin {
-                if rule.origins?.allows(origin) ?? true { return .admit(rule: rule.name) }
-            } else if rule.allowMissingOrigin {
-                return .admit(rule: rule.name)
-            }
-        }
+        if let rule = allows.first(where: { $0.accepts(origin: origin) }) { return .admit(rule: rule.name) }
         let names = allows.map(\.name).joined(separator: ", ")
         if let origin {
             return .refuse(

@@ -8,19 +8,19 @@ public enum Topic {
     /// Why `topic` cannot be published to, or nil when it can.
     public static func problem(withName topic: String) -> String? {
         if let problem = commonProblem(topic) { return problem }
-        if topic.contains(where: { $0 == "+" || $0 == "#" }) { return "wildcards '+' and '#' are for subscriptions, not topics" }
+        if topic.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) { return "wildcards '+' and '#' are for subscriptions, not topics" }
         return nil
     }
 
     /// Why `filter` cannot be subscribed to, or nil when it can.
     public static func problem(withFilter filter: String) -> String? {
         if let problem = commonProblem(filter) { return problem }
-        let levels = filter.split(separator: "/", omittingEmptySubsequences: false)
-        for (index, level) in levels.enumerated() {
-            if level.contains("#") && (level != "#" || index != levels.count - 1) {
+        let filterLevels = levels(filter)
+        for (index, level) in filterLevels.enumerated() {
+            if level.contains(UInt8(ascii: "#")) && (!isLevel(level, "#") || index != filterLevels.count - 1) {
                 return "'#' must be a whole level and the last one"
             }
-            if level.contains("+") && level != "+" { return "'+' must be a whole level" }
+            if level.contains(UInt8(ascii: "+")) && !isLevel(level, "+") { return "'+' must be a whole level" }
         }
         return nil
     }
@@ -48,35 +48,45 @@ public enum Topic {
         return topicLevels.isEmpty
     }
 
+    /// The levels of a topic or filter, as UTF-8 bytes: topics are compared byte for byte, never as
+    /// canonically equivalent characters (and a `/` followed by a combining mark still separates levels).
+    private static func levels(_ text: String) -> [Substring.UTF8View] {
+        text[...].utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+    }
+
+    private static func isLevel(_ level: Substring.UTF8View, _ wildcard: Unicode.Scalar) -> Bool {
+        level.count == 1 && level.first == UInt8(ascii: wildcard)
+    }
+
     /// Whether every topic `filter` matches is also matched by `pattern`: a subscription is allowed when a
     /// granted pattern covers it entirely.
     public static func covers(pattern: String, filter: String) -> Bool {
-        let patternLevels = pattern.split(separator: "/", omittingEmptySubsequences: false)
-        let filterLevels = filter.split(separator: "/", omittingEmptySubsequences: false)
+        let patternLevels = levels(pattern)
+        let filterLevels = levels(filter)
         for (index, level) in patternLevels.enumerated() {
-            if level == "#" { return true }
+            if isLevel(level, "#") { return true }
             guard index < filterLevels.count else { return false }
             let wanted = filterLevels[index]
-            if wanted == "#" { return false }
-            if level == "+" { continue }
-            if wanted == "+" || wanted != level { return false }
+            if isLevel(wanted, "#") { return false }
+            if isLevel(level, "+") { continue }
+            if isLevel(wanted, "+") || !wanted.elementsEqual(level) { return false }
         }
         return filterLevels.count == patternLevels.count
     }
 
     /// Whether some topic is matched by both filters (a deny pattern and a subscription collide).
     public static func overlaps(_ first: String, _ second: String) -> Bool {
-        let a = first.split(separator: "/", omittingEmptySubsequences: false)
-        let b = second.split(separator: "/", omittingEmptySubsequences: false)
+        let a = levels(first)
+        let b = levels(second)
         var index = 0
         while index < a.count && index < b.count {
-            if a[index] == "#" || b[index] == "#" { return true }
-            if a[index] != "+" && b[index] != "+" && a[index] != b[index] { return false }
+            if isLevel(a[index], "#") || isLevel(b[index], "#") { return true }
+            if !isLevel(a[index], "+") && !isLevel(b[index], "+") && !a[index].elementsEqual(b[index]) { return false }
             index += 1
         }
         if a.count == b.count { return true }
         // One filter is longer: the shorter one matches only if the longer continues with a lone '#'.
         let longer = a.count > b.count ? a : b
-        return longer.count == index + 1 && longer[index] == "#"
+        return longer.count == index + 1 && isLevel(longer[index], "#")
     }
 }

@@ -183,14 +183,26 @@ extension YAMLReader {
         return nil
     }
 
-    /// A duration such as `10s`, `500ms`, `2m` or `1h`, in seconds.
-    public func duration(_ value: YAMLValue, what: String) -> Double? {
-        if case .scalar(let text, _) = value.kind, let seconds = parseDuration(text), seconds > 0 {
+    /// A duration such as `10s`, `500ms`, `2m` or `1h`, in seconds, within `range`. Every duration has bounds:
+    /// the gateway turns them into nanosecond timers, and a value past Int64's range would end the process.
+    public func duration(_ value: YAMLValue, what: String, range: ClosedRange<Double>) -> Double? {
+        if case .scalar(let text, _) = value.kind, let seconds = parseDuration(text), range.contains(seconds) {
             return seconds
         }
-        report(line: value.line, "\(what) must be a positive duration such as 10s, 500ms, 2m or 1h")
+        report(
+            line: value.line,
+            "\(what) must be a duration from \(formatDuration(range.lowerBound)) to \(formatDuration(range.upperBound)), "
+                + "such as 10s, 500ms, 2m or 1h")
         return nil
     }
+}
+
+/// `seconds` in the largest unit of `parseDuration` that writes it as a whole number: 0.1 → `100ms`, 600 → `10m`.
+public func formatDuration(_ seconds: Double) -> String {
+    for (suffix, factor) in [("d", 86400.0), ("h", 3600), ("m", 60), ("s", 1)] where seconds >= factor {
+        if let count = Int(exactly: seconds / factor) { return "\(count)\(suffix)" }
+    }
+    return Int(exactly: seconds * 1000).map { "\($0)ms" } ?? "\(seconds)s"
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1h`, `7d` (or a bare number of seconds) into seconds.

@@ -65,8 +65,13 @@ struct BenchOptions: ParsableArguments {
     var warmupSeconds: Double { parseDuration(warmup)! }
 
     func validate() throws {
-        guard let seconds = parseDuration(duration), seconds > 0 else { throw ValidationError("--duration must be a duration such as 10s") }
-        guard parseDuration(warmup) != nil else { throw ValidationError("--warmup must be a duration such as 1s") }
+        // Bounded like every number from outside: the benchmark arms timers with these.
+        guard let seconds = parseDuration(duration), seconds > 0, seconds <= 86400 else {
+            throw ValidationError("--duration must be a duration from 1ms to 1d, such as 10s")
+        }
+        guard let warmup = parseDuration(warmup), warmup >= 0, warmup <= 3600 else {
+            throw ValidationError("--warmup must be a duration from 0s to 1h, such as 1s")
+        }
         guard concurrency > 0, threads > 0 else { throw ValidationError("--concurrency and --threads must be positive") }
     }
 
@@ -175,7 +180,7 @@ struct BenchPubSub: AsyncParsableCommand {
     func validate() throws {
         guard publishers > 0, subscribers > 0 else { throw ValidationError("--publishers and --subscribers must be positive") }
         guard payload >= 8 else { throw ValidationError("--payload must be at least 8 bytes (it carries the send time)") }
-        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        if let rate, !(rate > 0 && rate <= 100_000_000) { throw ValidationError("--rate must be from 1 to 100,000,000 messages/s") }
     }
 
     func run() async throws {
@@ -212,7 +217,9 @@ struct BenchIdle: AsyncParsableCommand {
     var hold = "2s"
 
     func validate() throws {
-        guard parseDuration(hold) != nil else { throw ValidationError("--hold must be a duration such as 2s") }
+        guard let seconds = parseDuration(hold), seconds >= 0, seconds <= 86400 else {
+            throw ValidationError("--hold must be a duration from 0s to 1d, such as 2s")
+        }
     }
 
     func run() async throws {

@@ -234,3 +234,26 @@ struct AuditChainTests {
         #expect(report.problem == nil, "\(String(describing: report.problem))")
     }
 }
+
+@Suite("Audit output on a terminal")
+struct TerminalSafeTests {
+    @Test("Escape sequences, C1 controls and bidi overrides from certificate names are printed visibly, never raw")
+    func tableCells() {
+        #expect(terminalSafe("device-42") == "device-42")
+        #expect(terminalSafe("evil\u{1B}[2J\u{1B}]0;owned\u{7}") == "evil\\u{1b}[2J\\u{1b}]0;owned\\u{7}")
+        #expect(terminalSafe("csi\u{9B}31m") == "csi\\u{9b}31m")
+        #expect(terminalSafe("abc\u{202E}fed") == "abc\\u{202e}fed")
+        #expect(terminalSafe("café ✓") == "café ✓")
+    }
+
+    @Test("JSON lines keep their value: characters JSON leaves raw become \\u escapes; safe lines are untouched")
+    func jsonLines() throws {
+        let line = Array(#"{"subject":"CN=x\u001b[1m","name":"a"#.utf8) + Array("\u{9B}1m\u{7F}\u{2066}".utf8) + Array(#""}"#.utf8)
+        let safe = try #require(line.withUnsafeBytes { terminalSafeJSON($0) })
+        #expect(!safe.contains(0x7F) && !safe.contains(0x9B) && !safe.contains(0x1B))
+        #expect(String(decoding: safe, as: UTF8.self).contains(#"a\u009b1m\u007f\u2066"#))
+        let decoded = try JSONSerialization.jsonObject(with: Data(safe)) as? [String: String]
+        #expect(decoded?["name"] == "a\u{9B}1m\u{7F}\u{2066}")
+        #expect(Array("{\"a\":\"café\"}".utf8).withUnsafeBytes { terminalSafeJSON($0) } == nil)
+    }
+}

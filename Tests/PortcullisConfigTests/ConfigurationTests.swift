@@ -122,7 +122,7 @@ struct ConfigurationTests {
             Issue.record("expected diagnostics")
         } catch let error as DiagnosticsError {
             let text = error.diagnostics.map(\.description)
-            #expect(text.contains { $0.hasPrefix("g.yaml:3: reload.watch_interval must be a positive duration") }, "\(text)")
+            #expect(text.contains { $0.hasPrefix("g.yaml:3: reload.watch_interval must be a duration from 10ms to 1h") }, "\(text)")
             #expect(text.contains("g.yaml:4: admin.listen must be HOST:PORT (e.g. 127.0.0.1:9443) or off"), "\(text)")
             #expect(text.contains { $0.hasPrefix("g.yaml:4: unknown key 'port'") }, "\(text)")
         }
@@ -155,7 +155,7 @@ struct ConfigurationTests {
             #expect(lines.contains { $0.hasPrefix("g.yaml:5: tls.key_exchange must list groups among") })
             #expect(lines.contains { $0.hasPrefix("g.yaml:6: 'https://bad.example/path' is not an origin") })
             #expect(lines.contains { $0.hasPrefix("g.yaml:9: unknown route kind 'broker-ish'") })
-            #expect(lines.contains { $0.hasPrefix("g.yaml:10: handshake_timeout must be a positive duration") })
+            #expect(lines.contains { $0.hasPrefix("g.yaml:10: handshake_timeout must be a duration from 100ms to 10m") })
             #expect(lines.contains { $0.hasPrefix("g.yaml:11: unknown key 'colour'") })
         } catch {
             Issue.record("unexpected error \(error)")
@@ -185,6 +185,42 @@ struct ConfigurationTests {
         }
     }
 
+    @Test(
+        "Every duration has bounds: a value past them (1e17s would overflow a timer) is refused at its line, the bounds themselves are accepted",
+        arguments: [
+            ("handshake_timeout", GatewayConfiguration.Bounds.handshakeTimeout, "handshake_timeout: %@"),
+            ("ping_interval", GatewayConfiguration.Bounds.pingInterval, "ping_interval: %@"),
+            ("ping_timeout", GatewayConfiguration.Bounds.pingTimeout, "ping_timeout: %@"),
+            ("drain_timeout", GatewayConfiguration.Bounds.drainTimeout, "drain_timeout: %@"),
+            ("close_timeout", GatewayConfiguration.Bounds.closeTimeout, "close_timeout: %@"),
+            ("certificate_expiry_warning", GatewayConfiguration.Bounds.certificateExpiryWarning, "certificate_expiry_warning: %@"),
+            ("reload.watch_interval", GatewayConfiguration.Bounds.reloadWatchInterval, "reload: {watch_interval: %@}"),
+            ("reload.debounce", GatewayConfiguration.Bounds.reloadDebounce, "reload: {debounce: %@}"),
+            ("audit.fsync_interval", GatewayConfiguration.Bounds.auditFsyncInterval, "audit: {fsync_interval: %@}"),
+            ("audit.segment_max_age", GatewayConfiguration.Bounds.auditSegmentMaxAge, "audit: {segment_max_age: %@}"),
+            ("audit.checkpoint_interval", GatewayConfiguration.Bounds.auditCheckpointInterval, "audit: {checkpoint_interval: %@}"),
+        ])
+    func durationBounds(key: String, bounds: ClosedRange<Double>, line template: String) throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        func parse(_ value: String) throws -> GatewayConfiguration {
+            try GatewayConfiguration.parse(
+                base + template.replacingOccurrences(of: "%@", with: value) + "\n", file: "g.yaml", baseDirectory: ".")
+        }
+        _ = try parse("\(bounds.lowerBound)s")
+        _ = try parse("\(bounds.upperBound)s")
+        for value in ["1e17s", "\(bounds.upperBound * 1.001)s", "\(bounds.lowerBound / 2)s", "0", "-1s", "nan", "inf"] {
+            do {
+                _ = try parse(value)
+                Issue.record("\(key): \(value) was accepted")
+            } catch let error as DiagnosticsError {
+                let lines = error.diagnostics.map(\.description)
+                #expect(
+                    lines == ["g.yaml:3: \(key) must be a duration from \(formatDuration(bounds.lowerBound)) to "
+                        + "\(formatDuration(bounds.upperBound)), such as 10s, 500ms, 2m or 1h"], "\(value): \(lines)")
+            }
+        }
+    }
+
     @Test("Durations and listen addresses parse as operators write them")
     func smallParsers() {
         #expect(parseDuration("500ms") == 0.5)
@@ -192,6 +228,8 @@ struct ConfigurationTests {
         #expect(parseDuration("1h") == 3600)
         #expect(parseDuration("10") == 10)
         #expect(parseDuration("ten") == nil)
+        #expect(formatDuration(0.1) == "100ms" && formatDuration(600) == "10m" && formatDuration(3650 * 86400) == "3650d")
+        #expect(formatDuration(90) == "90s" && formatDuration(0.0005) == "0.0005s")
         #expect(parseListenAddress("127.0.0.1:0")! == ("127.0.0.1", 0))
         #expect(parseListenAddress("[::1]:8443")! == ("::1", 8443))
         #expect(parseListenAddress("localhost") == nil)

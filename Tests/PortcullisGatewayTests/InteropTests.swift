@@ -1,6 +1,7 @@
 import Foundation
 import PortcullisPKI
 import Testing
+import X509
 
 /// The same admission scenarios through clients we did not write: OpenSSL's `s_client`, GnuTLS's `gnutls-cli`
 /// and Python's `websockets` (OpenSSL underneath). Both TLS stacks must be admitted and refused alike.
@@ -161,6 +162,34 @@ struct InteropTests {
             let revoked = try #require(await gw.auditRecord { $0.reason == "certificate_revoked" })
             #expect(revoked.resumed == true)
             #expect(revoked.event == "http_refused")
+        }
+    }
+
+    @Test("A resumed session is re-checked over its whole chain: an intermediate revoked by a CRL-only reload is seen")
+    func resumedSessionsCheckTheWholeChain() async throws {
+        try await withGateway { gw in
+            let intermediate = try gw.pki.authority.makeIntermediate(name: "Issuing CA", key: try KeyAlgorithm.p256.generate())
+            let (credential, leaf) = try gw.pki.client("demo-device", by: intermediate)
+            let chain = try leaf.serializeAsPEM().pemString + "\n" + intermediate.certificate.serializeAsPEM().pemString + "\n"
+            try chain.write(toFile: credential.certificate, atomically: true, encoding: .utf8)
+            let session = "\(gw.pki.directory)/session.pem"
+            let first = try await Self.exchange(
+                .openssl, gw, credential: credential, request: upgradeRequest(),
+                extra: ["-cert_chain", credential.certificate, "-sess_out", session])
+            #expect(first.output.contains("101 Switching Protocols"), "\(first.all)")
+
+            // The root's CRL revokes the intermediate. The reload keeps the TLS context (so the ticket is still
+            // good) and starts a new cache of verified chains: the resumed leaf's chain must be rebuilt.
+            try gw.pki.revoke([intermediate.certificate], number: 2)
+            let reload = await gw.gateway.reload(trigger: "test")
+            #expect(reload.result == .applied, "\(reload.lines)")
+            let resumed = try await Self.exchange(
+                .openssl, gw, credential: credential, request: upgradeRequest(),
+                extra: ["-cert_chain", credential.certificate, "-sess_in", session])
+            #expect(resumed.output.contains("403 Forbidden"), "\(resumed.all)")
+            let refusal = try #require(await gw.auditRecord { $0.reason == "certificate_revoked" })
+            #expect(refusal.resumed == true)
+            #expect(refusal.detail?.contains("Issuing CA") == true, "\(refusal.detail ?? "")")
         }
     }
 

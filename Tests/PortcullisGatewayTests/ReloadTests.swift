@@ -321,3 +321,110 @@ struct CertificateExpiryTests {
         }
     }
 }
+
+@Suite("Certificates without a practical expiry")
+struct NoExpirationTests {
+    @Test("A chain valid until 99991231235959Z (RFC 5280's no-expiration value) is admitted and expires nothing")
+    func noExpirationChain() async throws {
+        // IEEE 802.1AR device identities carry this not-after. Converting the time left into one timer's
+        // nanoseconds used to trap and take the whole gateway down with the first such session.
+        var endOfTime = DateComponents(timeZone: TimeZone(identifier: "UTC"), year: 9999, month: 12, day: 31)
+        (endOfTime.hour, endOfTime.minute, endOfTime.second) = (23, 59, 59)
+        let notValidAfter = try #require(Calendar(identifier: .gregorian).date(from: endOfTime))
+        let now = Date()
+        let root = try CertificateAuthority.makeRoot(
+            name: "Forever Root", key: try KeyAlgorithm.p256.generate(), validity: notValidAfter.timeIntervalSince(now), now: now)
+        let intermediate = try root.makeIntermediate(
+            name: "Forever Devices", key: try KeyAlgorithm.p256.generate(), validity: notValidAfter.timeIntervalSince(now),
+            now: now)
+        #expect(intermediate.certificate.notValidAfter == notValidAfter)
+        let rootPEM = try root.certificate.serializeAsPEM().pemString
+        // The gateway trusts the forever root beside the test CA.
+        let trustForeverRoot: (inout GatewayConfiguration) -> Void = { configuration in
+            let bundle = configuration.tls.clientCA + ".with-forever-root.pem"
+            do {
+                let trusted = try String(contentsOfFile: configuration.tls.clientCA, encoding: .utf8) + rootPEM + "\n"
+                try trusted.write(toFile: bundle, atomically: true, encoding: .utf8)
+                configuration.tls.clientCA = bundle
+            } catch {
+                Issue.record("could not write the CA bundle: \(error)")
+            }
+        }
+        try await withGateway(adjust: trustForeverRoot) { gw in
+            let (credential, leaf) = try gw.pki.client("demo-device", notValidAfter: notValidAfter, by: intermediate)
+            #expect(leaf.notValidAfter == notValidAfter)
+            let chain = try leaf.serializeAsPEM().pemString + "\n" + intermediate.certificate.serializeAsPEM().pemString + "\n"
+            try chain.write(toFile: credential.certificate, atomically: true, encoding: .utf8)
+
+            let session = try await openEcho(gw, credential)
+            try await session.send(text: "still here")
+            guard case .text(let echoed) = await session.receive() else {
+                Issue.record("no echo: the session did not stay open")
+                return
+            }
+            #expect(echoed == "still here")
+            let opened = try #require(await gw.auditRecord { $0.event == "session_opened" && $0.identity == "demo-device" })
+            #expect(opened.decision == "allow")
+            await session.close()
+            // The gateway is still serving: a second session from the same chain is admitted too.
+            let again = try await openEcho(gw, credential)
+            await again.close()
+            #expect(try gw.auditRecords().filter { $0.event == "session_terminated" }.isEmpty)
+        }
+    }
+}
+
+@Suite("CRLs: stale, older or gone")
+struct CRLFreshnessGatewayTests {
+    @Test("A CRL older than the one in force is refused at reload; a vanished crl.pem keeps the last one in force")
+    func olderOrVanishedCRL() async throws {
+        try await withGateway { gw in
+            #expect(await isRefused(gw, gw.revoked))
+            let revokedCertificate = try readPEMCertificates(path: gw.revoked.certificate)[0]
+            // A renewed CRL with the same entries is installed too (a stale one is replaced this way).
+            try gw.pki.revoke([revokedCertificate], number: 5)
+            let renewed = await gw.gateway.reload(trigger: "test")
+            #expect(renewed.result == .applied)
+            #expect(renewed.lines.contains { $0.hasPrefix("CRL: renewed") && $0.contains("number 05") }, "\(renewed.lines)")
+            // Number 4 would un-revoke whatever 5 revoked.
+            try gw.pki.revoke([], number: 4)
+            let older = await gw.gateway.reload(trigger: "test")
+            #expect(older.result == .rejected)
+            #expect(older.lines.contains { $0.contains("CRL number 04") && $0.contains("older than the one in force (05)") }, "\(older.lines)")
+            #expect(await isRefused(gw, gw.revoked))
+
+            try FileManager.default.removeItem(atPath: gw.pki.crlPath)
+            let vanished = await gw.gateway.reload(trigger: "test")
+            #expect(vanished.result != .rejected, "\(vanished.lines)")
+            #expect(vanished.lines.contains { $0.contains("is gone: the CRL in force stays") }, "\(vanished.lines)")
+            #expect(await isRefused(gw, gw.revoked), "deleting crl.pem un-revoked the device")
+            let record = try #require(await gw.auditRecord { $0.event == "reload" && $0.detail?.contains("is gone") == true })
+            #expect(record.decision == "allow")
+        }
+    }
+
+    @Test("A CRL past its nextUpdate refuses (crl_expired), says so in /readyz and metrics; with warn it admits")
+    func staleCRL() async throws {
+        try await withGateway { gw in
+            try gw.pki.revoke(
+                [], number: 2, thisUpdate: Date().addingTimeInterval(-7200), nextUpdate: Date().addingTimeInterval(-60))
+            #expect(await gw.gateway.reload(trigger: "test").result == .applied)
+            #expect(await isRefused(gw, gw.device))
+            let refusal = try #require(await gw.auditRecord { $0.reason == "crl_expired" })
+            #expect(refusal.decision == "deny")
+            #expect(gw.gateway.notReadyReason?.contains("past its nextUpdate") == true)
+            let metrics = String(decoding: gw.gateway.metricsExposition(), as: UTF8.self)
+            #expect(metrics.contains("portcullis_crl_expired 1"), "\(metrics)")
+        }
+        try await withGateway(adjust: { $0.tls.crlExpired = .warn }) { gw in
+            try gw.pki.revoke(
+                [], number: 2, thisUpdate: Date().addingTimeInterval(-7200), nextUpdate: Date().addingTimeInterval(-60))
+            #expect(await gw.gateway.reload(trigger: "test").result == .applied)
+            let session = try await openEcho(gw, gw.device)
+            await session.close()
+            #expect(gw.gateway.notReadyReason == nil)
+            let metrics = String(decoding: gw.gateway.metricsExposition(), as: UTF8.self)
+            #expect(metrics.contains("portcullis_crl_expired 1"), "\(metrics)")
+        }
+    }
+}

@@ -51,12 +51,15 @@ struct TestPKI {
     }
 
     /// Writes `crl.pem` revoking `certificates` (made outside the inventory, so signed here directly).
-    func revoke(_ certificates: [Certificate], number: UInt64 = 1) throws {
+    func revoke(
+        _ certificates: [Certificate], number: UInt64 = 1, thisUpdate: Date = Date(),
+        nextUpdate: Date = Date().addingTimeInterval(86400)
+    ) throws {
         let crl = try CertificateRevocationList.sign(
             entries: certificates.map {
-                CertificateRevocationList.Entry(serial: Array($0.serialNumber.bytes), revocationDate: Date(), reason: .keyCompromise)
+                CertificateRevocationList.Entry(serial: Array($0.serialNumber.bytes), revocationDate: thisUpdate, reason: .keyCompromise)
             },
-            by: authority, number: number, nextUpdate: Date().addingTimeInterval(86400))
+            by: authority, number: number, thisUpdate: thisUpdate, nextUpdate: nextUpdate)
         try AtomicFile.write(crl.pemDocument, to: pki.crlPath)
     }
 

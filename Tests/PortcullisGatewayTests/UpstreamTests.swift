@@ -260,3 +260,21 @@ struct UpstreamTests {
         }
     }
 }
+
+@Suite("Request headers towards a backend")
+struct RequestHeaderValidationTests {
+    @Test("A header value with CR, LF or another control character is refused before anything is sent")
+    func controlCharactersRefused() async throws {
+        // Port 1 on loopback: nothing listens, so reaching the network would fail differently.
+        for (name, value) in [
+            ("X-Portcullis-Identity", "device-42\r\nX-Portcullis-Identity: admin"),
+            ("X-Portcullis-Identity", "a\nb"),
+            ("X-Portcullis-Origin", "https://x.test\u{0}"),
+            ("Bad Name", "value"),
+        ] {
+            await #expect(throws: InvalidHeaderError.self) {
+                _ = try await GatewayClient.connect(port: 1, path: "/", headers: [(name, value)], tls: nil)
+            }
+        }
+    }
+}

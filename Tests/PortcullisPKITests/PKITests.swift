@@ -236,6 +236,128 @@ struct ClientVerifierTests {
     }
 }
 
+@Suite("Chain building under hostile input")
+struct HostileChainTests {
+    /// `layers` layers of `width` certificates; each layer's certificates share a subject and a key and are
+    /// signed by the next layer's key, so every combination is a valid path; the top is signed by an untrusted
+    /// root. Returns the leaf followed by every intermediate, as a client would present them.
+    static func layeredChain(layers: Int, width: Int) throws -> [Certificate] {
+        let keys = try (0...layers).map { _ in try KeyAlgorithm.p256.generate() }
+        let top = try DistinguishedName { CommonName("Untrusted Root") }
+        func name(_ layer: Int) throws -> DistinguishedName {
+            layer == layers ? top : try DistinguishedName { CommonName("Layer \(layer)") }
+        }
+        func certificate(subject: Int, issuer: Int, serial: Int) throws -> Certificate {
+            try Certificate(
+                version: .v3, serialNumber: .init(bytes: [UInt8(serial % 200 + 1), UInt8(subject)]),
+                publicKey: keys[subject].publicKey, notValidBefore: Date().addingTimeInterval(-60),
+                notValidAfter: Date().addingTimeInterval(3600), issuer: try name(issuer), subject: try name(subject),
+                signatureAlgorithm: .ecdsaWithSHA256,
+                extensions: try Certificate.Extensions {
+                    Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
+                },
+                issuerPrivateKey: keys[issuer])
+        }
+        var presented = [try certificate(subject: 0, issuer: 1, serial: 0)]
+        for layer in 1..<layers {
+            for index in 0..<width { presented.append(try certificate(subject: layer, issuer: layer + 1, serial: index)) }
+        }
+        return presented
+    }
+
+    @Test("A presentation of 10 layers × 4 certificates is refused before any path is built")
+    func tooManyCertificates() async throws {
+        let ca = try CertificateAuthority.makeRoot(name: "Test CA", key: try KeyAlgorithm.p256.generate())
+        let verifier = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate]))
+        let presented = try Self.layeredChain(layers: 10, width: 4)
+        #expect(presented.count == 37)
+        // 4^9 paths, each a signature check: minutes of CPU if the search ran.
+        guard case .refused(let reason, let detail) = await verifier.verify(presented: presented) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(reason == .untrusted)
+        #expect(detail == "the client presented 37 certificates; at most 10 are accepted")
+        // Within the cap the search stays small and still ends in the precise refusal.
+        let short = try Self.layeredChain(layers: 4, width: 3)
+        #expect(short.count == 10)
+        guard case .refused(let shortReason, _) = await verifier.verify(presented: short) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(shortReason == .untrusted)
+    }
+
+    @Test("A resumed session's chain is rebuilt from the trust set and intermediates seen before")
+    func rebuildChain() throws {
+        let ca = try CertificateAuthority.makeRoot(name: "Test CA", key: try KeyAlgorithm.p256.generate())
+        let intermediate = try ca.makeIntermediate(name: "Issuing CA", key: try KeyAlgorithm.p256.generate())
+        let device = try intermediate.issue(
+            commonName: "device", publicKey: try KeyAlgorithm.p256.generate().publicKey, profile: .client(),
+            notValidAfter: Date().addingTimeInterval(3600))
+        let verifier = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate]))
+        #expect(verifier.rebuildChain(leaf: device, seen: []) == nil)
+        let seen = SeenIntermediates()
+        seen.learn(from: [device, intermediate.certificate, ca.certificate])
+        #expect(seen.all == [intermediate.certificate])
+        #expect(verifier.rebuildChain(leaf: device, seen: seen.all) == [device, intermediate.certificate, ca.certificate])
+        // A certificate with the right name but another key does not count as the issuer.
+        let impostor = try ca.makeIntermediate(name: "Issuing CA", key: try KeyAlgorithm.p256.generate())
+        #expect(verifier.rebuildChain(leaf: device, seen: [impostor.certificate]) == nil)
+        // Configured intermediates count too; a leaf of the root itself needs none.
+        let configured = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate], intermediates: [intermediate.certificate]))
+        #expect(configured.rebuildChain(leaf: device, seen: [])?.count == 3)
+        let direct = try ca.issue(
+            commonName: "direct", publicKey: try KeyAlgorithm.p256.generate().publicKey, profile: .client(),
+            notValidAfter: Date().addingTimeInterval(3600))
+        #expect(verifier.rebuildChain(leaf: direct, seen: []) == [direct, ca.certificate])
+    }
+}
+
+@Suite("Stale and out-of-order CRLs")
+struct CRLFreshnessTests {
+    @Test("A CRL past its nextUpdate refuses what it covers (crl_expired), unless stale CRLs only warn")
+    func expiredCRL() async throws {
+        let ca = try CertificateAuthority.makeRoot(
+            name: "Test CA", key: try KeyAlgorithm.p256.generate(), now: Date().addingTimeInterval(-4 * 3600))
+        let device = try ca.issue(
+            commonName: "device", publicKey: try KeyAlgorithm.p256.generate().publicKey, profile: .client(),
+            notValidBefore: Date().addingTimeInterval(-3 * 3600), notValidAfter: Date().addingTimeInterval(86400))
+        let stale = try CertificateRevocationList.sign(
+            entries: [], by: ca, number: 1, thisUpdate: Date().addingTimeInterval(-7200),
+            nextUpdate: Date().addingTimeInterval(-3600))
+        let refusing = ClientCertificateVerifier(trust: ClientTrust(roots: [ca.certificate], crls: [stale]))
+        #expect(refusing.trust.expiredCRLs(at: Date()).count == 1)
+        guard case .refused(let reason, let detail) = await refusing.verify(presented: [device]) else {
+            Issue.record("a stale CRL admitted the device")
+            return
+        }
+        #expect(reason == .crlExpired)
+        #expect(detail.contains("nextUpdate") && detail.contains("publish a new CRL"), "\(detail)")
+        guard case .refused(.crlExpired, _) = refusing.recheck(chain: [device, ca.certificate]) else {
+            Issue.record("the re-check missed the stale CRL")
+            return
+        }
+        // An hour earlier the same CRL was current.
+        #expect(refusing.recheck(chain: [device, ca.certificate], now: Date().addingTimeInterval(-5400)) == nil)
+        let warning = ClientCertificateVerifier(
+            trust: ClientTrust(roots: [ca.certificate], crls: [stale], refusesExpiredCRLs: false))
+        guard case .trusted = await warning.verify(presented: [device]) else {
+            Issue.record("crl_expired: warn refused the device")
+            return
+        }
+        #expect(warning.trust.expiredCRLs(at: Date()).count == 1)
+    }
+
+    @Test("CRL numbers compare as numbers", arguments: [
+        ([1], [2], ComparisonResult.orderedAscending), ([0, 0xFF], [1, 0], .orderedAscending), ([2], [0, 2], .orderedSame),
+        ([1, 0], [0xFF], .orderedDescending), ([0x7F, 0xFF, 0xFF], [0x01, 0, 0, 0], .orderedAscending),
+    ] as [([UInt8], [UInt8], ComparisonResult)])
+    func numbers(a: [UInt8], b: [UInt8], expected: ComparisonResult) {
+        #expect(CertificateRevocationList.compareNumbers(a, b) == expected)
+    }
+}
+
 @Suite("Cache of verified chains")
 struct VerifiedChainCacheTests {
     let leafDER: [UInt8] = Array(repeating: 1, count: 300)

@@ -140,7 +140,7 @@ struct MessagePermissionTests {
 
     static func permissions(_ name: String) -> MessagePermissions {
         let identity = policies.identify(facts(cn: name))!
-        return policies.permissions(for: identity, route: "/v1/messages")
+        return policies.permissions(for: identity, route: "/v1/messages", origin: "https://console.example.test")
     }
 
     @Test("Identity variables make one rule serve a fleet")

@@ -87,3 +87,40 @@ struct MessagingProtocolTests {
         }
     }
 }
+
+@Suite("JSON object scanner")
+struct JSONObjectScannerTests {
+    /// `{"k0":0,"k1":0,…}` with `count` distinct keys, and `extra` members after them.
+    private func object(keys count: Int, extra: String = "") -> [UInt8] {
+        var text = "{"
+        for index in 0..<count { text += "\"k\(index)\":0," }
+        text += extra.isEmpty ? "\"last\":0}" : extra + "}"
+        return Array(text.utf8)
+    }
+
+    @Test("Duplicate keys are found in linear time: 300,000 distinct keys (3.5 MB) scan well inside the limit", .timeLimit(.minutes(1)))
+    func manyDistinctKeys() throws {
+        // Comparing each key with every earlier one is 4.5e10 comparisons here (minutes); a set makes it 300,000.
+        let bytes = object(keys: 300_000)
+        let members = try bytes.withUnsafeBytes { try JSONObjectScanner.members(of: $0) }
+        #expect(members.count == 300_001)
+        #expect(members.last?.key == "last")
+    }
+
+    @Test("A duplicate is refused wherever it is, at the offset of the second occurrence")
+    func duplicateAtTheEnd() throws {
+        let bytes = object(keys: 10_000, extra: "\"k0\":1")
+        do {
+            _ = try bytes.withUnsafeBytes { try JSONObjectScanner.members(of: $0) }
+            Issue.record("the duplicate key was accepted")
+        } catch let error as JSONObjectScanner.SyntaxError {
+            #expect(error.reason == "duplicate key 'k0'")
+            #expect(error.offset == bytes.count - 3)
+        }
+        for text in [#"{"a":1,"a":2}"#, #"{"type":"publish","type":"subscribe"}"#] {
+            #expect(throws: JSONObjectScanner.SyntaxError.self) {
+                try Array(text.utf8).withUnsafeBytes { try JSONObjectScanner.members(of: $0) }
+            }
+        }
+    }
+}

@@ -226,8 +226,7 @@ final class BrokerRoute: SessionRoute {
         }
         let limits = permissions.limits
         if limits.messagesPerSecond != nil || limits.bytesPerSecond != nil {
-            let now = Double(NIODeadline.now().uptimeNanoseconds) / 1e9
-            guard context.usage.admitMessage(identity, bytes: size, limits: limits, now: now) else {
+            guard context.usage.admitMessage(identity, bytes: size, limits: limits, now: context.usage.now) else {
                 rateLimited(id: id, topic: topic)
                 return false
             }

@@ -56,6 +56,16 @@ final class SessionLifetimeHandler: ChannelInboundHandler {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let remaining = notValidAfter.timeIntervalSinceNow
         let warning = session.configuration.certificateExpiryWarning
+        // A not-after far ahead (RFC 5280's 99991231235959Z, "no expiration") is waited for a year at a time:
+        // one timer for the whole span would not fit in Int64 nanoseconds.
+        let rearmAfter = 365.0 * 86400
+        if remaining - (warned ? 0 : warning) > rearmAfter {
+            expiryTask = context.eventLoop.scheduleTask(in: .configured(seconds: rearmAfter)) {
+                let (handler, context) = loopBound.value
+                handler.scheduleExpiry(at: notValidAfter, warned: warned, context: context)
+            }
+            return
+        }
         if !warned, warning > 0 {
             expiryTask = context.eventLoop.scheduleTask(in: .configured(seconds: remaining - warning)) {
                 let (handler, context) = loopBound.value

@@ -38,7 +38,7 @@ extension GatewayRuntime {
         guard let identity = policies.identify(session.facts) else {
             return .end(
                 reason: PolicyRefusal.noIdentityMapping.rawValue,
-                detail: "no identity mapping rule matches certificate \(session.facts.subject) any more")
+                detail: policies.mappingFailure(session.facts) + " (after a reload)")
         }
         guard identity.name == session.identity else {
             return .end(
@@ -52,7 +52,7 @@ extension GatewayRuntime {
             identity: identity, route: session.route, origin: session.origin, gatewayOrigins: admission.gatewayOrigins)
         {
         case .admit:
-            return .keep(policies.permissions(for: identity, route: session.route))
+            return .keep(policies.permissions(for: identity, route: session.route, origin: session.origin))
         case .refuse(let reason, _, let detail):
             return .end(reason: reason.rawValue, detail: detail)
         }

@@ -146,7 +146,11 @@ final class RecordPrinter {
     func add(_ line: UnsafeRawBufferPointer) {
         if output.jsonl || output.json {
             if output.json { out.write(printed == 0 ? "\n" : ",\n") }
-            out.write(line)
+            if let safe = terminalSafeJSON(line) {
+                safe.withUnsafeBytes { out.write($0) }
+            } else {
+                out.write(line)
+            }
             if output.jsonl { out.write("\n") }
         } else if let record = AuditReader.decode(line) {
             rows.append(Self.row(record))
@@ -190,6 +194,7 @@ final class RecordPrinter {
         if let status = record.status { detail = "\(status) " + detail }
         let who = record.identity ?? record.name ?? "-"
         return [String(record.seq), record.time, event, record.decision ?? "-", record.reason ?? "-", who, record.peer ?? "-", detail]
+            .map(terminalSafe)
     }
 }
 

@@ -43,7 +43,7 @@ struct AuditStats: ParsableCommand {
         // In the writer's key order, so that one pass over each line finds them all.
         let needles = ["time", "event", "decision", "reason", "identity", "peer", "origin", "subject"].map(AuditChain.memberNeedle)
         try reader.forEachLine(matching: try filters.filter()) { line in
-            let values = AuditChain.rawStrings(needles, in: line).map { $0.map(unescaped) }
+            let values = AuditChain.rawStrings(needles, in: line).map { $0.map { terminalSafe(unescaped($0)) } }
             summary.records += 1
             if summary.first == nil { summary.first = values[0] }
             summary.last = values[0]
