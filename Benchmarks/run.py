@@ -177,17 +177,20 @@ def openssl_bound():
             "full_handshakes_per_core_second": bound}
 
 
-def scenarios(server, quick, half_rate=None):
+def scenarios(quick):
+    """Each scenario as (key, function of a server). They run scenario by scenario, each on every server in turn,
+    so that the machine's drift over the run (this VM's speed moves by tens of percent from minute to minute)
+    falls on all servers alike."""
     d = "3s" if quick else "10s"
-    results = {}
-    results["connect"] = bench(server, "connect", "--duration", d, "--concurrency", "8")
-    results["connect_resumed"] = bench(server, "connect", "--resume", "--duration", d, "--concurrency", "8")
-    results["tls_full"] = s_time(server, 3 if quick else 10)
-    results["pubsub_1_1"] = bench(server, "pubsub", "--duration", d)
-    results["pubsub_1_10"] = bench(server, "pubsub", "--duration", d, "--subscribers", "10")
-    results["pubsub_1000"] = bench(server, "pubsub", "--duration", d, "--rate", "1000")
-    results["idle"] = bench(server, "idle", "--sessions", "1000" if quick else "10000", "--concurrency", "16")
-    return results
+    return [
+        ("connect", lambda server: bench(server, "connect", "--duration", d, "--concurrency", "8")),
+        ("connect_resumed", lambda server: bench(server, "connect", "--resume", "--duration", d, "--concurrency", "8")),
+        ("tls_full", lambda server: s_time(server, 3 if quick else 10)),
+        ("pubsub_1_1", lambda server: bench(server, "pubsub", "--duration", d)),
+        ("pubsub_1_10", lambda server: bench(server, "pubsub", "--duration", d, "--subscribers", "10")),
+        ("pubsub_1000", lambda server: bench(server, "pubsub", "--duration", d, "--rate", "1000")),
+        ("idle", lambda server: bench(server, "idle", "--sessions", "1000" if quick else "10000", "--concurrency", "16")),
+    ]
 
 
 def main():
@@ -229,10 +232,11 @@ def main():
             processes.append(process)
             servers.append({"name": name, "protocol": protocol, "port": port, "pid": process.pid,
                             "cert": cert, "key": key, "ca": ca})
-        results = {}
-        for server in servers:
-            print(f"{server['name']} (pid {server['pid']}):", file=sys.stderr, flush=True)
-            results[server["name"]] = scenarios(server, options.quick)
+        results = {server["name"]: {} for server in servers}
+        print(" ".join(f"{server['name']} (pid {server['pid']})" for server in servers), file=sys.stderr, flush=True)
+        for key, run_scenario in scenarios(options.quick):
+            for server in servers:
+                results[server["name"]][key] = run_scenario(server)
         # Latency at half the lower of the two maximum 1→1 rates, the same rate for both.
         half = min(results[s["name"]]["pubsub_1_1"]["delivered_per_second"] for s in servers) / 2
         for server in servers:
