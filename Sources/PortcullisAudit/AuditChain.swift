@@ -148,8 +148,20 @@ public enum AuditChain {
     }()
 
     /// The message a checkpoint signs: the last record it covers, by sequence number and hash.
+    /// What a checkpoint of the first format signed: the sequence number and hash, without the time. Only
+    /// read, for logs written before the second format.
     public static func checkpointMessage(seq: UInt64, hash: [UInt8]) -> [UInt8] {
         Array("portcullis-audit-checkpoint:\(seq):".utf8) + hash
+    }
+
+    /// What a checkpoint signs: which statement it is, the last record it covers and when it was made.
+    ///
+    /// `kind` separates the statements, so that no signature can stand for another: `record` is an
+    /// `audit_checkpoint` record in the log (covering the records before it), `latest` is `checkpoint.json`
+    /// while the writer runs (covering the log through that record; re-signed with a fresh time every
+    /// checkpoint interval), `closed` is `checkpoint.json` written when the writer stopped.
+    public static func checkpointMessage(kind: String, seq: UInt64, hash: [UInt8], time: String) -> [UInt8] {
+        Array("portcullis-audit-checkpoint-v2:\(kind):\(seq):\(time):".utf8) + hash
     }
 
     static func starts(_ line: UnsafeRawBufferPointer, with prefix: [UInt8], at offset: Int) -> Bool {

@@ -106,6 +106,8 @@ public final class AuditLog: @unchecked Sendable {
     private var segmentStartedAt: Date?
     private var uncheckpointed = 0
     private var lastCheckpointAt = ContinuousClock.now
+    /// When `checkpoint.json` was last signed.
+    private var lastLatestAt = ContinuousClock.now
     private let signer: CheckpointSigner?
     /// Records about the log itself (a repaired tail) to write before the next batch.
     private var notes: [Entry] = []
@@ -276,6 +278,9 @@ public final class AuditLog: @unchecked Sendable {
                 if uncheckpointed > 0, signer != nil, due(lastCheckpointAt.advanced(by: settings.checkpointInterval)) {
                     break
                 }
+                if uncheckpointed == 0, signer != nil, due(lastLatestAt.advanced(by: settings.checkpointInterval)) {
+                    break
+                }
                 if let deadline {
                     _ = condition.wait(until: Date().addingTimeInterval(seconds(deadline - now)))
                 } else {
@@ -302,7 +307,11 @@ public final class AuditLog: @unchecked Sendable {
             let finished = closing && pending.isEmpty && retry.isEmpty && unsynced == 0 && failed == nil
                 && (uncheckpointed == 0 || signer == nil) && batch.isEmpty
             condition.unlock()
-            if finished { return }
+            if finished {
+                // Everything is signed: mark checkpoint.json closed, so that a stopped log is not taken for stale.
+                _ = withLock { append([], then: nil, closing: true) }
+                return
+            }
 
             // The loss is audited once writing works again and nothing more is being dropped.
             let recovering = failed != nil && (droppedNow == 0 || closing)
@@ -393,6 +402,23 @@ public final class AuditLog: @unchecked Sendable {
         return body()
     }
 
+    /// Signs the head of the log (an `audit_checkpoint` record: only called with nothing unsigned after it)
+    /// into `checkpoint.json`. Under the lock.
+    private func writeLatestCheckpoint(closed: Bool) {
+        guard let signer else { return }
+        let time = AuditTime.format(Date())
+        var checkpoint = Checkpoint(
+            seq: headSeq, hash: String(decoding: headHash, as: UTF8.self), time: time, key: signer.keyID, signature: "",
+            closed: closed ? true : nil)
+        do {
+            checkpoint.signature = try signer.sign(kind: checkpoint.kind, seq: headSeq, hash: headHash, time: time)
+            try checkpoint.write(to: layout)
+            lastLatestAt = .now
+        } catch {
+            FileHandle.standardError.write(Data("portcullis: \(error)\n".utf8))
+        }
+    }
+
     /// Numbers, seals and appends `records` (after any notes about the log itself), rotating first when the
     /// segment is due and adding a signed checkpoint when one is due. Under the lock. On failure nothing of the
     /// batch stays in the file.
@@ -410,7 +436,16 @@ public final class AuditLog: @unchecked Sendable {
         let checkpointDue = signer != nil && total > 0
             && (closing || total >= settings.checkpointRecords
                 || ContinuousClock.now >= lastCheckpointAt.advanced(by: settings.checkpointInterval))
-        guard count > 0 || checkpointDue else { return nil }
+        guard count > 0 || checkpointDue else {
+            // Nothing to write. checkpoint.json is still re-signed with a fresh time every checkpoint interval
+            // (and marked closed at the end), so that an old copy put back in its place is seen as stale.
+            if closing || ContinuousClock.now >= lastLatestAt.advanced(by: settings.checkpointInterval) {
+                if uncheckpointed == 0, headSeq > 0 { writeLatestCheckpoint(closed: closing) }
+                // Even when nothing was signed (or writing failed): the writer must not wake for it at once again.
+                lastLatestAt = .now
+            }
+            return nil
+        }
 
         batchBuffer.removeAll(keepingCapacity: true)
         var seq = headSeq
@@ -427,18 +462,17 @@ public final class AuditLog: @unchecked Sendable {
         notes.forEach(add)
         entries.forEach(add)
         if let notice { add(notice) }
-        var checkpoint: Checkpoint?
+        var checkpointed = false
         if checkpointDue, let signer {
-            let time = AuditTime.format(now)
             do {
-                let signature = try signer.sign(seq: seq, hash: hash)
-                checkpoint = Checkpoint(
-                    seq: seq, hash: String(decoding: hash, as: UTF8.self), time: time, key: signer.keyID,
-                    signature: signature)
+                // The record's own time is signed with it: the verifier reads it back from the line.
+                stamper.format(now, into: &timeBuffer)
+                let time = String(decoding: timeBuffer, as: UTF8.self)
                 var record = AuditRecord(event: "audit_checkpoint", detail: "signs the log up to seq \(seq)")
                 record.key = signer.keyID
-                record.signature = signature
+                record.signature = try signer.sign(kind: "record", seq: seq, hash: hash, time: time)
                 add((record, now))
+                checkpointed = true
             } catch {
                 FileHandle.standardError.write(Data("portcullis: cannot sign an audit checkpoint: \(error)\n".utf8))
             }
@@ -454,18 +488,14 @@ public final class AuditLog: @unchecked Sendable {
         headHash = hash
         notes = []
         if segmentStartedAt == nil { segmentStartedAt = now }
-        if let checkpoint {
+        if checkpointed {
             // checkpoint.json must never name a record that a crash could still take away. The batch itself is
             // written: returning an error here would have it retried, and appended a second time.
             if fsync(segmentFD) != 0 {
                 FileHandle.standardError.write(Data(
                     "portcullis: \(layout.latestCheckpoint) not updated: fsync: \(String(cString: strerror(errno)))\n".utf8))
             } else {
-                do {
-                    try checkpoint.write(to: layout)
-                } catch {
-                    FileHandle.standardError.write(Data("portcullis: \(error)\n".utf8))
-                }
+                writeLatestCheckpoint(closed: closing)
             }
             uncheckpointed = 0
             lastCheckpointAt = .now
@@ -536,7 +566,7 @@ public final class AuditLog: @unchecked Sendable {
         _ = torn.withUnsafeMutableBytes { pread(segmentFD, $0.baseAddress, $0.count, keep) }
         guard ftruncate(segmentFD, keep) == 0 else { return }
         knownSize = keep
-        var note = AuditRecord(
+        let note = AuditRecord(
             event: "audit_repaired", reason: "torn_final_line",
             detail: "removed a torn final line of \(tornLength) bytes at offset \(keep) of "
                 + "\((layout.activeSegment as NSString).lastPathComponent), left by a write a crash interrupted; "

@@ -46,6 +46,9 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var user: String?
     /// For `audit_recovered` records: how many records were lost while the log could not be written.
     public var dropped: Int?
+    /// For aggregated refusals (`tls_refused`, `connection_refused`): how many further refusals of the same
+    /// address, reason and certificate this record stands for.
+    public var count: Int?
     /// For `audit_checkpoint` records: the SHA-256 (hex) of the raw Ed25519 public key that signed it.
     public var key: String?
     /// For `audit_checkpoint` records: the Ed25519 signature (base64) over the chain up to the previous record.
@@ -64,7 +67,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case seq, time, event, decision, reason, detail, identity, subject, sans, fingerprint, serial, peer, origin,
-            path, rule, status, session, resumed, operation, name, user, topic, dropped, key, signature, prev, hash
+            path, rule, status, session, resumed, operation, name, user, topic, dropped, count, key, signature, prev, hash
         case tlsVersion = "tls_version"
         case closeCode = "close_code"
         case durationMs = "duration_ms"
@@ -126,6 +129,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         add(.bytesIn, bytesIn)
         add(.bytesOut, bytesOut)
         add(.dropped, dropped)
+        add(.count, count)
         add(.tlsVersion, tlsVersion)
         if let resumed {
             member(.resumed)

@@ -12,6 +12,12 @@ public struct AuditVerification: Sendable {
     public var keyID: String?
     /// A final line a crash left without its newline: reported, not held against the log.
     public var tornFinalLine: Location?
+    /// `checkpoint.json`'s time, and whether the writer had stopped (a running writer re-signs it every
+    /// checkpoint interval, so an old time on a running log means an old copy was put back).
+    public var latestTime: String?
+    public var latestClosed = false
+    /// Checkpoints of the first format, whose time is not signed (logs written before the second).
+    public var legacyCheckpoints = 0
     /// The first problem, when the log does not verify.
     public var problem: Problem?
 
@@ -26,6 +32,8 @@ public struct AuditVerification: Sendable {
             case edited, deleted, reordered, truncated, malformed
             case checkpointSignatureInvalid = "checkpoint signature invalid"
             case checkpointKeyMissing = "checkpoint key missing"
+            case checkpointMissing = "checkpoint missing"
+            case checkpointStale = "checkpoint stale"
         }
         public var kind: Kind
         public var location: Location?
@@ -60,7 +68,12 @@ public struct AuditVerifier: Sendable {
         }
     }
 
-    public func verify() throws -> AuditVerification {
+    /// - Parameters:
+    ///   - maximumAge: when given, a `checkpoint.json` of a running writer older than this (or none at all) fails
+    ///     as stale: the writer re-signs it every checkpoint interval, so an old one was put back, or the log
+    ///     was rolled back to an earlier state.
+    ///   - now: the time `maximumAge` is measured from.
+    public func verify(maximumAge: TimeInterval? = nil, now: Date = Date()) throws -> AuditVerification {
         var report = AuditVerification()
         report.keyID = key?.keyID
         let segments = layout.segments()
@@ -76,6 +89,9 @@ public struct AuditVerifier: Sendable {
         var prev = Array(AuditChain.genesis.utf8)
         var previousLocation: AuditVerification.Location?
         let eventNeedle = AuditChain.memberNeedle("event")
+        let timeNeedle = AuditChain.memberNeedle("time")
+        // The last `audit_checkpoint` record: checkpoint.json, written right after it, must cover it.
+        var lastCheckpointRecord: (seq: UInt64, legacy: Bool)?
         let signatureNeedle = AuditChain.memberNeedle("signature")
         let keyNeedle = AuditChain.memberNeedle("key")
 
@@ -133,10 +149,16 @@ public struct AuditVerifier: Sendable {
                             return fail(.checkpointSignatureInvalid, link.seq,
                                         "signed by key \(signer ?? "(none)"), not by the trusted key \(key.keyID)")
                         }
-                        guard let signature, key.isValid(signature: signature, seq: link.seq - 1, hash: link.prev) else {
+                        let time = AuditChain.rawString(timeNeedle, in: line).map { String(decoding: $0, as: UTF8.self) } ?? ""
+                        guard let signature,
+                            key.isValid(signature: signature, kind: "record", seq: link.seq - 1, hash: link.prev, time: time)
+                        else {
                             return fail(.checkpointSignatureInvalid, link.seq,
-                                        "the signature over the log up to seq \(link.seq - 1) does not verify")
+                                        "the signature over the log up to seq \(link.seq - 1) and its time does not verify")
                         }
+                        let legacy = CheckpointVerifier.isLegacy(signature)
+                        if legacy { report.legacyCheckpoints += 1 }
+                        lastCheckpointRecord = (link.seq, legacy)
                         report.checkpoints += 1
                         report.signedThrough = link.seq
                     }
@@ -153,13 +175,30 @@ public struct AuditVerifier: Sendable {
             }
             if report.problem != nil { return report }
         }
-        if let latest {
+        guard let latest else {
+            if let last = lastCheckpointRecord {
+                report.problem = .init(
+                    kind: .checkpointMissing, location: nil, seq: last.seq,
+                    message: "\(layout.latestCheckpoint) is missing, but the log has a checkpoint at seq \(last.seq): it "
+                        + "was deleted, and records after the last checkpoint may have been removed with it")
+            } else if maximumAge != nil, report.records > 0 {
+                report.problem = .init(
+                    kind: .checkpointMissing, location: nil, seq: nil,
+                    message: "\(layout.latestCheckpoint) is missing and the log has no checkpoint")
+            }
+            return report
+        }
+        do {  // checkpoint.json
             guard let key else {
                 report.problem = .init(kind: .checkpointKeyMissing, location: nil, seq: latest.seq,
                                        message: "cannot check \(layout.latestCheckpoint): \(layout.checkpointPublicKey) is missing")
                 return report
             }
-            guard latest.key == key.keyID, key.isValid(signature: latest.signature, seq: latest.seq, hash: Array(latest.hash.utf8)) else {
+            guard latest.key == key.keyID,
+                key.isValid(
+                    signature: latest.signature, kind: latest.kind, seq: latest.seq, hash: Array(latest.hash.utf8),
+                    time: latest.time)
+            else {
                 report.problem = .init(kind: .checkpointSignatureInvalid, location: nil, seq: latest.seq,
                                        message: "\(layout.latestCheckpoint) does not verify with the trusted key")
                 return report
@@ -171,6 +210,44 @@ public struct AuditVerifier: Sendable {
                     message: "the log ends at seq \(last), but the checkpoint of \(latest.time) signs it up to seq "
                         + "\(latest.seq): seq \(last + 1)–\(latest.seq) were removed")
                 return report
+            }
+            let legacy = CheckpointVerifier.isLegacy(latest.signature)
+            report.latestTime = latest.time
+            report.latestClosed = latest.closed == true
+            if let last = lastCheckpointRecord {
+                // A second-format checkpoint.json covers the checkpoint record it was written with; a first-format
+                // one, the record before it. One older than that is an earlier checkpoint.json put back.
+                let covers = legacy ? last.seq - 1 : last.seq
+                if legacy && !last.legacy {
+                    report.problem = .init(
+                        kind: .checkpointStale, location: nil, seq: latest.seq,
+                        message: "\(layout.latestCheckpoint) is of the first format (its time is not signed) while the log's "
+                            + "checkpoints are of the second: an old copy was put back")
+                    return report
+                }
+                if latest.seq < covers {
+                    report.problem = .init(
+                        kind: .checkpointStale, location: nil, seq: latest.seq,
+                        message: "\(layout.latestCheckpoint) signs the log up to seq \(latest.seq), but the log has a checkpoint "
+                            + "at seq \(last.seq): an older checkpoint.json was put back")
+                    return report
+                }
+            }
+            if let maximumAge, latest.closed != true {
+                guard let signed = AuditTime.parse(latest.time), !legacy else {
+                    report.problem = .init(
+                        kind: .checkpointStale, location: nil, seq: latest.seq,
+                        message: "\(layout.latestCheckpoint) has no signed time to check its age against")
+                    return report
+                }
+                if now.timeIntervalSince(signed) > maximumAge {
+                    report.problem = .init(
+                        kind: .checkpointStale, location: nil, seq: latest.seq,
+                        message: "\(layout.latestCheckpoint) was signed at \(latest.time), more than \(formatAge(maximumAge)) ago, and "
+                            + "says the writer was still running: the log was rolled back to an earlier state, or its "
+                            + "writer stopped without closing it")
+                    return report
+                }
             }
             report.signedThrough = max(report.signedThrough ?? 0, latest.seq)
         }
@@ -188,4 +265,11 @@ public struct AuditVerifier: Sendable {
         }
         return found
     }
+}
+
+/// `maximumAge` in words for a message: seconds, minutes or hours.
+private func formatAge(_ seconds: TimeInterval) -> String {
+    if seconds >= 3600, let hours = Int(exactly: (seconds / 3600).rounded()) { return "\(hours) h" }
+    if seconds >= 60, let minutes = Int(exactly: (seconds / 60).rounded()) { return "\(minutes) min" }
+    return "\(Int(exactly: seconds.rounded()) ?? 0) s"
 }

@@ -58,9 +58,14 @@ public struct CheckpointSigner: Sendable {
         return CheckpointSigner(key: key)
     }
 
-    func sign(seq: UInt64, hash: [UInt8]) throws -> String {
-        try key.signature(for: AuditChain.checkpointMessage(seq: seq, hash: hash)).base64EncodedString()
+    /// A signature of the second format: `v2:` and the base64 Ed25519 signature of
+    /// ``AuditChain/checkpointMessage(kind:seq:hash:time:)``.
+    func sign(kind: String, seq: UInt64, hash: [UInt8], time: String) throws -> String {
+        let message = AuditChain.checkpointMessage(kind: kind, seq: seq, hash: hash, time: time)
+        return Self.versionPrefix + (try key.signature(for: message).base64EncodedString())
     }
+
+    static let versionPrefix = "v2:"
 }
 
 /// Checks checkpoint signatures with the public key (the one in the audit directory, or one kept elsewhere).
@@ -76,10 +81,21 @@ public struct CheckpointVerifier: Sendable {
         self.keyID = String(decoding: AuditChain.hex(SHA256.hash(data: key.rawRepresentation)), as: UTF8.self)
     }
 
-    public func isValid(signature base64: String, seq: UInt64, hash: [UInt8]) -> Bool {
-        guard let signature = Data(base64Encoded: base64) else { return false }
+    /// Checks a signature of either format: `v2:…` over kind, seq, hash and time, or (a log written before the
+    /// second format) a bare base64 signature over seq and hash alone.
+    public func isValid(signature text: String, kind: String, seq: UInt64, hash: [UInt8], time: String) -> Bool {
+        if text.hasPrefix(CheckpointSigner.versionPrefix) {
+            guard let signature = Data(base64Encoded: String(text.dropFirst(CheckpointSigner.versionPrefix.count)))
+            else { return false }
+            return key.isValidSignature(
+                signature, for: AuditChain.checkpointMessage(kind: kind, seq: seq, hash: hash, time: time))
+        }
+        guard let signature = Data(base64Encoded: text) else { return false }
         return key.isValidSignature(signature, for: AuditChain.checkpointMessage(seq: seq, hash: hash))
     }
+
+    /// Whether `signature` is of the first format, whose time is not signed.
+    public static func isLegacy(_ signature: String) -> Bool { !signature.hasPrefix(CheckpointSigner.versionPrefix) }
 }
 
 /// The latest checkpoint, kept in `checkpoint.json` beside the segments so that a log cut short after it
@@ -91,6 +107,12 @@ public struct Checkpoint: Codable, Sendable, Equatable {
     public var time: String
     public var key: String
     public var signature: String
+    /// Whether the writer stopped after signing it (a clean shutdown): a stopped log is not expected to be
+    /// re-signed, a running one is, every checkpoint interval. Signed with the rest (as the `closed` kind).
+    public var closed: Bool?
+
+    /// The statement its signature covers (``AuditChain/checkpointMessage(kind:seq:hash:time:)``).
+    public var kind: String { closed == true ? "closed" : "latest" }
 
     /// Replaces `checkpoint.json` atomically and durably.
     func write(to directory: AuditDirectory) throws {

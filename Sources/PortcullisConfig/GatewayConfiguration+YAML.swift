@@ -26,7 +26,7 @@ extension GatewayConfiguration {
         var config = GatewayConfiguration(tls: TLS(certificateChain: "", privateKey: "", clientCA: ""))
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
-            "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes",
+            "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes", "limits",
             "audit", "on_audit_failure", "drain_timeout", "close_timeout", "compression", "compression_context_takeover", "certificate_expiry_warning", "reload", "admin",
         ]
         func compression(_ value: YAMLValue, what: String) -> Compression? {
@@ -247,6 +247,7 @@ extension GatewayConfiguration {
                 config.reloadDebounce = seconds
             }
         }
+        if let value = top["limits"] { config.limits = parseLimits(value.value, reader: reader) }
         if let value = top["admin"] { config.admin = parseAdmin(value.value, reader: reader, resolve: resolve) }
         if let value = top["audit"] { config.audit = parseAudit(value.value, reader: reader) }
         if let value = top["on_audit_failure"], let text = reader.string(value.value, what: "on_audit_failure") {
@@ -278,6 +279,43 @@ extension GatewayConfiguration {
             admin.clientCA = resolve(text)
         }
         return admin
+    }
+
+    private static func parseLimits(_ value: YAMLValue, reader: YAMLReader) -> ConnectionLimits {
+        var limits = ConnectionLimits()
+        guard
+            let fields = reader.mapping(
+                value, what: "limits", allowed: ["max_connections", "per_address", "refusal_audit_interval"])
+        else { return limits }
+        /// A whole number in `range`, or `off` (nil); `fallback` when the key is absent or wrong.
+        func numberOrOff(_ field: YAMLValue?, what: String, range: ClosedRange<Int>, fallback: Int?) -> Int? {
+            guard let field else { return fallback }
+            if field.isWord("off") { return nil }
+            return reader.integer(field, what: what, range: range) ?? fallback
+        }
+        limits.maxConnections = numberOrOff(
+            fields["max_connections"]?.value, what: "limits.max_connections", range: 1...1_000_000,
+            fallback: limits.maxConnections)
+        if let field = fields["per_address"],
+            let perAddress = reader.mapping(field.value, what: "limits.per_address", allowed: ["connections", "new_per_second"])
+        {
+            limits.perAddressConnections = numberOrOff(
+                perAddress["connections"]?.value, what: "limits.per_address.connections", range: 1...1_000_000,
+                fallback: limits.perAddressConnections)
+            limits.perAddressNewPerSecond = numberOrOff(
+                perAddress["new_per_second"]?.value, what: "limits.per_address.new_per_second", range: 1...1_000_000,
+                fallback: limits.perAddressNewPerSecond)
+        }
+        if let field = fields["refusal_audit_interval"] {
+            if field.value.isWord("off") {
+                limits.refusalAuditInterval = 0
+            } else if let seconds = reader.duration(
+                field.value, what: "limits.refusal_audit_interval", range: Bounds.refusalAuditInterval)
+            {
+                limits.refusalAuditInterval = seconds
+            }
+        }
+        return limits
     }
 
     private static func parseAudit(_ value: YAMLValue, reader: YAMLReader) -> AuditSettings {

@@ -215,6 +215,7 @@ public struct GatewayConfiguration: Sendable, Equatable {
         public static let auditFsyncInterval: ClosedRange<Double> = 0.001...60
         public static let auditSegmentMaxAge: ClosedRange<Double> = 1...(3650 * 86400)
         public static let auditCheckpointInterval: ClosedRange<Double> = 1...(30 * 86400)
+        public static let refusalAuditInterval: ClosedRange<Double> = 1...86400
     }
 
     /// How the audit log writes, fsyncs, rotates and signs (the `audit:` section).
@@ -229,6 +230,25 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// still reloads).
     public var reloadWatchInterval: Double = 1
     public var reloadDebounce: Double = 0.5
+    /// Limits on connections, checked at accept before TLS (the `limits:` section).
+    public var limits = ConnectionLimits()
+
+    /// Connection limits. Nil turns a limit off.
+    public struct ConnectionLimits: Sendable, Equatable {
+        /// Open connections in all, sessions and handshakes alike. Each uses a file descriptor (two on an
+        /// upstream route), and this machine's processes may hold 20,000.
+        public var maxConnections: Int? = 10_000
+        /// Open connections from one client address.
+        public var perAddressConnections: Int? = 1_000
+        /// New connections one client address may open per second (a burst of one second's worth).
+        public var perAddressNewPerSecond: Int? = 100
+        /// Seconds over which refusals of unauthenticated connections are aggregated in the audit log (per
+        /// address, reason and certificate: the first written at once, the rest counted); 0 writes each one.
+        public var refusalAuditInterval: Double = 60
+
+        public init() {}
+    }
+
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`); nil for none.
     public var admin: Admin? = Admin()
 
@@ -291,7 +311,7 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public static func development(pki: String = "pki", policies: String = "policies", audit: String = "audit")
         -> GatewayConfiguration
     {
-        GatewayConfiguration(
+        var configuration = GatewayConfiguration(
             listenHost: "127.0.0.1",
             listenPort: 8443,
             tls: tls(fromPKI: pki),
@@ -299,6 +319,11 @@ public struct GatewayConfiguration: Sendable, Equatable {
             routes: [Route(path: "/v1/echo", kind: .echo), Route(path: "/v1/messages", kind: .broker)],
             policiesDirectory: policies,
             auditDirectory: audit)
+        // It listens on loopback only, where every client shares one address (and `portcullis bench` opens
+        // hundreds of connections a second): per-address limits would only get in the way.
+        configuration.limits.perAddressConnections = nil
+        configuration.limits.perAddressNewPerSecond = nil
+        return configuration
     }
 
     /// What the gateway does while the audit log is failing (queue full or the disk refusing writes).

@@ -21,6 +21,8 @@ final class Connection: @unchecked Sendable {
     let runtime: GatewayRuntime
     let id: String
     let peer: String
+    /// The client's address without its port: what connection limits and refusal aggregation count by.
+    let address: String
     let acceptedAt: NIODeadline
     let eventLoop: any EventLoop
 
@@ -55,11 +57,12 @@ final class Connection: @unchecked Sendable {
     /// still waiting for a thread is then not started. Read off the event loop, hence atomic.
     let closed = Atomic<Bool>(false)
 
-    init(gateway: Gateway, runtime: GatewayRuntime, peer: String, eventLoop: any EventLoop) {
+    init(gateway: Gateway, runtime: GatewayRuntime, peer: String, address: String, eventLoop: any EventLoop) {
         self.gateway = gateway
         self.runtime = runtime
         self.id = String(UInt64.random(in: 0...UInt64.max), radix: 16)
         self.peer = peer
+        self.address = address
         self.acceptedAt = .now()
         self.eventLoop = eventLoop
     }
@@ -201,8 +204,13 @@ final class Connection: @unchecked Sendable {
         concluded = true
         handshakeTimeout?.cancel()
         if record.decision == "deny", let reason = record.reason { gateway.metrics.refused(reason) }
-        if record.event == "tls_refused" { gateway.metrics.handshakesFailed.increment() }
-        gateway.audit(record)
+        if record.event == "tls_refused" {
+            // Before authentication anyone can cause these: they are aggregated, so a flood cannot fill the disk.
+            gateway.metrics.handshakesFailed.increment()
+            gateway.auditUnauthenticated(record, address: address)
+        } else {
+            gateway.audit(record)
+        }
     }
 
     /// The earliest not-after of the verified chain: the session cannot outlive any of its certificates.

@@ -173,6 +173,7 @@ extension Gateway {
         compare("tls.client_ca", \.tls.clientCA)
         compare("tls.client_intermediates", \.tls.clientIntermediates)
         compare("tls.crl", \.tls.crl)
+        compare("tls.crl_expired", \.tls.crlExpired)
         compare("policies", \.policiesDirectory)
         // Paths and kinds of routes are in the summary's changes; the backends they forward to are not.
         if old.routes.map(\.upstream) != new.routes.map(\.upstream) { names.append("upstreams") }
@@ -185,6 +186,10 @@ extension Gateway {
         compare("drain_timeout", \.drainTimeout)
         compare("on_audit_failure", \.onAuditFailure)
         compare("certificate_expiry_warning", \.certificateExpiryWarning)
+        compare("limits", \.limits)
+        compare("close_timeout", \.closeTimeout)
+        compare("compression", \.compression)
+        compare("compression_context_takeover", \.compressionContextTakeover)
         return names.isEmpty ? [] : ["settings for new sessions: \(names.joined(separator: ", "))"]
     }
 }

@@ -33,6 +33,8 @@ public final class GatewayMetrics: Sendable {
     private let auditDropped: Gauge
     private let clientCertificatesInUse: Gauge
     private let crlsExpired: Gauge
+    /// Accepted connections not yet closed (handshakes and sessions).
+    let connectionsOpen: Gauge
     private let routeGauges = NIOLockedValueBox<[String: Gauge]>([:])
     /// Gauges whose labels come from the loaded certificates or the sessions open: replaced at each scrape.
     private let certificateGauges = NIOLockedValueBox<[Gauge]>([])
@@ -82,6 +84,9 @@ public final class GatewayMetrics: Sendable {
             name: "portcullis_audit_records_dropped", help: "Audit records lost since the gateway started.")
         clientCertificatesInUse = registry.makeGauge(
             name: "portcullis_client_certificates_in_use", help: "Distinct client certificates of open sessions.")
+        connectionsOpen = registry.makeGauge(
+            name: "portcullis_connections_open",
+            help: "Accepted connections not yet closed, handshakes and sessions alike (limits.max_connections bounds it).")
         crlsExpired = registry.makeGauge(
             name: "portcullis_crl_expired",
             help: "CRLs in force past their nextUpdate (with tls.crl_expired: refuse, the certificates they cover are refused).")

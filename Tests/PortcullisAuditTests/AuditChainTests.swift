@@ -67,7 +67,7 @@ struct AuditChainTests {
             expected = (.reordered, 7, 8, "comes before seq 7")
         case .truncatedAfterCheckpoint:
             lines.removeLast(3)
-            expected = (.truncated, nil, 11, "seq 11–12 were removed")
+            expected = (.truncated, nil, 11, "seq 11–13 were removed")
         case .malformedLine:
             lines.insert("{\"seq\":3,\"event\":\"injected\"}", at: 2)
             expected = (.malformed, 3, nil, "not a sealed audit record")
@@ -180,13 +180,85 @@ struct AuditChainTests {
         let verifier = try CheckpointVerifier(publicKeyPEM: String(contentsOfFile: audit.layout.checkpointPublicKey, encoding: .utf8))
         for checkpoint in checkpoints {
             #expect(checkpoint.key == verifier.keyID)
+            #expect(checkpoint.signature?.hasPrefix("v2:") == true)
             let signed = records[Int(checkpoint.seq) - 2]
-            #expect(verifier.isValid(signature: checkpoint.signature!, seq: signed.seq, hash: Array(signed.hash!.utf8)))
+            #expect(verifier.isValid(
+                signature: checkpoint.signature!, kind: "record", seq: signed.seq, hash: Array(signed.hash!.utf8),
+                time: checkpoint.time))
+            // The time is signed: the same signature does not verify for another time, or as another statement.
+            #expect(!verifier.isValid(
+                signature: checkpoint.signature!, kind: "record", seq: signed.seq, hash: Array(signed.hash!.utf8),
+                time: "2020-01-01T00:00:00.000Z"))
+            #expect(!verifier.isValid(
+                signature: checkpoint.signature!, kind: "latest", seq: signed.seq, hash: Array(signed.hash!.utf8),
+                time: checkpoint.time))
         }
+        // checkpoint.json signs through the last checkpoint record itself, as a statement of its own, and says
+        // the writer closed the log.
         let latest = try #require(try Checkpoint.read(from: audit.layout))
-        #expect(latest.seq == 9 && latest.hash == records[8].hash && latest.signature == checkpoints.last?.signature)
+        #expect(latest.seq == 10 && latest.hash == records[9].hash && latest.signature != checkpoints.last?.signature)
+        #expect(latest.closed == true && latest.kind == "closed")
         let report = try audit.verify()
-        #expect(report.checkpoints == 3 && report.signedThrough == 10)
+        #expect(report.checkpoints == 3 && report.signedThrough == 10 && report.latestClosed)
+    }
+
+    @Test("Truncation to an earlier checkpoint, a deleted, older or stale checkpoint.json: verify fails on each")
+    func rollback() throws {
+        let audit = try ScratchAudit()
+        defer { audit.remove() }
+        var settings = AuditSettings()
+        settings.checkpointRecords = 3
+        let log = try AuditLog(directory: audit.path, settings: settings)
+        for index in 0..<3 {
+            log.record(ScratchAudit.sample(index))
+            log.flush()
+        }
+        // What an attacker keeps of the running log: through its checkpoint at seq 4, and checkpoint.json.
+        let early = try audit.lines()
+        let earlyLatest = try String(contentsOfFile: audit.layout.latestCheckpoint, encoding: .utf8)
+        let earlyCheckpoint = try JSONDecoder().decode(Checkpoint.self, from: Data(earlyLatest.utf8))
+        #expect(early.count == 4 && earlyCheckpoint.seq == 4 && earlyCheckpoint.closed == nil)
+        for index in 3..<9 {
+            log.record(ScratchAudit.sample(index))
+            log.flush()
+        }
+        log.close()
+        let verifier = try AuditVerifier(directory: audit.path)
+        #expect(try verifier.verify(maximumAge: 3600).problem == nil)
+        let full = try audit.lines()
+
+        // 1. Cut back to the earlier checkpoint with its checkpoint.json: every signature is genuine, but the
+        //    signed time says the writer was running then, and it re-signs every checkpoint interval.
+        try audit.replace(early)
+        try earlyLatest.write(toFile: audit.layout.latestCheckpoint, atomically: true, encoding: .utf8)
+        #expect(try verifier.verify().problem == nil, "without an age bound an earlier state looks whole")
+        let rolledBack = try verifier.verify(maximumAge: 600, now: Date().addingTimeInterval(3600)).problem
+        #expect(rolledBack?.kind == .checkpointStale, "\(String(describing: rolledBack))")
+        // Claiming it was closed instead needs a new signature.
+        var closedClaim = earlyCheckpoint
+        closedClaim.closed = true
+        try JSONEncoder().encode(closedClaim).write(to: URL(fileURLWithPath: audit.layout.latestCheckpoint))
+        #expect(try verifier.verify().problem?.kind == .checkpointSignatureInvalid)
+
+        // 2. The full log with checkpoint.json deleted.
+        try audit.replace(full)
+        try FileManager.default.removeItem(atPath: audit.layout.latestCheckpoint)
+        let missing = try verifier.verify().problem
+        #expect(missing?.kind == .checkpointMissing, "\(String(describing: missing))")
+
+        // 3. The full log with the earlier checkpoint.json: older than the log's last checkpoint record.
+        try earlyLatest.write(toFile: audit.layout.latestCheckpoint, atomically: true, encoding: .utf8)
+        let stale = try verifier.verify().problem
+        #expect(stale?.kind == .checkpointStale, "\(String(describing: stale))")
+
+        // 4. A checkpoint.json made from a checkpoint record's signature (the statement the log holds) fails.
+        let records = try AuditLog.readAll(directory: audit.path)
+        let lastCheckpoint = try #require(records.last { $0.event == "audit_checkpoint" })
+        let forged = Checkpoint(
+            seq: lastCheckpoint.seq - 1, hash: records[Int(lastCheckpoint.seq) - 2].hash!, time: lastCheckpoint.time,
+            key: lastCheckpoint.key!, signature: lastCheckpoint.signature!)
+        try JSONEncoder().encode(forged).write(to: URL(fileURLWithPath: audit.layout.latestCheckpoint))
+        #expect(try verifier.verify().problem?.kind == .checkpointSignatureInvalid)
     }
 
     @Test("A log re-signed with a substituted key verifies only against that key; the pinned key catches it")

@@ -109,6 +109,15 @@ struct AuditCommandTests {
         #expect(status == 0)
         // init, checkpoint, issue, checkpoint, issue, checkpoint: each command signs what it wrote.
         #expect(output.hasPrefix("OK, 6 records, chain intact up to checkpoint 6\n1 segment, last seq 6"), "\(output)")
+        #expect(output.contains(", closed at "), "\(output)")
+        // The pki commands closed the log: no age is expected of it.
+        let (aged, agedOutput) = try await portcullis(["audit", "verify", "--max-age", "1ms"], in: directory)
+        #expect(aged == 0, "\(agedOutput)")
+        try FileManager.default.removeItem(atPath: "\(directory)/audit/checkpoint.json")
+        let (missing, missingOutput) = try await portcullis(["audit", "verify"], in: directory)
+        #expect(missing == 1)
+        #expect(missingOutput.hasPrefix("FAIL: seq 6: checkpoint missing: "), "\(missingOutput)")
+        _ = try await portcullis(["pki", "issue", "client", "sensor-3"], in: directory)
 
         // The documented recipes, with other tools than ours.
         let recomputed = try await shell(
@@ -117,8 +126,9 @@ struct AuditCommandTests {
         let stored = try await shell(#"sed -n 3p audit/audit.jsonl | sed 's/.*"hash":"\([0-9a-f]*\)"}$/\1/'"#, in: directory)
         #expect(recomputed == stored && recomputed.count == 65, "\(recomputed) \(stored)")
         let signature = try await shell(
-            #"jq -j '"portcullis-audit-checkpoint:\(.seq):\(.hash)"' audit/checkpoint.json > message && "#
-                + #"jq -r .signature audit/checkpoint.json | base64 -d > signature && "#
+            #"jq -j '"portcullis-audit-checkpoint-v2:\(if .closed then "closed" else "latest" end):\(.seq):\(.time):\(.hash)"' "#
+                + #"audit/checkpoint.json > message && "#
+                + #"jq -r '.signature | ltrimstr("v2:")' audit/checkpoint.json | base64 -d > signature && "#
                 + "openssl pkeyutl -verify -pubin -inkey audit/checkpoint-key.pub.pem -rawin -in message -sigfile signature",
             in: directory)
         #expect(signature.contains("Signature Verified Successfully"), "\(signature)")

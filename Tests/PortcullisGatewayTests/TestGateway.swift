@@ -127,6 +127,11 @@ final class TestGateway: @unchecked Sendable {
             auditDirectory: "\(pki.directory)/audit",
             handshakeTimeout: handshakeTimeout)
         configuration.maxMessageBytes = 64 * 1024
+        // Every test client comes from 127.0.0.1, and many tests refuse it on purpose: the connection limits
+        // and the aggregation of refusals have tests of their own.
+        configuration.limits.perAddressConnections = nil
+        configuration.limits.perAddressNewPerSecond = nil
+        configuration.limits.refusalAuditInterval = 0
         adjust(&configuration)
         gateway = try Gateway(configuration: configuration, logger: Logger(label: "test"), threads: 1)
         port = try await gateway.start().port!
