@@ -53,7 +53,7 @@ struct WebSocketProtocolStateMachineTests {
     }
 
     static func delivered(_ action: Machine.Action) -> (binary: Bool, bytes: [UInt8])? {
-        if case .deliver(let binary, let payload) = action { return (binary, Array(payload.readableBytesView)) }
+        if case .deliver(let message) = action { return (message.binary, Array(message.payload.readableBytesView)) }
         return nil
     }
 
@@ -64,6 +64,37 @@ struct WebSocketProtocolStateMachineTests {
         #expect(!text.binary && text.bytes == Array("héllo".utf8))
         let binary = try #require(Self.delivered(machine.received(Self.frame(.binary, [0, 1, 2, 255]))))
         #expect(binary.binary && binary.bytes == [0, 1, 2, 255])
+    }
+
+    @Test("A single-frame message is handed on still masked; its bytes unmask exactly, at any offset")
+    func maskedDelivery() throws {
+        let bytes = (0..<1500).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let action = Self.machine(maxMessageBytes: 4096).received(Self.frame(.binary, bytes))
+        guard case .deliver(let message) = action else {
+            Issue.record("not delivered: \(action)")
+            return
+        }
+        #expect(message.maskKey != nil && message.count == bytes.count)
+        #expect(Array(message.payload.readableBytesView) == bytes)
+        for offset in [0, 1, 2, 3, 5, 1499] {
+            var buffer = ByteBuffer(bytes: [9, 9])
+            buffer.moveReaderIndex(forwardBy: 1)
+            message.writeUnmasked(from: offset, into: &buffer)
+            #expect(Array(buffer.readableBytesView) == [9] + bytes[offset...], "offset \(offset)")
+            #expect(message.withUnmaskedBytes(offset..<min(offset + 9, bytes.count)) { Array($0) } == Array(bytes[offset..<min(offset + 9, bytes.count)]))
+        }
+    }
+
+    @Test("A masked text frame is validated across the 512-byte chunks it is unmasked in")
+    func maskedTextValidation() {
+        // A 3-byte character straddling the first chunk boundary, then one cut short at the end.
+        let valid = Array(repeating: UInt8(ascii: "a"), count: 511) + Array("€".utf8) + Array(repeating: UInt8(ascii: "b"), count: 600)
+        #expect(Self.delivered(Self.machine(maxMessageBytes: 4096).received(Self.frame(.text, valid)))?.bytes == valid)
+        let truncated = Array(valid.dropLast(601))
+        #expect(Self.failedWith(Self.machine(maxMessageBytes: 4096).received(Self.frame(.text, truncated))) == 1007)
+        var broken = valid
+        broken[1000] = 0xFF
+        #expect(Self.failedWith(Self.machine(maxMessageBytes: 4096).received(Self.frame(.text, broken))) == 1007)
     }
 
     @Test("Fragments are reassembled, with pings between them answered at once")

@@ -48,12 +48,12 @@ final class BrokerRoute: SessionRoute {
 
     func received(_ message: InboundMessage) {
         guard let session, !session.isClosing else { return }
-        let payload = message.payload
-        if let maximum = permissions.limits.maxMessageBytes, payload.readableBytes > maximum {
+        if let maximum = permissions.limits.maxMessageBytes, message.count > maximum {
             session.close(code: .messageTooLarge, reason: "message_too_large")
             return
         }
-        if message.binary, publishBinary(payload) { return }
+        if message.binary, publishBinary(message) { return }
+        let payload = message.payload
         let decoded: Result<MessagingProtocol.Request, MessagingProtocol.DecodingError> = payload.withUnsafeReadableBytes { bytes in
             Result { () throws(MessagingProtocol.DecodingError) in
                 message.binary
@@ -169,30 +169,28 @@ final class BrokerRoute: SessionRoute {
         if let id { sendAck(id: id) }
     }
 
-    /// A binary publish (`docs/protocol.md`) taken straight from the message: the payload is copied once, into
-    /// the delivery buffer, which is the only allocation a message needs. Returns false, having done nothing,
-    /// for anything but a well-formed publish; ``received(_:)`` then answers it as usual.
-    private func publishBinary(_ data: ByteBuffer) -> Bool {
-        let size = data.readableBytes
+    /// A binary publish (`docs/protocol.md`) taken straight from the message as it arrived (masked): the payload
+    /// is unmasked once, into the delivery buffer, which is the only allocation a message needs. Returns false,
+    /// having done nothing, for anything but a well-formed publish; ``received(_:)`` then answers it as usual.
+    private func publishBinary(_ message: InboundMessage) -> Bool {
+        let size = message.count
         guard size >= 3 else { return false }
+        let header = message.withUnmaskedBytes(0..<3) { ($0[0], Int($0[1]) << 8 | Int($0[2])) }
+        guard header.0 == MessagingProtocol.binaryPublish else { return false }
+        let topicLength = header.1
+        guard size >= 3 + topicLength else { return false }
         let previous = lastAllowedPublishTopic
-        let parsed = data.withUnsafeReadableBytes { raw -> (topic: String, length: Int)? in
-            guard raw[0] == MessagingProtocol.binaryPublish else { return nil }
-            let topicLength = Int(raw[1]) << 8 | Int(raw[2])
-            guard size >= 3 + topicLength else { return nil }
-            let topicBytes = UnsafeRawBufferPointer(rebasing: raw[3..<(3 + topicLength)])
-            if var previous, previous.utf8.count == topicLength,
-                previous.withUTF8({ $0.elementsEqual(topicBytes) })
-            {
-                return (previous, topicLength)
+        let parsed = message.withUnmaskedBytes(3..<(3 + topicLength)) { topicBytes -> String? in
+            if var previous, previous.utf8.count == topicLength, previous.withUTF8({ $0.elementsEqual(topicBytes) }) {
+                return previous
             }
-            return String(validating: topicBytes, as: UTF8.self).map { ($0, topicLength) }
+            return String(validating: topicBytes, as: UTF8.self)
         }
-        guard let (topic, topicLength) = parsed else { return false }
+        guard let topic = parsed else { return false }
         guard admitPublish(topic: topic, id: nil, size: size) else { return true }
         let payloadOffset = 3 + topicLength
         var buffer = deliveryBuffer(topic: topic, payloadBytes: size - payloadOffset)
-        buffer.writeImmutableBuffer(data.getSlice(at: data.readerIndex + payloadOffset, length: size - payloadOffset)!)
+        message.writeUnmasked(from: payloadOffset, into: &buffer)
         context.broker.publish(OutboundFrame(binary: true, buffer: buffer, topic: topic), to: topic, from: &publisher)
         return true
     }

@@ -122,10 +122,10 @@ final class BackendRelay: ChannelInboundHandler {
         let payload = frame.maskKey.map { WebSocketProtocolStateMachine.unmasked(frame.data, key: $0) } ?? frame.data
         switch frame.opcode {
         case .text, .binary:
-            partial = InboundMessage(binary: frame.opcode == .binary, payload: payload)
+            partial = InboundMessage(binary: frame.opcode == .binary, data: payload)
         case .continuation:
             guard partial != nil else { return failed(context: context) }
-            partial!.payload.writeImmutableBuffer(payload)
+            partial!.data.writeImmutableBuffer(payload)
         case .ping:
             let pong = WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: payload)
             context.writeAndFlush(Self.wrapOutboundOut(pong), promise: nil)
@@ -147,7 +147,7 @@ final class BackendRelay: ChannelInboundHandler {
         default:
             return
         }
-        guard let message = partial, message.payload.readableBytes <= maxMessageBytes else {
+        guard let message = partial, message.count <= maxMessageBytes else {
             // A backend message the client could not be sent whole: the relay cannot go on.
             return failed(context: context)
         }

@@ -137,10 +137,10 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
         switch action {
         case .none:
             break
-        case .deliver(let binary, let payload):
+        case .deliver(let message):
             messagesIn += 1
-            bytesIn += payload.readableBytes
-            route.received(InboundMessage(binary: binary, payload: payload))
+            bytesIn += message.count
+            route.received(message)
         case .answerPing(let payload):
             guard admitOutbound(bytes: payload.readableBytes + 2) else { return }
             // While earlier writes still wait on the socket (the client is not reading), only the latest ping
