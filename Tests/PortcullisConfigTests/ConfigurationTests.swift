@@ -221,6 +221,32 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("Connection limits: defaults, numbers, off, and bad values at their line")
+    func connectionLimits() throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        let defaults = try GatewayConfiguration.parse(base, file: "g.yaml", baseDirectory: ".").limits
+        #expect(defaults.maxConnections == 10_000 && defaults.perAddressConnections == 1_000)
+        #expect(defaults.perAddressNewPerSecond == 100 && defaults.refusalAuditInterval == 60)
+        let set = try GatewayConfiguration.parse(
+            base + "limits:\n  max_connections: 500\n  per_address: {connections: off, new_per_second: 7}\n"
+                + "  refusal_audit_interval: off\n",
+            file: "g.yaml", baseDirectory: ".").limits
+        #expect(set.maxConnections == 500 && set.perAddressConnections == nil && set.perAddressNewPerSecond == 7)
+        #expect(set.refusalAuditInterval == 0)
+        #expect(GatewayConfiguration.development().limits.perAddressNewPerSecond == nil)
+        do {
+            _ = try GatewayConfiguration.parse(
+                base + "limits:\n  max_connections: 0\n  per_address: {connections: many}\n  refusal_audit_interval: 1e17s\n",
+                file: "g.yaml", baseDirectory: ".")
+            Issue.record("bad limits were accepted")
+        } catch let error as DiagnosticsError {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("g.yaml:4: limits.max_connections must be a whole number from 1 to 1000000") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:5: limits.per_address.connections must be") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:6: limits.refusal_audit_interval must be a duration from 1s to 1d") }, "\(lines)")
+        }
+    }
+
     @Test("Durations and listen addresses parse as operators write them")
     func smallParsers() {
         #expect(parseDuration("500ms") == 0.5)

@@ -12,12 +12,14 @@ struct InboundMessage: Equatable {
     var binary: Bool
     /// The payload as it arrived: masked with `maskKey` when that is set.
     var data: ByteBuffer
-    var maskKey: WebSocketMaskingKey?
+    var maskKey: WebSocketMaskingKey? { didSet { maskWord = maskKey.map(WebSocketProtocolStateMachine.maskWord) } }
+    private var maskWord: UInt32?
 
     init(binary: Bool, data: ByteBuffer, maskKey: WebSocketMaskingKey? = nil) {
         self.binary = binary
         self.data = data
         self.maskKey = maskKey
+        self.maskWord = maskKey.map(WebSocketProtocolStateMachine.maskWord)
     }
 
     /// The payload's length.
@@ -32,10 +34,10 @@ struct InboundMessage: Equatable {
     func withUnmaskedBytes<Result>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
         data.withUnsafeReadableBytes { bytes in
             let slice = UnsafeRawBufferPointer(rebasing: bytes[range])
-            guard let maskKey else { return body(slice) }
+            guard let maskWord else { return body(slice) }
             return withUnsafeTemporaryAllocation(byteCount: range.count, alignment: 8) { copy in
                 copy.copyMemory(from: slice)
-                WebSocketProtocolStateMachine.unmask(copy, key: maskKey, offset: range.lowerBound)
+                WebSocketProtocolStateMachine.unmask(copy, word: maskWord, offset: range.lowerBound)
                 return body(UnsafeRawBufferPointer(copy))
             }
         }
@@ -45,9 +47,9 @@ struct InboundMessage: Equatable {
     func writeUnmasked(from offset: Int, into buffer: inout ByteBuffer) {
         let start = buffer.writerIndex - buffer.readerIndex
         buffer.writeImmutableBuffer(data.getSlice(at: data.readerIndex + offset, length: count - offset)!)
-        guard let maskKey else { return }
+        guard let maskWord else { return }
         buffer.withUnsafeMutableReadableBytes { bytes in
-            WebSocketProtocolStateMachine.unmask(UnsafeMutableRawBufferPointer(rebasing: bytes[start...]), key: maskKey, offset: offset)
+            WebSocketProtocolStateMachine.unmask(UnsafeMutableRawBufferPointer(rebasing: bytes[start...]), word: maskWord, offset: offset)
         }
     }
 
@@ -335,16 +337,30 @@ struct WebSocketProtocolStateMachine {
 
     /// Unmasks `bytes` in place, which start `offset` bytes into the frame's payload.
     static func unmask(_ bytes: UnsafeMutableRawBufferPointer, key: WebSocketMaskingKey, offset: Int) {
-        let k = (key[offset & 3], key[(offset + 1) & 3], key[(offset + 2) & 3], key[(offset + 3) & 3])
-        let word = withUnsafeBytes(of: (k.0, k.1, k.2, k.3, k.0, k.1, k.2, k.3)) { $0.loadUnaligned(as: UInt64.self) }
+        unmask(bytes, word: maskWord(key), offset: offset)
+    }
+
+    /// The masking key's four bytes as one little-endian word. NIO's key subscript is not inlined across
+    /// modules: reading the key byte by byte cost a call per byte, 1.9 % of the 1→1 path in a profile.
+    static func maskWord(_ key: WebSocketMaskingKey) -> UInt32 {
+        UInt32(key[0]) | UInt32(key[1]) << 8 | UInt32(key[2]) << 16 | UInt32(key[3]) << 24
+    }
+
+    /// Unmasks `bytes` in place, eight at a time, with the key `word` (``maskWord(_:)``); `bytes` start `offset`
+    /// bytes into the frame's payload.
+    static func unmask(_ bytes: UnsafeMutableRawBufferPointer, word: UInt32, offset: Int) {
+        // Rotated so that its lowest byte masks the first byte here.
+        let shift = UInt32((offset & 3) * 8)
+        let rotated = shift == 0 ? word : (word >> shift) | (word << (32 - shift))
+        let wide = UInt64(rotated) | UInt64(rotated) << 32
         var index = 0
         while index + 8 <= bytes.count {
-            let masked = bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-            bytes.storeBytes(of: masked ^ word, toByteOffset: index, as: UInt64.self)
+            let masked = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self))
+            bytes.storeBytes(of: (masked ^ wide).littleEndian, toByteOffset: index, as: UInt64.self)
             index += 8
         }
         while index < bytes.count {
-            bytes[index] ^= key[(offset + index) & 3]
+            bytes[index] ^= UInt8(truncatingIfNeeded: rotated >> (UInt32(index & 3) * 8))
             index += 1
         }
     }
@@ -352,6 +368,7 @@ struct WebSocketProtocolStateMachine {
     /// Whether a masked text payload is UTF-8, unmasked a chunk at a time on the stack: no copy of the message.
     static func isValidUTF8(masked data: ByteBuffer, key: WebSocketMaskingKey) -> Bool {
         var validator = UTF8Validator()
+        let word = maskWord(key)
         let chunkSize = 512
         return data.withUnsafeReadableBytes { bytes in
             withUnsafeTemporaryAllocation(byteCount: chunkSize, alignment: 8) { chunk in
@@ -360,7 +377,7 @@ struct WebSocketProtocolStateMachine {
                     let length = min(chunkSize, bytes.count - offset)
                     let piece = UnsafeMutableRawBufferPointer(rebasing: chunk[0..<length])
                     piece.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + length)]))
-                    unmask(piece, key: key, offset: offset)
+                    unmask(piece, word: word, offset: offset)
                     guard validator.consume(UnsafeRawBufferPointer(piece)) else { return false }
                     offset += length
                 }
