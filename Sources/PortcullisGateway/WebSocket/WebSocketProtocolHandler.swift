@@ -47,6 +47,8 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
 
     /// Bytes (frames, headers included) handed towards the client and not yet written to the socket.
     private(set) var queuedBytes = 0
+    /// `max_outbound_bytes`, read once: every delivery checks it.
+    private let maxOutboundBytes: Int
     /// Frames of this event loop tick, encoded and waiting to be handed to TLS together (see ``enqueue``).
     private var output: ByteBuffer?
     /// The answer to the latest ping, while earlier writes wait on the socket: of several, only the last is sent.
@@ -70,6 +72,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     init(session: SessionContext, route: any SessionRoute) {
         self.session = session
         self.route = route
+        self.maxOutboundBytes = session.configuration.maxOutboundBytes
         let deflater = session.compression.map(MessageDeflater.init(agreement:))
         self.deflater = deflater
         self.machine = WebSocketProtocolStateMachine(
@@ -184,7 +187,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
 
     /// Whether `bytes` more may be queued towards the client; if not, the session is closed as a slow consumer.
     private func admitOutbound(bytes: Int) -> Bool {
-        let limit = session.configuration.maxOutboundBytes
+        let limit = maxOutboundBytes
         guard queuedBytes + bytes > limit else { return true }
         session.metrics.slowConsumerCloses.increment()
         session.audit(
@@ -242,7 +245,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
         var buffer = output.take() ?? allocator.buffer(capacity: Swift.max(4096, length + 10))
         Self.writeFrame(opcode: opcode, payload: payload, compressed: compressed, into: &buffer)
         queuedBytes += length + Self.headerSize(payload: length)
-        if queuedBytes > session.configuration.maxOutboundBytes / 2 { isBackedUp = true }
+        if queuedBytes > maxOutboundBytes / 2 { isBackedUp = true }
         output = buffer
         if buffer.readableBytes >= 64 * 1024 {
             flushOutput()
@@ -300,7 +303,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     /// `size` bytes reached the socket.
     private func written(_ size: Int) {
         queuedBytes -= size
-        if isBackedUp, queuedBytes <= session.configuration.maxOutboundBytes / 4 {
+        if isBackedUp, queuedBytes <= maxOutboundBytes / 4 {
             isBackedUp = false
             route.outboundDrained()
         }
