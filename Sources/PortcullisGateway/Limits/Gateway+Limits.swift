@@ -1,0 +1,74 @@
+import NIOCore
+import PortcullisAudit
+
+/// Connection limits at accept, and the aggregated audit of refusals before authentication.
+extension Gateway {
+    /// Counts an accepted connection against `limits`, or refuses it before TLS: the bootstrap closes a
+    /// channel whose initializer throws.
+    func admit(_ channel: any Channel) throws {
+        let address = channel.remoteAddress?.ipAddress ?? "unknown"
+        let limits = runtime.configuration.limits
+        let now = Self.seconds()
+        if let refusal = limiter.withLockedValue({ $0.admit(address, limits: limits, now: now) }) {
+            metrics.refused(refusal.rawValue)
+            let detail: String =
+                switch refusal {
+                case .maxConnections: "\(limits.maxConnections ?? 0) connections are open (limits.max_connections)"
+                case .perAddressConnections:
+                    "\(limits.perAddressConnections ?? 0) connections from this address are open (limits.per_address.connections)"
+                case .perAddressRate:
+                    "more than \(limits.perAddressNewPerSecond ?? 0) new connections a second from this address "
+                        + "(limits.per_address.new_per_second)"
+                }
+            var record = AuditRecord(event: "connection_refused", decision: "deny", reason: refusal.rawValue, detail: detail)
+            record.peer = Self.describe(channel.remoteAddress)
+            auditUnauthenticated(record, address: address)
+            throw ConnectionRefusedAtAccept()
+        }
+        metrics.connectionsOpen.increment()
+        channel.closeFuture.whenComplete { [self] _ in
+            metrics.connectionsOpen.decrement()
+            limiter.withLockedValue { $0.release(address, now: Self.seconds()) }
+        }
+    }
+
+    private struct ConnectionRefusedAtAccept: Error {}
+
+    /// Monotonic seconds, the clock of the connection limits.
+    private static func seconds() -> Double { Double(NIODeadline.now().uptimeNanoseconds) / 1e9 }
+
+    /// Audits a refusal that happened before authentication: at once when it is the first of its address,
+    /// reason and certificate in this interval, otherwise counted into the interval's summary.
+    func auditUnauthenticated(_ record: AuditRecord, address: String) {
+        guard runtime.configuration.limits.refusalAuditInterval > 0 else {
+            audit(record)
+            return
+        }
+        let first = refusals.withLockedValue {
+            $0.aggregator.note(
+                address: address, reason: record.reason ?? "", fingerprint: record.fingerprint, event: record.event)
+        }
+        if first { audit(record) }
+    }
+
+    /// Writes the counted refusals once the interval has passed (or now, at shutdown).
+    func drainRefusals(force: Bool) {
+        let interval = runtime.configuration.limits.refusalAuditInterval
+        let now = NIODeadline.now()
+        let summaries: [RefusalAggregator.Summary]? = refusals.withLockedValue { state in
+            guard force || now - state.since >= .configured(seconds: max(interval, 1)) else { return nil }
+            state.since = now
+            return state.aggregator.drain()
+        }
+        for summary in summaries ?? [] {
+            var record = AuditRecord(event: summary.event, decision: "deny", reason: summary.key.reason)
+            record.peer = summary.key.address
+            record.fingerprint = summary.key.fingerprint
+            record.count = summary.count
+            record.detail = "\(summary.count) more refusal(s) of this kind from "
+                + (summary.key.address == "*" ? "addresses beyond the \(RefusalAggregator.maximumKeys) told apart" : "this address")
+                + " since the first was written (aggregated over limits.refusal_audit_interval)"
+            audit(record)
+        }
+    }
+}
