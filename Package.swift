@@ -1,6 +1,11 @@
 // swift-tools-version:6.2
 import PackageDescription
 
+// libFuzzer builds (`PORTCULLIS_FUZZ=1`, into their own build path; see `Fuzz/README.md`): the parsers' own
+// targets are compiled with coverage instrumentation and the fuzz targets are added. Normal builds see neither.
+let fuzzing = Context.environment["PORTCULLIS_FUZZ"] == "1"
+let fuzzInstrumented: [SwiftSetting] = fuzzing ? [.unsafeFlags(["-sanitize=fuzzer"])] : []
+
 // Every dependency comes from the local package mirror; versions are pinned to what it holds.
 let package = Package(
     name: "portcullis",
@@ -30,7 +35,7 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")]
         ),
         // Pure: the broker's wire protocol (JSON objects and the binary envelope), shared by gateway and client.
-        .target(name: "PortcullisProtocol"),
+        .target(name: "PortcullisProtocol", swiftSettings: fuzzInstrumented),
         // Pure: identity mapping, policy model and decisions, origin matching. No NIO.
         .target(
             name: "PortcullisPolicy",
@@ -168,3 +173,18 @@ let package = Package(
         ),
     ]
 )
+
+if fuzzing {
+    /// A libFuzzer entry point (`LLVMFuzzerTestOneInput`) over one parser of untrusted input.
+    func fuzzTarget(_ name: String, dependencies: [Target.Dependency]) -> Target {
+        .executableTarget(
+            name: "Fuzz\(name)", dependencies: dependencies, path: "Fuzz/\(name)",
+            swiftSettings: [.unsafeFlags(["-sanitize=fuzzer"])],
+            linkerSettings: [.unsafeFlags(["-sanitize=fuzzer", "-use-ld=lld"])])
+    }
+    package.targets += [
+        .target(name: "FuzzDriver", path: "Fuzz/Driver"),
+        fuzzTarget("MessagingProtocol", dependencies: ["FuzzDriver", "PortcullisProtocol"]),
+    ]
+}
+
