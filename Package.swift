@@ -32,7 +32,8 @@ let package = Package(
         // collected as diagnostics with file:line instead of stopping at the first one.
         .target(
             name: "PortcullisYAML",
-            dependencies: [.product(name: "Yams", package: "Yams")]
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: fuzzInstrumented
         ),
         // Pure: the broker's wire protocol (JSON objects and the binary envelope), shared by gateway and client.
         .target(name: "PortcullisProtocol", swiftSettings: fuzzInstrumented),
@@ -43,7 +44,8 @@ let package = Package(
                 "PortcullisYAML",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
-            ]
+            ],
+            swiftSettings: fuzzInstrumented
         ),
         // Pure + files: CA, issuance, CRL encoding and parsing, the client-certificate verifier.
         .target(
@@ -54,7 +56,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
-            ]
+            ],
+            swiftSettings: fuzzInstrumented
         ),
         // Files: audit records, the hash-chained JSON Lines writer that runs off the event loop, and the reader
         // behind `portcullis audit` (query, verify).
@@ -72,6 +75,16 @@ let package = Package(
             name: "PortcullisConfig",
             dependencies: [
                 "PortcullisPolicy", "PortcullisYAML", "PortcullisAudit",
+            ],
+            swiftSettings: fuzzInstrumented
+        ),
+        // Pure: admission from TCP accept to a session or a refusal, as a state machine the gateway's NIO handlers
+        // only translate to; the upgrade request's checks and the route, identity, Origin and policy decision.
+        .target(
+            name: "PortcullisAdmission",
+            dependencies: [
+                "PortcullisConfig", "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit",
+                .product(name: "X509", package: "swift-certificates"),
             ]
         ),
         // NIO: listener, TLS, admission, WebSocket sessions.
@@ -79,6 +92,7 @@ let package = Package(
             name: "PortcullisGateway",
             dependencies: [
                 "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit", "PortcullisConfig", "PortcullisProtocol",
+                "PortcullisAdmission",
                 // The upstream route's backend leg is a WebSocket client like a device's.
                 "PortcullisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -149,6 +163,14 @@ let package = Package(
             dependencies: ["PortcullisAudit", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .testTarget(
+            name: "PortcullisAdmissionTests",
+            dependencies: [
+                "PortcullisAdmission", "PortcullisPKI", "PortcullisPolicy", "PortcullisConfig", "PortcullisAudit",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
+        .testTarget(
             name: "PortcullisProtocolTests",
             dependencies: ["PortcullisProtocol"]
         ),
@@ -160,7 +182,7 @@ let package = Package(
             name: "PortcullisGatewayTests",
             dependencies: [
                 "PortcullisGateway", "PortcullisClient", "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy",
-                "PortcullisAudit", "PortcullisBench", "PortcullisTestSupport",
+                "PortcullisAudit", "PortcullisAdmission", "PortcullisBench", "PortcullisTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

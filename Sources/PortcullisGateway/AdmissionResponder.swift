@@ -1,10 +1,11 @@
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
+import PortcullisAdmission
 import PortcullisAudit
 
 /// The last HTTP handler: receives every request the WebSocket upgrader did not take, answers it with the
-/// refusal admission decided (status and a short plain-text reason, `Connection: close`), audits the full
+/// refusal admission decides (status and a short plain-text reason, `Connection: close`), audits the full
 /// reason, and closes. Nothing internal reaches the client.
 final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
@@ -20,20 +21,13 @@ final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = Self.unwrapInboundIn(data), !responded else { return }
         responded = true
-        let refusal: Refusal
-        switch connection.evaluate(head, channel: context.channel) {
-        case .refuse(let decided, _):
-            refusal = decided
-        case .admit:
-            // The upgrader declined a request admission accepted: its own header checks are stricter.
-            refusal = Refusal(status: 400, reason: "invalid_upgrade_request", message: "invalid WebSocket upgrade",
-                              detail: "the WebSocket upgrader rejected the request headers")
+        let event = AdmissionEvent.requestNotUpgraded(UpgradeRequest(head), auditFailing: connection.gateway.auditLog.isFailing)
+        for case .respond(let refusal) in connection.handle(event, channel: context.channel) {
+            respond(refusal, context: context)
         }
-        var record = connection.auditRecord(event: "http_refused", decision: "deny", reason: refusal.reason,
-                                            detail: refusal.detail)
-        record.status = refusal.status
-        connection.conclude(record)
+    }
 
+    private func respond(_ refusal: Refusal, context: ChannelHandlerContext) {
         let body = context.channel.allocator.buffer(string: refusal.message + "\n")
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
@@ -54,10 +48,7 @@ final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
         // is answered in channelRead. Anything else ends the connection.
         if error is NIOWebSocketUpgradeError { return }
         if let parseError = error as? HTTPParserError {
-            var record = connection.auditRecord(event: "http_refused", decision: "deny", reason: "malformed_request",
-                                                detail: "HTTP parse error: \(parseError)")
-            record.status = 400
-            connection.conclude(record)
+            connection.handle(.malformedRequest(detail: "HTTP parse error: \(parseError)"), channel: context.channel)
         }
         context.close(promise: nil)
     }

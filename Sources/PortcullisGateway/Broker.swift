@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import PortcullisAdmission
 import PortcullisPolicy
 import Synchronization
 
@@ -163,7 +164,7 @@ final class Broker: Sendable {
 ///
 /// An identity's rate budget outlives its last session until it has refilled: were it dropped with the
 /// session, reconnecting would hand out a fresh burst each time.
-final class IdentityUsage: Sendable {
+final class IdentityUsage: SessionSlots {
     private struct Usage {
         var sessions = 0
         var subscriptions = 0

@@ -123,9 +123,9 @@ extension Gateway {
             for session in sessions {
                 group.addTask {
                     let connection = session.connection
-                    guard let snapshot = try? await session.channel.eventLoop.submit({ connection.snapshot }).get()
+                    guard let admitted = try? await session.channel.eventLoop.submit({ connection.session }).get()
                     else { return false }
-                    let verdict = await runtime.recheck(snapshot, trustChanged: trustChanged)
+                    let verdict = await runtime.recheck(admitted, trustChanged: trustChanged)
                     session.channel.pipeline.fireUserInboundEventTriggered(verdict)
                     if case .end = verdict { return true }
                     return false

@@ -6,6 +6,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
+import PortcullisAdmission
 import PortcullisAudit
 import PortcullisConfig
 
@@ -89,8 +90,8 @@ public final class Gateway: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try self.admit(channel)
-                    try self.configure(channel)
+                    let address = try self.admit(channel)
+                    try self.configure(channel, address: address)
                 }
             }
         let channel: any Channel
@@ -171,11 +172,11 @@ public final class Gateway: Sendable {
         auditLog.close()
     }
 
-    private func configure(_ channel: any Channel) throws {
+    private func configure(_ channel: any Channel, address: String) throws {
         let runtime = self.runtime
         let connection = Connection(
-            gateway: self, runtime: runtime, peer: Self.describe(channel.remoteAddress),
-            address: channel.remoteAddress?.ipAddress ?? "unknown", eventLoop: channel.eventLoop)
+            gateway: self, runtime: runtime, peer: Self.describe(channel.remoteAddress), address: address,
+            eventLoop: channel.eventLoop)
         let pipeline = channel.pipeline.syncOperations
         let ssl = NIOSSLServerHandler(context: runtime.sslContext) { certificates, promise in
             connection.verify(certificates, promise: promise)
@@ -187,50 +188,29 @@ public final class Gateway: Sendable {
             maxFrameSize: maxMessageBytes,
             automaticErrorHandling: false,
             shouldUpgrade: { channel, head in
-                guard case .admit(_, _, let route) = connection.evaluate(head, channel: channel) else {
-                    return channel.eventLoop.makeSucceededFuture(nil)
-                }
-                let configuration = connection.runtime.configuration
-                if configuration.compression(of: route) == .perMessageDeflate {
-                    connection.compression = PerMessageDeflate.negotiate(
-                        offers: head.headers["Sec-WebSocket-Extensions"],
-                        contextTakeover: configuration.compressionContextTakeover)
-                }
-                if route.kind == .upstream, let upstream = route.upstream {
-                    // The backend's choice of subprotocol is known once it has answered.
-                    return connection.connectUpstream(upstream, head: head, channel: channel).map {
-                        $0.map { _ in connection.upgradeAnswerHeaders }
+                let event = AdmissionEvent.upgradeRequested(UpgradeRequest(head), auditFailing: self.auditLog.isFailing)
+                for action in connection.handle(event, channel: channel) {
+                    switch action {
+                    case .upgrade(let session):
+                        connection.negotiateCompression(for: session, offers: head.headers["Sec-WebSocket-Extensions"])
+                        return channel.eventLoop.makeSucceededFuture(connection.upgradeAnswerHeaders(session))
+                    case .connectBackend(let session):
+                        connection.negotiateCompression(for: session, offers: head.headers["Sec-WebSocket-Extensions"])
+                        // The backend's choice of subprotocol is known once it has answered.
+                        return connection.connectUpstream(for: session, head: head, channel: channel)
+                    default:
+                        continue
                     }
                 }
-                return channel.eventLoop.makeSucceededFuture(connection.upgradeAnswerHeaders)
+                return channel.eventLoop.makeSucceededFuture(nil)
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
-                    guard case .admit(let identity, _, let route) = connection.outcome else {
-                        throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget
+                    for case .startSession(let admitted) in connection.handle(.upgraded, channel: channel) {
+                        try self.startSession(admitted, connection: connection, channel: channel)
+                        return
                     }
-                    connection.upgraded = true
-                    let pipeline = channel.pipeline.syncOperations
-                    // The responder would read WebSocket bytes as HTTP: it leaves before any frame arrives.
-                    pipeline.removeHandler(context: try pipeline.context(handlerType: AdmissionResponder.self), promise: nil)
-                    // Fragments are reassembled by the session's protocol layer: NIO's aggregator hands on
-                    // whole messages without their mask key and validates no UTF-8 as it goes.
-                    let session = SessionContext(connection: connection, identity: identity.name, route: route)
-                    let messages: any SessionRoute
-                    switch route.kind {
-                    case .echo: messages = EchoRoute()
-                    case .broker: messages = BrokerRoute(context: session)
-                    case .upstream:
-                        // shouldUpgrade connected the backend before agreeing to the upgrade.
-                        guard let backend = connection.upstream else { throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget }
-                        messages = UpstreamRoute(backend: backend)
-                    }
-                    let webSocket = WebSocketProtocolHandler(session: session, route: messages)
-                    try pipeline.addHandler(webSocket)
-                    try pipeline.addHandler(SessionLifetimeHandler(session: session, webSocket: webSocket, route: messages))
-                    connection.conclude(
-                        connection.auditRecord(event: "session_opened", decision: "allow", reason: "admitted"))
-                    self.sessionOpened(connection, channel: channel)
+                    throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget
                 }
             })
         try pipeline.configureHTTPServerPipeline(
@@ -239,15 +219,8 @@ public final class Gateway: Sendable {
             withErrorHandling: true)
         try pipeline.addHandler(AdmissionResponder(connection: connection))
 
-        let timeout = runtime.configuration.handshakeTimeout
-        connection.handshakeTimeout = channel.eventLoop.scheduleTask(in: .configured(seconds: timeout)) {
-            guard !connection.upgraded else { return }
-            connection.conclude(
-                connection.auditRecord(
-                    event: connection.tlsCompleted ? "http_refused" : "tls_refused", decision: "deny",
-                    reason: "handshake_timeout",
-                    detail: "TLS and the WebSocket upgrade were not completed within \(timeout) s"))
-            channel.close(promise: nil)
+        connection.handshakeTimeout = channel.eventLoop.scheduleTask(in: .configured(seconds: runtime.configuration.handshakeTimeout)) {
+            connection.handle(.deadlinePassed, channel: channel)
         }
         let key = ObjectIdentifier(channel)
         connections.withLockedValue { $0[key] = OpenConnection(channel: channel, connection: connection) }
@@ -255,27 +228,40 @@ public final class Gateway: Sendable {
             self.connections.withLockedValue { $0[key] = nil }
             connection.closed.store(true, ordering: .relaxed)
             connection.handshakeTimeout?.cancel()
-            if let identity = connection.sessionSlot {
-                self.usage.releaseSession(identity)
-            }
-            // The upgrade never happened (the client left while the backend was connecting): close the backend too.
-            if !connection.upgraded { connection.upstream?.close(code: 1001) }
+            connection.handle(.closed, channel: channel)
         }
     }
 
-    /// Notes a new session's certificate for the expiry metrics, and re-checks it if a reload installed a
-    /// newer runtime while it was in admission under the older one.
-    private func sessionOpened(_ connection: Connection, channel: any Channel) {
-        let key = ObjectIdentifier(channel)
-        if let facts = connection.facts, case .admit(let identity, _, _) = connection.outcome {
-            let certificate = GatewayMetrics.CertificateInUse(
-                identity: identity.name, serial: facts.serial, notValidAfter: connection.notValidAfter ?? facts.notValidAfter)
-            connections.withLockedValue { $0[key]?.certificate = certificate }
+    /// Turns the upgraded channel into a session on `admitted`'s route, and notes its certificate for the expiry
+    /// metrics.
+    private func startSession(_ admitted: AdmittedSession, connection: Connection, channel: any Channel) throws {
+        let pipeline = channel.pipeline.syncOperations
+        // The responder would read WebSocket bytes as HTTP: it leaves before any frame arrives.
+        pipeline.removeHandler(context: try pipeline.context(handlerType: AdmissionResponder.self), promise: nil)
+        // Fragments are reassembled by the session's protocol layer: NIO's aggregator hands on whole messages
+        // without their mask key and validates no UTF-8 as it goes.
+        let session = SessionContext(
+            admitted, configuration: connection.runtime.configuration, compression: connection.compression, gateway: self)
+        let messages: any SessionRoute
+        switch admitted.route.kind {
+        case .echo: messages = EchoRoute()
+        case .broker: messages = BrokerRoute(context: session)
+        case .upstream:
+            // shouldUpgrade connected the backend before agreeing to the upgrade.
+            guard let backend = connection.upstream else { throw NIOWebSocketUpgradeError.unsupportedWebSocketTarget }
+            messages = UpstreamRoute(backend: backend)
         }
+        let webSocket = WebSocketProtocolHandler(session: session, route: messages)
+        try pipeline.addHandler(webSocket)
+        try pipeline.addHandler(SessionLifetimeHandler(session: session, webSocket: webSocket, route: messages))
+
+        let key = ObjectIdentifier(channel)
+        let certificate = GatewayMetrics.CertificateInUse(
+            identity: admitted.identity.name, serial: admitted.facts.serial, notValidAfter: admitted.notValidAfter)
+        connections.withLockedValue { $0[key]?.certificate = certificate }
+        // A reload installed a newer runtime while this connection was in admission under the older one.
         let current = runtime
-        guard !connection.runtime.isSame(as: current),
-            let open = connections.withLockedValue({ $0[key] })
-        else { return }
+        guard !connection.runtime.isSame(as: current), let open = connections.withLockedValue({ $0[key] }) else { return }
         Task { _ = await self.recheck([open], under: current, trustChanged: true) }
     }
 

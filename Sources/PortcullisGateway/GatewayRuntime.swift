@@ -1,5 +1,6 @@
 import Foundation
 import NIOSSL
+import PortcullisAdmission
 import PortcullisConfig
 import PortcullisPKI
 import PortcullisPolicy

@@ -4,8 +4,8 @@ import PortcullisAudit
 /// Connection limits at accept, and the aggregated audit of refusals before authentication.
 extension Gateway {
     /// Counts an accepted connection against `limits`, or refuses it before TLS: the bootstrap closes a
-    /// channel whose initializer throws.
-    func admit(_ channel: any Channel) throws {
+    /// channel whose initializer throws. Returns the client's address, as the limits count it.
+    func admit(_ channel: any Channel) throws -> String {
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
         let limits = runtime.configuration.limits
         let now = Self.seconds()
@@ -30,6 +30,7 @@ extension Gateway {
             metrics.connectionsOpen.decrement()
             limiter.withLockedValue { $0.release(address, now: Self.seconds()) }
         }
+        return address
     }
 
     private struct ConnectionRefusedAtAccept: Error {}

@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisAdmission
 import PortcullisAudit
 import PortcullisConfig
 import PortcullisPolicy
@@ -43,14 +44,15 @@ final class SessionContext: Sendable {
         self.recordTemplate = recordTemplate
     }
 
-    /// The session `connection` has become, once admitted.
-    convenience init(connection: Connection, identity: String, route: GatewayConfiguration.Route) {
-        let gateway = connection.gateway
+    /// The session `admitted` has become, reporting to `gateway`.
+    convenience init(
+        _ admitted: AdmittedSession, configuration: GatewayConfiguration, compression: PerMessageDeflate?, gateway: Gateway
+    ) {
         self.init(
-            identity: identity, route: route, configuration: connection.runtime.configuration,
-            permissions: connection.permissions, compression: connection.compression, notValidAfter: connection.notValidAfter,
+            identity: admitted.identity.name, route: admitted.route, configuration: configuration,
+            permissions: admitted.permissions, compression: compression, notValidAfter: admitted.notValidAfter,
             metrics: gateway.metrics, broker: gateway.broker, usage: gateway.usage, auditLog: gateway.auditLog,
-            recordTemplate: connection.auditRecord(event: ""))
+            recordTemplate: admitted.recordTemplate)
     }
 
     /// An audit record of this session.

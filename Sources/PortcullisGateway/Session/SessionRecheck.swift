@@ -1,17 +1,8 @@
+import PortcullisAdmission
 import PortcullisConfig
 import PortcullisPKI
 import PortcullisPolicy
 import X509
-
-/// What an open session was admitted with, for checking it again under a newer runtime.
-struct SessionSnapshot: Sendable {
-    /// The verified chain, leaf first.
-    var chain: [Certificate]
-    var facts: CertificateFacts
-    var identity: String
-    var route: String
-    var origin: String?
-}
 
 /// Whether an open session may go on under a newer runtime.
 enum SessionVerdict: Sendable {
@@ -24,7 +15,7 @@ enum SessionVerdict: Sendable {
 extension GatewayRuntime {
     /// Checks an open session as admission would check it now: the chain (fully again when the CA bundle
     /// changed, else validity and revocation), the identity it maps to, its route, and the policy for both.
-    func recheck(_ session: SessionSnapshot, trustChanged: Bool) async -> SessionVerdict {
+    func recheck(_ session: AdmittedSession, trustChanged: Bool) async -> SessionVerdict {
         let verification: ClientVerification
         if trustChanged || session.chain.isEmpty {
             verification = await verifier.verify(presented: session.chain)
@@ -40,19 +31,19 @@ extension GatewayRuntime {
                 reason: PolicyRefusal.noIdentityMapping.rawValue,
                 detail: policies.mappingFailure(session.facts) + " (after a reload)")
         }
-        guard identity.name == session.identity else {
+        guard identity.name == session.identity.name else {
             return .end(
                 reason: "identity_changed",
-                detail: "the certificate now maps to identity '\(identity.name)', not '\(session.identity)'")
+                detail: "the certificate now maps to identity '\(identity.name)', not '\(session.identity.name)'")
         }
-        guard admission.routes.contains(where: { $0.path == session.route }) else {
-            return .end(reason: "unknown_route", detail: "route \(session.route) is no longer configured")
+        guard admission.routes.contains(where: { $0.path == session.route.path }) else {
+            return .end(reason: "unknown_route", detail: "route \(session.route.path) is no longer configured")
         }
         switch policies.decide(
-            identity: identity, route: session.route, origin: session.origin, gatewayOrigins: admission.gatewayOrigins)
+            identity: identity, route: session.route.path, origin: session.origin, gatewayOrigins: admission.gatewayOrigins)
         {
         case .admit:
-            return .keep(policies.permissions(for: identity, route: session.route, origin: session.origin))
+            return .keep(policies.permissions(for: identity, route: session.route.path, origin: session.origin))
         case .refuse(let reason, _, let detail):
             return .end(reason: reason.rawValue, detail: detail)
         }

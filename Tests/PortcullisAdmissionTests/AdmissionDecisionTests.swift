@@ -1,5 +1,5 @@
+import PortcullisAdmission
 import PortcullisConfig
-import PortcullisGateway
 import PortcullisPolicy
 import Testing
 
