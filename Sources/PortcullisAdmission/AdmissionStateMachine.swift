@@ -366,7 +366,11 @@ public struct AdmissionStateMachine: Sendable {
             chain.isEmpty
             ? .refused(.untrusted, detail: "its chain cannot be rebuilt from the trusted CAs; reconnect without resuming")
             : environment.verifier.recheck(chain: chain)
-        guard case .refused(let reason, let detail) = verdict else { return (chain, facts, nil) }
+        guard case .refused(let reason, let detail) = verdict else {
+            // The next resumption of this leaf finds its chain without rebuilding it.
+            environment.verifiedChains.insert(.init(certificates: [der]), chain: chain, value: facts)
+            return (chain, facts, nil)
+        }
         return (
             chain, facts,
             Refusal(status: 403, reason: reason.rawValue, message: "certificate not accepted", detail: "resumed TLS session: " + detail)

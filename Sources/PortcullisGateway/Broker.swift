@@ -176,10 +176,8 @@ final class IdentityUsage: SessionSlots {
 
     private struct State {
         var usage: [String: Usage] = [:]
-        /// Identities without sessions whose entries are kept, in the order they expire (every retention has the
-        /// same length, so appending keeps the order); pruned a few at a time as sessions come and go.
-        var retained: [(identity: String, until: Double)] = []
-        var retainedStart = 0
+        /// Identities without sessions whose entries are kept; pruned a few at a time as sessions come and go.
+        var retained = RetentionQueue<String>()
     }
 
     private let state = NIOLockedValueBox(State())
@@ -224,7 +222,7 @@ final class IdentityUsage: SessionSlots {
             }
             entry.retainedUntil = now + refill
             state.usage[identity] = entry
-            state.retained.append((identity, now + refill))
+            state.retained.retain(identity, until: now + refill)
         }
     }
 
@@ -239,19 +237,11 @@ final class IdentityUsage: SessionSlots {
 
     /// Drops at most a few expired retentions per call, so no call does work that grows with the fleet.
     private static func prune(_ state: inout State, now: Double) {
-        var budget = 8
-        while budget > 0, state.retainedStart < state.retained.count, state.retained[state.retainedStart].until <= now {
-            let (identity, until) = state.retained[state.retainedStart]
-            state.retainedStart += 1
-            budget -= 1
+        state.retained.drain(now: now) { identity, until in
             // A later session (and release) may have renewed the entry; only a retention still current removes it.
             if let entry = state.usage[identity], entry.sessions == 0, let retained = entry.retainedUntil, retained <= until {
                 state.usage[identity] = nil
             }
-        }
-        if state.retainedStart > 64, state.retainedStart * 2 > state.retained.count {
-            state.retained.removeFirst(state.retainedStart)
-            state.retainedStart = 0
         }
     }
 

@@ -304,10 +304,14 @@ struct AdmissionStateMachineTests {
         #expect(cached.session?.chain.count == 2)
 
         // Not in the cache (a reload emptied it): rebuilt from the trusted CA.
+        let uncached = Self.der(try fixture.certificate("device-1"))
+        #expect(fixture.verifiedChains.entry(forLeaf: uncached) == nil)
         var rebuilt = fixture.machine()
         _ = rebuilt.handle(.handshakeCompleted(tlsVersion: "TLSv1.3"))
-        _ = rebuilt.handle(.resumedLeaf(der: Self.der(try fixture.certificate("device-1"))))
+        _ = rebuilt.handle(.resumedLeaf(der: uncached))
         #expect(Self.describe(rebuilt.handle(.upgradeRequested(Self.request(), auditFailing: false))) == ["upgrade device-1"])
+        // The next resumption finds it without rebuilding.
+        #expect(fixture.verifiedChains.entry(forLeaf: uncached)?.chain.count == 2)
 
         // Expired since: refused over the whole chain, naming the resumed session.
         var expired = fixture.machine()

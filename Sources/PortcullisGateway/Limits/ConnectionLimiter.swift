@@ -24,9 +24,8 @@ struct ConnectionLimiter {
     private(set) var open = 0
     private var addresses: [String: Address] = [:]
     /// Addresses with nothing open, in the order their entries may go (each wait is one second at most:
-    /// a bucket refills in burst / rate = 1 s), pruned a few per call.
-    private var idle: [(address: String, until: Double)] = []
-    private var idleStart = 0
+    /// a bucket refills in burst / rate = 1 s).
+    private var idle = RetentionQueue<String>()
 
     /// Counts a new connection from `address`, or says why not (counting nothing).
     mutating func admit(_ address: String, limits: GatewayConfiguration.ConnectionLimits, now: Double) -> Refusal? {
@@ -63,7 +62,7 @@ struct ConnectionLimiter {
             // The budget stays until it has refilled, or closing and reconnecting would refill it at once.
             let until = now + bucket.burst / bucket.rate
             entry.idleUntil = until
-            idle.append((address, until))
+            idle.retain(address, until: until)
         }
         addresses[address] = entry
         prune(now: now)
@@ -73,18 +72,11 @@ struct ConnectionLimiter {
     var trackedAddresses: Int { addresses.count }
 
     private mutating func prune(now: Double) {
-        var budget = 8
-        while budget > 0, idleStart < idle.count, idle[idleStart].until <= now {
-            let (address, until) = idle[idleStart]
-            idleStart += 1
-            budget -= 1
+        idle.drain(now: now) { address, until in
+            // A later connection (and release) may have renewed the entry; only a retention still current removes it.
             if let entry = addresses[address], entry.open == 0, let idleUntil = entry.idleUntil, idleUntil <= until {
                 addresses[address] = nil
             }
-        }
-        if idleStart > 64, idleStart * 2 > idle.count {
-            idle.removeFirst(idleStart)
-            idleStart = 0
         }
     }
 }
