@@ -149,10 +149,15 @@ let package = Package(
         ),
         // Helpers shared by the test targets that run other processes.
         .target(name: "PortcullisTestSupport", path: "Tests/PortcullisTestSupport"),
-        // Runs the built `portcullis` binary as an operator would.
+        // Runs the built `portcullis` binary as an operator would. PortcullisPKI and X509 mint the certificates
+        // the hostile-input suite presents that `portcullis pki` rightly refuses to make (expired, self-signed, a
+        // chain of a dozen).
         .testTarget(
             name: "PortcullisCLITests",
-            dependencies: ["portcullis", "PortcullisTestSupport"]
+            dependencies: [
+                "portcullis", "PortcullisTestSupport", "PortcullisPKI",
+                .product(name: "X509", package: "swift-certificates"),
+            ]
         ),
         .testTarget(
             name: "PortcullisConfigTests",

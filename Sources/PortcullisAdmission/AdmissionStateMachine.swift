@@ -50,7 +50,9 @@ public enum AdmissionEvent: Sendable {
     /// The HTTP layer hands on a request it did not upgrade: declined by admission, by the upgrader's own
     /// checks, or not asking for an upgrade at all.
     case requestNotUpgraded(UpgradeRequest, auditFailing: Bool)
-    case malformedRequest(detail: String)
+    /// The HTTP parser could not read the request: its head grew past `max_header_bytes` (`tooLarge`), or it
+    /// is not HTTP.
+    case unreadableRequest(tooLarge: Bool, detail: String)
     /// An upstream route's backend accepted the upgrade, choosing `subprotocol`.
     case backendAccepted(subprotocol: String?)
     /// An upstream route's backend cannot be reached or refused the upgrade.
@@ -193,10 +195,18 @@ public struct AdmissionStateMachine: Sendable {
             var refused = record(event: "http_refused", decision: "deny", reason: refusal.reason, detail: refusal.detail)
             refused.status = refusal.status
             return conclude(refused) + [.respond(refusal)]
-        case .malformedRequest(let detail):
-            var refused = record(event: "http_refused", decision: "deny", reason: "malformed_request", detail: detail)
-            refused.status = 400
-            return conclude(refused) + [.close]
+        case .unreadableRequest(let tooLarge, let detail):
+            guard case .awaitingRequest = state else { return [.close] }
+            let refusal =
+                tooLarge
+                ? Refusal(
+                    status: 431, reason: "headers_too_large", message: "request headers too large",
+                    detail: "request head over \(environment.admission.maxHeaderBytes) bytes, stopped while parsing")
+                : Refusal(status: 400, reason: "malformed_request", message: "malformed request", detail: detail)
+            refuse(refusal)
+            var refused = record(event: "http_refused", decision: "deny", reason: refusal.reason, detail: refusal.detail)
+            refused.status = refusal.status
+            return conclude(refused) + [.respond(refusal)]
         case .backendAccepted(let answered):
             // The client may have left while the backend answered.
             guard case .admitted(var session, .connecting) = state else { return [.closeBackend(code: 1001), .decline] }

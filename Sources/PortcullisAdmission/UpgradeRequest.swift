@@ -47,8 +47,24 @@ public struct UpgradeRequest: Sendable {
             }
     }
 
-    var path: String {
-        String(uri.prefix { $0 != "?" && $0 != "#" })
+    /// The resource name routes are matched on: the request target's path, without query or fragment.
+    var path: String { Self.path(ofTarget: uri) }
+
+    /// The path of a request target in origin form (`/v1/echo?x`) or absolute form
+    /// (`https://gateway.example/v1/echo`): RFC 6455 §4.2.1 allows an absolute http or https URI, and RFC 9112
+    /// §3.2.2 has a server accept one. Its authority is ignored, as a server ignores `Host` then: the gateway does
+    /// not route by host name. Anything else (`*`, `localhost:443`) is taken as it is, and matches no route.
+    static func path(ofTarget target: String) -> String {
+        var rest = Substring(target)
+        for scheme in ["http://", "https://"] where rest.utf8.count > scheme.utf8.count {
+            guard equalIgnoringASCIICase(String(rest.prefix(scheme.count)), scheme) else { continue }
+            let afterScheme = rest.dropFirst(scheme.count)
+            rest = afterScheme[(afterScheme.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? afterScheme.endIndex)...]
+            // An absolute URI with an empty path names "/" (RFC 9110 §4.2.3).
+            if rest.first != "/" { return "/" }
+            break
+        }
+        return String(rest.prefix { $0 != "?" && $0 != "#" })
     }
 
     /// Size of the request head as sent: request line and header lines.

@@ -6,7 +6,9 @@ import PortcullisAudit
 
 /// The last HTTP handler: receives every request the WebSocket upgrader did not take, answers it with the
 /// refusal admission decides (status and a short plain-text reason, `Connection: close`), audits the full
-/// reason, and closes. Nothing internal reaches the client.
+/// reason, and closes. A request the HTTP parser cannot read is answered here too: 431 for a head over
+/// `max_header_bytes`, 400 for the rest (NIO's own error handler is not installed: it answers 400 to both).
+/// Nothing internal reaches the client.
 final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -47,8 +49,15 @@ final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
         // The upgrader reports a declined upgrade as an error before handing the request on; the refusal
         // is answered in channelRead. Anything else ends the connection.
         if error is NIOWebSocketUpgradeError { return }
-        if let parseError = error as? HTTPParserError {
-            connection.handle(.malformedRequest(detail: "HTTP parse error: \(parseError)"), channel: context.channel)
+        if let parseError = error as? HTTPParserError, !responded {
+            // The parser stops once the request line and fields exceed `max_header_bytes` (Gateway.decoderLimits).
+            responded = true
+            let event = AdmissionEvent.unreadableRequest(
+                tooLarge: parseError == .headerOverflow, detail: "HTTP parse error: \(parseError)")
+            for case .respond(let refusal) in connection.handle(event, channel: context.channel) {
+                respond(refusal, context: context)
+                return
+            }
         }
         context.close(promise: nil)
     }

@@ -216,7 +216,13 @@ public final class Gateway: Sendable {
         try pipeline.configureHTTPServerPipeline(
             withPipeliningAssistance: false,
             withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }),
-            withErrorHandling: true)
+            // Parse errors are answered by the AdmissionResponder, with the status that fits (431 or 400).
+            withErrorHandling: false,
+            withOutboundHeaderValidation: true,
+            withEncoderConfiguration: HTTPResponseEncoder.Configuration(),
+            // The parser stops at `max_header_bytes` of request line and fields (its default is 80 KiB whatever the
+            // configuration says); admission then checks the whole head, separators included, against the same.
+            withDecoderLimitConfiguration: Self.decoderLimits(maxHeaderBytes: runtime.configuration.maxHeaderBytes))
         try pipeline.addHandler(AdmissionResponder(connection: connection))
 
         connection.handshakeTimeout = channel.eventLoop.scheduleTask(in: .configured(seconds: runtime.configuration.handshakeTimeout)) {
@@ -230,6 +236,13 @@ public final class Gateway: Sendable {
             connection.handshakeTimeout?.cancel()
             connection.handle(.closed, channel: channel)
         }
+    }
+
+    static func decoderLimits(maxHeaderBytes: Int) -> NIOHTTPDecoderLimitConfiguration {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = maxHeaderBytes
+        limits.maxHeaderListSize = maxHeaderBytes
+        return limits
     }
 
     /// Turns the upgraded channel into a session on `admitted`'s route, and notes its certificate for the expiry

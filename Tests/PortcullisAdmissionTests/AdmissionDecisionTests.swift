@@ -43,6 +43,19 @@ struct AdmissionDecisionTests {
         #expect(outcome(Self.request(add: [("Origin", "https://console.example.test")])) == "admit demo-device by devices")
     }
 
+    @Test("An absolute http or https URI names its path as the route (RFC 6455 §4.2.1, RFC 9112 §3.2.2)")
+    func absoluteFormTargets() {
+        #expect(outcome(Self.request(uri: "https://localhost:8443/v1/echo")) == "admit demo-device by devices")
+        #expect(outcome(Self.request(uri: "HTTP://gateway.example/v1/echo?client=7#x")) == "admit demo-device by devices")
+        // Only the path counts: the authority is not a way around the route table, and nothing else is absolute.
+        #expect(outcome(Self.request(uri: "https://localhost/v1/echo/more")) == "404 unknown_route")
+        #expect(outcome(Self.request(uri: "https://localhost")) == "404 unknown_route")
+        #expect(outcome(Self.request(uri: "https://localhost?/v1/echo")) == "404 unknown_route")
+        #expect(outcome(Self.request(uri: "wss://localhost/v1/echo")) == "404 unknown_route")
+        #expect(outcome(Self.request(uri: "*")) == "404 unknown_route")
+        #expect(outcome(Self.request(uri: "//localhost/v1/echo")) == "404 unknown_route")
+    }
+
     @Test("Refusals come in admission order, each with its status and code")
     func refusals() {
         #expect(outcome(Self.request(method: "POST")) == "405 method_not_allowed")

@@ -283,9 +283,13 @@ struct AdmissionStateMachineTests {
         var idle = try fixture.verified("device-1")
         #expect(Self.describe(idle.handle(.closed)) == ["conclude http_refused deny closed_before_upgrade"])
         var malformed = try fixture.verified("device-1")
-        let answer = malformed.handle(.malformedRequest(detail: "HTTP parse error: invalid header"))
-        #expect(Self.describe(answer) == ["conclude http_refused deny malformed_request", "close"])
+        let answer = malformed.handle(.unreadableRequest(tooLarge: false, detail: "HTTP parse error: invalid header"))
+        #expect(Self.describe(answer) == ["conclude http_refused deny malformed_request", "respond 400 malformed_request"])
         #expect(Self.concluded(answer)?.status == 400)
+        var huge = try fixture.verified("device-1")
+        let overflow = huge.handle(.unreadableRequest(tooLarge: true, detail: "HTTP parse error: headerOverflow"))
+        #expect(Self.describe(overflow) == ["conclude http_refused deny headers_too_large", "respond 431 headers_too_large"])
+        #expect(Self.concluded(overflow)?.detail == "request head over 8192 bytes, stopped while parsing")
     }
 
     @Test("Resumed: the leaf's chain is found, or rebuilt, and re-checked; without a leaf or chain it is refused")
