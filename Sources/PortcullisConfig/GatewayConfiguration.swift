@@ -48,8 +48,10 @@ public struct GatewayConfiguration: Sendable, Equatable {
                 self.init(url: url, secure: secure, host: String(authority), port: secure ? 443 : 80, target: String(target))
                 return
             }
-            self.init(url: url, secure: secure, host: String(authority[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")),
-                      port: port, target: String(target))
+            let host = String(authority[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+            // `ws://[]:80/` is brackets around nothing: no backend to connect to, so no URL of one.
+            guard !host.isEmpty else { return nil }
+            self.init(url: url, secure: secure, host: host, port: port, target: String(target))
         }
 
         init(url: String, secure: Bool, host: String, port: Int, target: String) {

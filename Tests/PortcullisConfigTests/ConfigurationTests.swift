@@ -261,6 +261,26 @@ struct ConfigurationTests {
         #expect(parseListenAddress("localhost") == nil)
         #expect(parseListenAddress("host:70000") == nil)
     }
+
+    // FuzzGatewayConfiguration checks that every upstream that loads has a host; `ws://[]:80/` had none.
+    @Test("An upstream URL without a host is refused at its line")
+    func upstreamWithoutHost() {
+        #expect(GatewayConfiguration.Upstream(url: "ws://[]:80/") == nil)
+        #expect(GatewayConfiguration.Upstream(url: "wss://[]]:443/ws") == nil)
+        #expect(GatewayConfiguration.Upstream(url: "ws://[::1]:8080/")?.host == "::1")
+        do {
+            _ = try GatewayConfiguration.parse(
+                "tls: {certificate: a, key: b, client_ca: c}\nroutes:\n  - path: /x\n    kind: upstream\n"
+                    + "    upstream: \"ws://[]:80/\"\n",
+                file: "g.yaml", baseDirectory: ".")
+            Issue.record("an upstream without a host was accepted")
+        } catch let error as DiagnosticsError {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains("g.yaml:5: upstream 'ws://[]:80/' is not a ws:// or wss:// URL"), "\(lines)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
 }
 
 @Suite("Shipped configuration example")
