@@ -85,7 +85,8 @@ let package = Package(
             dependencies: [
                 "PortcullisConfig", "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit",
                 .product(name: "X509", package: "swift-certificates"),
-            ]
+            ],
+            swiftSettings: fuzzInstrumented
         ),
         // NIO: listener, TLS, admission, WebSocket sessions.
         .target(
@@ -212,6 +213,33 @@ if fuzzing {
     package.targets += [
         .target(name: "FuzzDriver", path: "Fuzz/Driver"),
         fuzzTarget("MessagingProtocol", dependencies: ["FuzzDriver", "PortcullisProtocol"]),
+        fuzzTarget(
+            "CertificateRevocationList",
+            dependencies: [
+                "FuzzDriver", "PortcullisPKI",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]),
+        fuzzTarget(
+            "CertificateIdentity",
+            dependencies: ["FuzzDriver", "PortcullisPolicy", .product(name: "X509", package: "swift-certificates")]),
+        fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisYAML"]),
+        fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML"]),
+        fuzzTarget(
+            "UpgradeRequest",
+            dependencies: ["FuzzDriver", "PortcullisAdmission", "PortcullisConfig", "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit"]),
+        // The gateway's WebSocket protocol layer, compiled in from its own files (symbolic links), with NIO's
+        // frame decoder in front as in the gateway.
+        fuzzTarget(
+            "WebSocketProtocol",
+            dependencies: [
+                "FuzzDriver",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+            ]),
     ]
 }
 

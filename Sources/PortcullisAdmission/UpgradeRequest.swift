@@ -48,7 +48,7 @@ public struct UpgradeRequest: Sendable {
     }
 
     /// The resource name routes are matched on: the request target's path, without query or fragment.
-    var path: String { Self.path(ofTarget: uri) }
+    public var path: String { Self.path(ofTarget: uri) }
 
     /// The path of a request target in origin form (`/v1/echo?x`) or absolute form
     /// (`https://gateway.example/v1/echo`): RFC 6455 §4.2.1 allows an absolute http or https URI, and RFC 9112

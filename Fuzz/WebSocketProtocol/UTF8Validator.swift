@@ -1,0 +1,1 @@
+../../Sources/PortcullisGateway/WebSocket/UTF8Validator.swift
