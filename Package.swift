@@ -206,12 +206,14 @@ if fuzzing {
     /// A libFuzzer entry point (`LLVMFuzzerTestOneInput`) over one parser of untrusted input.
     func fuzzTarget(_ name: String, dependencies: [Target.Dependency]) -> Target {
         .executableTarget(
-            name: "Fuzz\(name)", dependencies: dependencies, path: "Fuzz/\(name)",
+            name: "Fuzz\(name)", dependencies: ["FuzzSupport"] + dependencies, path: "Fuzz/\(name)",
             swiftSettings: [.unsafeFlags(["-sanitize=fuzzer"])],
             linkerSettings: [.unsafeFlags(["-sanitize=fuzzer", "-use-ld=lld"])])
     }
     package.targets += [
         .target(name: "FuzzDriver", path: "Fuzz/Driver"),
+        // What every target checks its invariants with.
+        .target(name: "FuzzSupport", path: "Fuzz/Support"),
         fuzzTarget("MessagingProtocol", dependencies: ["FuzzDriver", "PortcullisProtocol"]),
         fuzzTarget(
             "CertificateRevocationList",

@@ -1,5 +1,6 @@
 import Foundation
 import FuzzDriver
+import FuzzSupport
 import PortcullisPolicy
 import X509
 
@@ -32,26 +33,6 @@ enum ExamplePolicy {
     static let routes = ["/v1/echo", "/v1/messages"]
     static let origins: [String?] = [nil, "https://localhost:8443", "https://evil.example"]
     static let gatewayOrigins = OriginMatcher(["https://localhost:8443"])
-}
-
-/// What one topic level is to a filter: a wildcard, a literal, or a level with a wildcard character inside,
-/// which is no valid filter level at all.
-enum LevelShape: Hashable {
-    case literal, singleLevelWildcard, multiLevelWildcard, malformed
-}
-
-func shape(_ filter: String) -> [LevelShape] {
-    filter.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { level in
-        if level.elementsEqual("+".utf8) { return .singleLevelWildcard }
-        if level.elementsEqual("#".utf8) { return .multiLevelWildcard }
-        if level.contains(UInt8(ascii: "+")) || level.contains(UInt8(ascii: "#")) { return .malformed }
-        return .literal
-    }
-}
-
-/// Stops the run with `message` when `condition` does not hold: libFuzzer then keeps the input as a crash.
-func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() { fatalError("invariant violated: \(message())") }
 }
 
 func isLowercaseHex(_ text: String) -> Bool {

@@ -1,5 +1,6 @@
 import Foundation
 import FuzzDriver
+import FuzzSupport
 import PortcullisPKI
 import SwiftASN1
 import X509
@@ -85,11 +86,6 @@ enum CorpusAuthorities {
             fatalError("the fuzz target's own CA bundle does not parse: \(error)")
         }
     }
-}
-
-/// Stops the run with `message` when `condition` does not hold: libFuzzer then keeps the input as a crash.
-func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() { fatalError("invariant violated: \(message())") }
 }
 
 /// The order `compareNumbers` gives two CRL numbers, as a sign.

@@ -1,4 +1,5 @@
 import FuzzDriver
+import FuzzSupport
 import Glibc
 import PortcullisConfig
 import PortcullisYAML
@@ -11,11 +12,6 @@ enum ConfigurationFile {
     static let name = "portcullis.yaml"
     /// Where the file is read from: relative paths in it must come out under it.
     static let directory = "/etc/portcullis"
-}
-
-/// Stops the run with `message` when `condition` does not hold: libFuzzer then keeps the input as a crash.
-func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() { fatalError("invariant violated: \(message())") }
 }
 
 func checkLoaded(_ configuration: GatewayConfiguration) {

@@ -1,4 +1,5 @@
 import FuzzDriver
+import FuzzSupport
 import Glibc
 import PortcullisPolicy
 import PortcullisYAML
@@ -31,26 +32,6 @@ enum Certificates {
 
     static let routes = ["/v1/echo", "/v1/messages", "/"]
     static let origins: [String?] = [nil, "https://localhost:8443"]
-}
-
-/// Stops the run with `message` when `condition` does not hold: libFuzzer then keeps the input as a crash.
-func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() { fatalError("invariant violated: \(message())") }
-}
-
-/// What one topic level is to a filter: a wildcard, a literal, or a level with a wildcard character inside,
-/// which is no valid filter level at all.
-enum LevelShape: Hashable {
-    case literal, singleLevelWildcard, multiLevelWildcard, malformed
-}
-
-func shape(_ filter: String) -> [LevelShape] {
-    filter.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { level in
-        if level.elementsEqual("+".utf8) { return .singleLevelWildcard }
-        if level.elementsEqual("#".utf8) { return .multiLevelWildcard }
-        if level.contains(UInt8(ascii: "+")) || level.contains(UInt8(ascii: "#")) { return .malformed }
-        return .literal
-    }
 }
 
 /// A topic pattern with `{identity}` and `{cn}` replaced once by `x`, as the loader probes a pattern.

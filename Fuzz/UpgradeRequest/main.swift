@@ -1,4 +1,5 @@
 import FuzzDriver
+import FuzzSupport
 import Glibc
 import PortcullisAdmission
 import PortcullisAudit
@@ -12,11 +13,6 @@ import PortcullisPolicy
 // has a status admission documents, an admitted request is a GET with one Host and one key on a configured
 // route, and the state machine concludes every connection with exactly one record and gives back every
 // session slot it took.
-
-/// Stops the run when `condition` does not hold: libFuzzer then keeps the input as a crash.
-func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() { fatalError("invariant violated: \(message())") }
-}
 
 /// Session counts, which must be back to zero after every input.
 final class Slots: SessionSlots, @unchecked Sendable {

@@ -1,4 +1,5 @@
 import FuzzDriver
+import FuzzSupport
 import Glibc
 import NIOCore
 import NIOEmbedded
@@ -17,11 +18,6 @@ import NIOWebSocket
 
 /// Small, so that the limit and fragmented messages over it are within the fuzzer's reach.
 let maxMessageBytes = 4096
-
-/// Stops the run when `condition` does not hold: libFuzzer then keeps the input as a crash.
-func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() { fatalError("invariant violated: \(message())") }
-}
 
 func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: count))

@@ -268,12 +268,7 @@ public struct AdmissionStateMachine: Sendable {
     private func record(event: String, decision: String? = nil, reason: String? = nil, detail: String? = nil)
         -> AuditRecord
     {
-        var record = template
-        record.event = event
-        record.decision = decision
-        record.reason = reason
-        record.detail = detail
-        return record
+        template.with(event: event, decision: decision, reason: reason, detail: detail)
     }
 
     // MARK: - Deciding

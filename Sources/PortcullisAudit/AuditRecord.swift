@@ -197,3 +197,16 @@ func appendJSONString(_ text: String, to out: inout [UInt8]) {
 func hexDigit(_ value: UInt8) -> UInt8 {
     value < 10 ? UInt8(ascii: "0") + value : UInt8(ascii: "a") + value - 10
 }
+
+extension AuditRecord {
+    /// This record (a connection's or a session's template: peer, certificate, identity, route) as the record
+    /// of `event`.
+    public func with(event: String, decision: String? = nil, reason: String? = nil, detail: String? = nil) -> AuditRecord {
+        var record = self
+        record.event = event
+        record.decision = decision
+        record.reason = reason
+        record.detail = detail
+        return record
+    }
+}

@@ -57,12 +57,7 @@ final class SessionContext: Sendable {
 
     /// An audit record of this session.
     func record(event: String, decision: String? = nil, reason: String? = nil, detail: String? = nil) -> AuditRecord {
-        var record = recordTemplate
-        record.event = event
-        record.decision = decision
-        record.reason = reason
-        record.detail = detail
-        return record
+        recordTemplate.with(event: event, decision: decision, reason: reason, detail: detail)
     }
 
     func audit(_ record: AuditRecord) {
