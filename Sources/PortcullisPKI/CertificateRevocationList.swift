@@ -301,22 +301,13 @@ public struct CertificateRevocationList: Sendable {
 
     private static func parseReason(_ extensionsNode: ASN1Node) throws -> RevocationReason? {
         var reason: RevocationReason?
-        try DER.sequence(extensionsNode, identifier: .sequence) { extensions in
-            while let ext = extensions.next() {
-                try DER.sequence(ext, identifier: .sequence) { fields in
-                    guard let oidNode = fields.next() else { return }
-                    let oid = try ASN1ObjectIdentifier(derEncoded: oidNode)
-                    var valueNode = fields.next()
-                    if valueNode?.identifier == .boolean { valueNode = fields.next() }
-                    guard oid == .crlReason, let valueNode else { return }
-                    let octets = try ASN1OctetString(derEncoded: valueNode)
-                    let inner = try DER.parse(octets.bytes)
-                    guard inner.identifier == .enumerated, case .primitive(let content) = inner.content,
-                        let last = content.last
-                    else { return }
-                    reason = RevocationReason(rawValue: Int(last))
-                }
-            }
+        try forEachExtension(in: extensionsNode, processed: [.crlReason, .invalidityDate]) { oid, value in
+            guard oid == .crlReason else { return }
+            let inner = try DER.parse(try ASN1OctetString(derEncoded: value).bytes)
+            // CRLReason is an ENUMERATED of 0...10: one content byte. Anything else names no reason.
+            guard inner.identifier == .enumerated, case .primitive(let content) = inner.content, content.count == 1
+            else { return }
+            reason = RevocationReason(rawValue: Int(content[content.startIndex]))
         }
         return reason
     }
@@ -325,20 +316,40 @@ public struct CertificateRevocationList: Sendable {
         guard case .constructed(let children) = tagged.content, let extensionsNode = children.first(where: { _ in true })
         else { return nil }
         var number: [UInt8]?
+        try forEachExtension(in: extensionsNode, processed: [.crlNumber, ASN1ObjectIdentifier.X509ExtensionID.authorityKeyIdentifier]) { oid, value in
+            guard oid == .crlNumber else { return }
+            number = Array(try ArraySlice<UInt8>(derEncoded: DER.parse(try ASN1OctetString(derEncoded: value).bytes)))
+        }
+        return number
+    }
+
+    /// Calls `body` with each extension's identifier and value. A critical extension not in `processed` makes the
+    /// whole CRL unusable (RFC 5280 §5.2): a delta CRL (delta CRL indicator), a CRL covering only part of the
+    /// issuer's certificates (issuing distribution point) or an indirect CRL entry (certificate issuer) read
+    /// as the issuer's full CRL could un-revoke certificates.
+    private static func forEachExtension(
+        in extensionsNode: ASN1Node, processed: Set<ASN1ObjectIdentifier>,
+        _ body: (ASN1ObjectIdentifier, ASN1Node) throws -> Void
+    ) throws {
         try DER.sequence(extensionsNode, identifier: .sequence) { extensions in
             while let ext = extensions.next() {
                 try DER.sequence(ext, identifier: .sequence) { fields in
                     guard let oidNode = fields.next() else { return }
                     let oid = try ASN1ObjectIdentifier(derEncoded: oidNode)
                     var valueNode = fields.next()
-                    if valueNode?.identifier == .boolean { valueNode = fields.next() }
-                    guard oid == .crlNumber, let valueNode else { return }
-                    let octets = try ASN1OctetString(derEncoded: valueNode)
-                    number = Array(try ArraySlice<UInt8>(derEncoded: DER.parse(octets.bytes)))
+                    if let criticality = valueNode, criticality.identifier == .boolean {
+                        if try Bool(derEncoded: criticality), !processed.contains(oid) {
+                            throw PKIError.invalidCRL(
+                                "critical extension \(oid) that Portcullis does not process (RFC 5280 §5.2: such a CRL "
+                                    + "cannot stand for the issuer's full CRL); publish a full CRL without it")
+                        }
+                        valueNode = fields.next()
+                    }
+                    guard let valueNode else { return }
+                    try body(oid, valueNode)
                 }
             }
         }
-        return number
     }
 
     private static let algorithmOIDs: [(Certificate.SignatureAlgorithm, ASN1ObjectIdentifier)] = [
@@ -363,6 +374,7 @@ public struct CertificateRevocationList: Sendable {
 extension ASN1ObjectIdentifier {
     static let crlNumber: ASN1ObjectIdentifier = [2, 5, 29, 20]
     static let crlReason: ASN1ObjectIdentifier = [2, 5, 29, 21]
+    static let invalidityDate: ASN1ObjectIdentifier = [2, 5, 29, 24]
 }
 
 let utcCalendar: Calendar = {

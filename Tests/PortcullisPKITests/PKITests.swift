@@ -139,6 +139,43 @@ struct CRLTests {
         #expect(crl.isSigned(by: try pki.loadCA().certificate))
     }
 
+    /// A delta CRL or a partial one must not stand for the issuer's full CRL.
+    @Test(
+        "A CRL with a critical extension Portcullis does not process is refused (RFC 5280 §5.2)",
+        arguments: [
+            ("2.5.29.27 = critical, ASN1:INTEGER:4", "delta CRL indicator"),
+            ("2.5.29.28 = critical, DER:3000", "issuing distribution point"),
+            ("2.5.29.27 = ASN1:INTEGER:4", "a non-critical extension is read past"),
+        ])
+    func criticalExtensions(extensionLine: String, meaning: String) throws {
+        let root = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let pki = PKIDirectory(path: "\(root)/pki")
+        _ = try pki.bootstrapDevelopment()
+        try "".write(toFile: "\(root)/index.txt", atomically: true, encoding: .utf8)
+        try "05\n".write(toFile: "\(root)/crlnumber", atomically: true, encoding: .utf8)
+        try """
+            [ca]
+            default_ca = dev
+            [dev]
+            database = \(root)/index.txt
+            crlnumber = \(root)/crlnumber
+            default_md = sha256
+            default_crl_days = 7
+            [extensions]
+            \(extensionLine)
+            """.write(toFile: "\(root)/ca.cnf", atomically: true, encoding: .utf8)
+        let made = try run("openssl", ["ca", "-gencrl", "-config", "\(root)/ca.cnf", "-cert", pki.caCertificatePath,
+                                        "-keyfile", pki.caKeyPath, "-crlexts", "extensions", "-out", "\(root)/crl.pem"])
+        #expect(made.status == 0, "\(made.output)")
+        let pem = try String(contentsOfFile: "\(root)/crl.pem", encoding: .utf8)
+        if extensionLine.contains("critical") {
+            #expect(throws: PKIError.self, "\(meaning)") { try CertificateRevocationList(pemEncoded: pem) }
+        } else {
+            #expect(try CertificateRevocationList(pemEncoded: pem).number == [5], "\(meaning)")
+        }
+    }
+
     @Test("Garbage and tampered CRLs are refused", arguments: [
         "not pem at all", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
     ])
