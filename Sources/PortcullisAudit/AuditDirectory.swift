@@ -109,7 +109,9 @@ public struct AuditDirectory: Sendable {
 public enum AuditTime {
     /// Formats `date` (by hand: `Date.formatted` costs microseconds, and the writer formats every record).
     public static func format(_ date: Date) -> String {
-        let interval = date.timeIntervalSince1970
+        // Years 0000 to 9999, as RFC 3339 writes them: a date from an operator's bound (`--since 1e20s`) is
+        // clamped instead of overflowing the conversion to whole seconds.
+        let interval = min(max(date.timeIntervalSince1970, -62_167_219_200), 253_402_300_799.9995)
         var seconds = time_t(interval.rounded(.down))
         var millis = Int(((interval - Double(seconds)) * 1000).rounded(.down))
         if millis >= 1000 { millis = 999 }

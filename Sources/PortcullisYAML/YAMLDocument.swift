@@ -210,7 +210,7 @@ public func parseDuration(_ text: String) -> Double? {
     let trimmed = text.trimmingCharacters(in: .whitespaces)
     let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
     for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
-        guard let number = Double(trimmed.dropLast(suffix.count)), number.isFinite else { return nil }
+        guard let number = Double(trimmed.dropLast(suffix.count)), (number * factor).isFinite else { return nil }
         return number * factor
     }
     return Double(trimmed).flatMap { $0.isFinite ? $0 : nil }

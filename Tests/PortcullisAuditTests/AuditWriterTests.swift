@@ -240,5 +240,8 @@ struct AuditFilterTests {
         let parsed = try #require(AuditTime.parse("2026-12-01T22:13:09.123Z"))
         #expect(abs(parsed.timeIntervalSince(date)) < 0.001)
         #expect(AuditTime.parse("2026-12-01T23:13:09+01:00").map(AuditTime.format) == "2026-12-01T22:13:09.000Z")
+        // Beyond what RFC 3339 writes, clamped rather than trapping.
+        #expect(AuditTime.format(Date(timeIntervalSince1970: -1e25)) == "0000-01-01T00:00:00.000Z")
+        #expect(AuditTime.format(Date(timeIntervalSince1970: 1e25)) == "9999-12-31T23:59:59.999Z")
     }
 }

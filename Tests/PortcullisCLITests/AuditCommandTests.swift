@@ -68,6 +68,15 @@ struct AuditCommandTests {
         let (badStatus, bad) = try await portcullis(["audit", "query", "--since", "yesterday"], in: directory)
         #expect(badStatus == 2)
         #expect(bad.contains("--since 'yesterday' is neither RFC 3339"), "\(bad)")
+        // A bound centuries back is the start of time, not a trap converting it (this crashed the command).
+        for farBack in ["1e20s", "1e300s"] {
+            let (farStatus, far) = try await portcullis(["audit", "query", "--since", farBack, "--decision", "deny"], in: directory)
+            #expect(farStatus == 0 && far.contains("certificate_revoked"), "--since \(farBack): \(far)")
+        }
+        let (infiniteStatus, _) = try await portcullis(["audit", "query", "--since", "1e308d"], in: directory)
+        #expect(infiniteStatus == 2)
+        let (watchStatus, watch) = try await portcullis(["pki", "watch", "--interval", "1e300d"], in: directory)
+        #expect(watchStatus == 64 && watch.contains("--interval must be"), "\(watch)")
         let (missingStatus, missing) = try await portcullis(["audit", "verify", "--audit-dir", "nowhere"], in: directory)
         #expect(missingStatus == 2 && missing.contains("no audit log in nowhere"), "\(missing)")
 

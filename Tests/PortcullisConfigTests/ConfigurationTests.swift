@@ -254,6 +254,8 @@ struct ConfigurationTests {
         #expect(parseDuration("1h") == 3600)
         #expect(parseDuration("10") == 10)
         #expect(parseDuration("ten") == nil)
+        // A number that is finite until multiplied by its unit is no duration.
+        #expect(parseDuration("1e308d") == nil && parseDuration("1e300d") == 1e300 * 86400)
         #expect(formatDuration(0.1) == "100ms" && formatDuration(600) == "10m" && formatDuration(3650 * 86400) == "3650d")
         #expect(formatDuration(90) == "90s" && formatDuration(0.0005) == "0.0005s")
         #expect(parseListenAddress("127.0.0.1:0")! == ("127.0.0.1", 0))

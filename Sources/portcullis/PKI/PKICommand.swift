@@ -211,5 +211,8 @@ func parseWindow(_ text: String) -> TimeInterval? {
     guard let unit = text.last, let factor = units[unit], let number = Double(text.dropLast()), number >= 0 else {
         return nil
     }
-    return number * factor
+    // At most a century: a CRL's nextUpdate, a sleep or a date a window leads to must stay representable
+    // (`--interval 1e300d` trapped converting it).
+    let seconds = number * factor
+    return seconds <= 100 * 365 * 86400 ? seconds : nil
 }
