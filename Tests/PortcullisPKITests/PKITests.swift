@@ -119,20 +119,7 @@ struct CRLTests {
         let serialHex = device.serialNumber.bytes.map { String(format: "%02X", $0) }.joined()
         try "R\t301231235959Z\t241125000000Z,keyCompromise\t\(serialHex)\tunknown\t/CN=demo-device\n"
             .write(toFile: "\(root)/index.txt", atomically: true, encoding: .utf8)
-        try """
-            [ca]
-            default_ca = dev
-            [dev]
-            database = \(root)/index.txt
-            crlnumber = \(root)/crlnumber
-            default_md = sha256
-            default_crl_days = 7
-            """.write(toFile: "\(root)/ca.cnf", atomically: true, encoding: .utf8)
-        try "05\n".write(toFile: "\(root)/crlnumber", atomically: true, encoding: .utf8)
-        let made = try run("openssl", ["ca", "-gencrl", "-config", "\(root)/ca.cnf", "-cert", pki.caCertificatePath,
-                                        "-keyfile", pki.caKeyPath, "-out", "\(root)/openssl-crl.pem"])
-        #expect(made.status == 0, "\(made.output)")
-        let crl = try CertificateRevocationList(pemEncoded: try String(contentsOfFile: "\(root)/openssl-crl.pem", encoding: .utf8))
+        let crl = try CertificateRevocationList(pemEncoded: try openSSLCRL(in: root, pki: pki))
         #expect(crl.isRevoked(serial: device.serialNumber))
         #expect(crl.entry(for: device.serialNumber)?.reason == .keyCompromise)
         #expect(crl.number == [5])
@@ -153,7 +140,17 @@ struct CRLTests {
         let pki = PKIDirectory(path: "\(root)/pki")
         _ = try pki.bootstrapDevelopment()
         try "".write(toFile: "\(root)/index.txt", atomically: true, encoding: .utf8)
-        try "05\n".write(toFile: "\(root)/crlnumber", atomically: true, encoding: .utf8)
+        let pem = try openSSLCRL(in: root, pki: pki, extensions: extensionLine)
+        if extensionLine.contains("critical") {
+            #expect(throws: PKIError.self, "\(meaning)") { try CertificateRevocationList(pemEncoded: pem) }
+        } else {
+            #expect(try CertificateRevocationList(pemEncoded: pem).number == [5], "\(meaning)")
+        }
+    }
+
+    /// A CRL that `openssl ca -gencrl` makes with the development CA from `root/index.txt`, CRL number 5, with
+    /// `extensions` (OpenSSL configuration lines) as its CRL extensions; its PEM.
+    func openSSLCRL(in root: String, pki: PKIDirectory, extensions: String? = nil) throws -> String {
         try """
             [ca]
             default_ca = dev
@@ -163,17 +160,15 @@ struct CRLTests {
             default_md = sha256
             default_crl_days = 7
             [extensions]
-            \(extensionLine)
+            \(extensions ?? "")
             """.write(toFile: "\(root)/ca.cnf", atomically: true, encoding: .utf8)
-        let made = try run("openssl", ["ca", "-gencrl", "-config", "\(root)/ca.cnf", "-cert", pki.caCertificatePath,
-                                        "-keyfile", pki.caKeyPath, "-crlexts", "extensions", "-out", "\(root)/crl.pem"])
+        try "05\n".write(toFile: "\(root)/crlnumber", atomically: true, encoding: .utf8)
+        let made = try run(
+            "openssl",
+            ["ca", "-gencrl", "-config", "\(root)/ca.cnf", "-cert", pki.caCertificatePath, "-keyfile", pki.caKeyPath]
+                + (extensions == nil ? [] : ["-crlexts", "extensions"]) + ["-out", "\(root)/crl.pem"])
         #expect(made.status == 0, "\(made.output)")
-        let pem = try String(contentsOfFile: "\(root)/crl.pem", encoding: .utf8)
-        if extensionLine.contains("critical") {
-            #expect(throws: PKIError.self, "\(meaning)") { try CertificateRevocationList(pemEncoded: pem) }
-        } else {
-            #expect(try CertificateRevocationList(pemEncoded: pem).number == [5], "\(meaning)")
-        }
+        return try String(contentsOfFile: "\(root)/crl.pem", encoding: .utf8)
     }
 
     @Test("Garbage and tampered CRLs are refused", arguments: [
