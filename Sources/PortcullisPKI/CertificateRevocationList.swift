@@ -59,15 +59,18 @@ public struct CertificateRevocationList: Sendable {
     private let tbsBytes: ArraySlice<UInt8>
     private let signatureAlgorithm: Certificate.SignatureAlgorithm?
     private let signatureBytes: ArraySlice<UInt8>
-    private let revokedSerials: Set<[UInt8]>
+    /// Where each serial's entry is in ``entries`` (the first, should a CRL list a serial twice): a handshake
+    /// looks its serial up in constant time however many devices the CRL revokes.
+    private let entryIndexBySerial: [[UInt8]: Int]
 
     /// Whether the serial of `certificate` is listed. The caller checks that the CRL's issuer is the certificate's.
     public func isRevoked(serial: Certificate.SerialNumber) -> Bool {
-        revokedSerials.contains(Array(serial.bytes))
+        entryIndexBySerial[Array(serial.bytes)] != nil
     }
 
+    /// The entry listing `serial`, if any.
     public func entry(for serial: Certificate.SerialNumber) -> Entry? {
-        entries.first { $0.serial == Array(serial.bytes) }
+        entryIndexBySerial[Array(serial.bytes)].map { entries[$0] }
     }
 
     /// Whether the CRL is signed by `issuerCertificate`'s key and names it as issuer.
@@ -241,7 +244,8 @@ public struct CertificateRevocationList: Sendable {
             }
             self.number = number
             self.entries = entries
-            self.revokedSerials = Set(entries.map(\.serial))
+            self.entryIndexBySerial = Dictionary(
+                entries.indices.map { (entries[$0].serial, $0) }, uniquingKeysWith: { first, _ in first })
         } catch let error as PKIError {
             throw error
         } catch {

@@ -20,6 +20,7 @@ public enum AdmissionDecision: Sendable, Hashable {
 public struct PolicySet: Sendable {
     public let mappings: [IdentityMappingRule]
     public let rules: [PolicyRule]
+    private let mappingIndex: IdentityMappingIndex
     private let rulesByIdentity: [String: [Int]]
     private let rulesByGroup: [String: [Int]]
     private let rulesForEveryone: [Int]
@@ -27,6 +28,7 @@ public struct PolicySet: Sendable {
     public init(mappings: [IdentityMappingRule], rules: [PolicyRule]) {
         self.mappings = mappings
         self.rules = rules
+        self.mappingIndex = IdentityMappingIndex(mappings)
         var byIdentity: [String: [Int]] = [:]
         var byGroup: [String: [Int]] = [:]
         var everyone: [Int] = []
@@ -47,7 +49,8 @@ public struct PolicySet: Sendable {
     /// The identity the first matching mapping rule gives this certificate, or nil when none applies.
     public func identify(_ facts: CertificateFacts) -> Identity? {
         var unusable: [String] = []
-        for rule in mappings {
+        for index in mappingIndex.candidates(for: facts) {
+            let rule = mappings[index]
             if let name = rule.apply(to: facts, unusable: &unusable) {
                 return Identity(name: name, groups: rule.groups, mappingRule: rule.location, certificate: facts)
             }
@@ -59,7 +62,7 @@ public struct PolicySet: Sendable {
     /// matched, or the names the rules gave are not valid identity names.
     public func mappingFailure(_ facts: CertificateFacts) -> String {
         var unusable: [String] = []
-        for rule in mappings { _ = rule.apply(to: facts, unusable: &unusable) }
+        for index in mappingIndex.candidates(for: facts) { _ = mappings[index].apply(to: facts, unusable: &unusable) }
         if unusable.isEmpty { return "no identity mapping rule matches certificate \(facts.subject)" }
         return "certificate \(facts.subject) maps to no valid identity name: " + unusable.joined(separator: "; ")
     }

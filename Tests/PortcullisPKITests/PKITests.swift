@@ -109,6 +109,27 @@ struct CRLTests {
         #expect(server.status == 0, "\(server.output)")
     }
 
+    @Test("A CRL of 100,000 serials is read, and each serial is found with its own entry")
+    func largeCRL() throws {
+        let ca = try CertificateAuthority.makeRoot(name: "Fleet CA", key: try KeyAlgorithm.p256.generate())
+        let device = try ca.issue(commonName: "device", publicKey: try KeyAlgorithm.p256.generate().publicKey,
+                                  profile: .client(), notValidAfter: Date().addingTimeInterval(3600))
+        let date = Date(timeIntervalSince1970: 1_700_000_000)
+        var entries = (1...100_000).map { number -> CertificateRevocationList.Entry in
+            let bytes = withUnsafeBytes(of: UInt32(number).bigEndian) { Array($0) }
+            return .init(serial: [0x7F] + bytes, revocationDate: date, reason: number.isMultiple(of: 2) ? .superseded : .keyCompromise)
+        }
+        entries.append(.init(serial: Array(device.serialNumber.bytes), revocationDate: date, reason: .cessationOfOperation))
+        let signed = try CertificateRevocationList.sign(entries: entries, by: ca, number: 9, nextUpdate: date.addingTimeInterval(86_400))
+        let crl = try CertificateRevocationList(derEncoded: signed.derBytes)
+        #expect(crl.entries.count == 100_001)
+        #expect(crl.isRevoked(serial: device.serialNumber))
+        #expect(crl.entry(for: device.serialNumber)?.reason == .cessationOfOperation)
+        #expect(crl.entry(for: Certificate.SerialNumber(bytes: [0x7F, 0, 0, 0, 2]))?.reason == .superseded)
+        #expect(crl.entry(for: Certificate.SerialNumber(bytes: [0x7F, 0, 1, 0x86, 0x9F]))?.reason == .keyCompromise)
+        #expect(!crl.isRevoked(serial: Certificate.SerialNumber(bytes: [0x7F, 0, 1, 0x86, 0xA1])))
+    }
+
     @Test("A CRL made by openssl ca -gencrl is read, including its reasons")
     func readsOpenSSLCRL() throws {
         let root = try temporaryDirectory()

@@ -1,5 +1,5 @@
 import Foundation
-import PortcullisPolicy
+@testable import PortcullisPolicy
 import PortcullisYAML
 import Testing
 
@@ -57,6 +57,38 @@ struct IdentityMappingTests {
     func unmapped() throws {
         let set = try PolicySet.parse([("a.yaml", "identity_mapping:\n  - source: san_uri\n")])
         #expect(set.identify(facts(cn: "demo-device")) == nil)
+    }
+
+    @Test("100,000 pinned fingerprints and CNs: found by lookup, first rule in file order still wins")
+    func indexedMappings() throws {
+        func fingerprint(_ number: Int) -> String {
+            let hex = String(number, radix: 16)
+            return String(repeating: "0", count: 64 - hex.count) + hex
+        }
+        var mappings = (0..<100_000).map {
+            IdentityMappingRule(source: .fingerprint, match: "SHA256:" + fingerprint($0).uppercased(), identity: "pinned-\($0)")
+        }
+        // A glob before the exact CN rules wins over them; an exact CN rule wins over the catch-all after it.
+        mappings.append(IdentityMappingRule(source: .commonName, match: "early-*", identity: "glob-{*}"))
+        mappings += (0..<100_000).map { IdentityMappingRule(source: .commonName, match: "cn-\($0)", identity: "named-\($0)") }
+        mappings.append(IdentityMappingRule(source: .commonName, match: "early-7", identity: "too-late"))
+        mappings.append(IdentityMappingRule(source: .commonName, match: "caf\u{e9}", identity: "precomposed"))
+        mappings.append(IdentityMappingRule(source: .commonName, identity: "any-{value}"))
+        let set = PolicySet(mappings: mappings, rules: [])
+        let other = String(repeating: "f", count: 64)
+
+        #expect(set.identify(facts(cn: "cn-5", fingerprint: fingerprint(99_999)))?.name == "pinned-99999")
+        #expect(set.identify(facts(cn: "cn-99999", fingerprint: other))?.name == "named-99999")
+        #expect(set.identify(facts(cn: "early-7", fingerprint: other))?.name == "glob-7")
+        #expect(set.identify(facts(cn: "stranger", fingerprint: other))?.name == "any-stranger")
+        #expect(set.identify(facts(cn: nil, fingerprint: other)) == nil)
+        // Byte for byte, as without the index: a canonically equivalent CN is another name.
+        #expect(set.identify(facts(cn: "caf\u{e9}", fingerprint: other))?.name == "precomposed")
+        #expect(set.identify(facts(cn: "cafe\u{301}", fingerprint: other))?.name != "precomposed")
+        let indexed = IdentityMappingIndex(mappings)
+        #expect(indexed.candidates(for: facts(cn: "cn-42", fingerprint: fingerprint(42))) == [42, 100_000, 100_043, 200_003])
+        // The index proposes the canonically equivalent rule; the rule's byte comparison turns it down.
+        #expect(indexed.candidates(for: facts(cn: "cafe\u{301}", fingerprint: other)) == [100_000, 200_002, 200_003])
     }
 
     @Test("Fingerprints are accepted as operators paste them")
