@@ -73,58 +73,64 @@ final class Subscriber: Sendable {
     }
 }
 
-/// The built-in publish/subscribe broker, shared by every session of every event loop.
-///
-/// Exact filters are found by hash lookup; filters with wildcards are matched one by one. A session receives a
-/// message once even when several of its filters match.
-final class Broker: Sendable {
-    private struct State {
-        var exact: [String: [UInt64: Subscriber]] = [:]
-        var wildcard: [String: [UInt64: Subscriber]] = [:]
-        /// Who receives each topic published since the subscriptions last changed: publishers mostly repeat
-        /// topics, so a publish is one hash lookup instead of a walk over the wildcard filters.
-        var resolved: [String: [Subscriber]] = [:]
+/// Who receives one topic, as resolved from the subscriptions at one moment. A publisher keeps the last one it
+/// used and checks it is still current with one atomic load: a subscription change retires only the resolved
+/// topics its filter matches, so a device subscribing or a reconnect storm leaves every other publisher's
+/// topic alone.
+final class Recipients: Sendable {
+    let subscribers: [Subscriber]
+    private let current = Atomic<Bool>(true)
+
+    init(_ subscribers: [Subscriber]) {
+        self.subscribers = subscribers
     }
 
-    /// Topics remembered in ``State/resolved`` at most; beyond that the cache starts over.
+    var isCurrent: Bool { current.load(ordering: .acquiring) }
+
+    fileprivate func retire() {
+        current.store(false, ordering: .releasing)
+    }
+}
+
+/// The built-in publish/subscribe broker, shared by every session of every event loop.
+///
+/// Filters are kept in a trie of levels, so resolving a topic costs time proportional to its levels, not to
+/// the number of subscriptions; resolved topics are remembered until a subscription change that matches them.
+/// A session receives a message once even when several of its filters match.
+final class Broker: Sendable {
+    private struct State {
+        var subscriptions = SubscriptionIndex<UInt64, Subscriber>()
+        /// Who receives each topic published since a matching subscription last changed: publishers mostly
+        /// repeat topics, so a publish is one lookup instead of a walk of the trie.
+        var resolved = TopicMap<Recipients>()
+    }
+
+    /// Topics remembered in ``State/resolved`` at most; beyond that the memory starts over.
     private static let resolvedLimit = 65_536
 
     private let state = NIOLockedValueBox(State())
 
     func subscribe(_ filter: String, _ subscriber: Subscriber) {
-        let isWildcard = filter.contains("+") || filter.contains("#")
         state.withLockedValue { state in
-            state.resolved.removeAll(keepingCapacity: true)
-            generation.add(1, ordering: .releasing)
-            if isWildcard {
-                state.wildcard[filter, default: [:]][subscriber.id] = subscriber
-            } else {
-                state.exact[filter, default: [:]][subscriber.id] = subscriber
-            }
+            state.subscriptions.insert(filter, key: subscriber.id, member: subscriber)
+            for stale in state.resolved.removeAll(matching: filter) { stale.retire() }
         }
     }
 
     func unsubscribe(_ filter: String, _ subscriber: Subscriber) {
         state.withLockedValue { state in
-            state.resolved.removeAll(keepingCapacity: true)
-            generation.add(1, ordering: .releasing)
-            state.exact[filter]?[subscriber.id] = nil
-            if state.exact[filter]?.isEmpty == true { state.exact[filter] = nil }
-            state.wildcard[filter]?[subscriber.id] = nil
-            if state.wildcard[filter]?.isEmpty == true { state.wildcard[filter] = nil }
+            state.subscriptions.remove(filter, key: subscriber.id)
+            for stale in state.resolved.removeAll(matching: filter) { stale.retire() }
         }
     }
 
-    /// Bumped by every change of subscriptions: a ``Publisher`` from an earlier generation is stale.
-    private let generation = Atomic<Int>(0)
-
-    /// A publishing session's side of the broker: who received its last topic, valid while the subscriptions
-    /// stay the same (a publisher repeating its topic then takes neither the broker's lock nor a hash lookup),
-    /// and the subscribers on other event loops that have frames waiting and still need a wake-up.
+    /// A publishing session's side of the broker: who received its last topic (while that stays current, a
+    /// publisher repeating its topic takes neither the broker's lock nor a lookup), and the subscribers on
+    /// other event loops that have frames waiting and still need a wake-up.
     struct Publisher {
         fileprivate var topic: String?
-        fileprivate var generation = -1
-        fileprivate var subscribers: [Subscriber] = []
+        /// Who received the last topic; current while no subscription change has matched that topic.
+        fileprivate(set) var recipients: Recipients?
         fileprivate var unwoken: [Subscriber] = []
 
         /// Wakes the subscribers this publisher's frames wait for; called at the end of each of its reads.
@@ -139,29 +145,33 @@ final class Broker: Sendable {
     /// other event loops get it once `publisher.wakeSubscribers()` is called.
     @discardableResult
     func publish(_ frame: OutboundFrame, to topic: String, from publisher: inout Publisher) -> Int {
-        let current = generation.load(ordering: .acquiring)
-        if publisher.generation != current || publisher.topic != topic {
+        let recipients: Recipients
+        if let known = publisher.recipients, known.isCurrent, publisher.topic == topic {
+            recipients = known
+        } else {
+            recipients = self.recipients(of: topic)
             publisher.topic = topic
-            publisher.generation = current
-            publisher.subscribers = subscribers(of: topic)
+            publisher.recipients = recipients
         }
-        for subscriber in publisher.subscribers where subscriber.deliver(frame) {
+        for subscriber in recipients.subscribers where subscriber.deliver(frame) {
             publisher.unwoken.append(subscriber)
         }
-        return publisher.subscribers.count
+        return recipients.subscribers.count
     }
 
-    private func subscribers(of topic: String) -> [Subscriber] {
-        state.withLockedValue { state -> [Subscriber] in
+    private func recipients(of topic: String) -> Recipients {
+        state.withLockedValue { state -> Recipients in
             if let known = state.resolved[topic] { return known }
-            var found = state.exact[topic] ?? [:]
-            for (filter, subscribers) in state.wildcard where Topic.matches(filter: filter, topic: topic) {
-                found.merge(subscribers) { first, _ in first }
+            var found: [UInt64: Subscriber] = [:]
+            state.subscriptions.forEachMatch(of: topic) { members in
+                found.merge(members) { first, _ in first }
             }
-            let subscribers = Array(found.values)
-            if state.resolved.count >= Self.resolvedLimit { state.resolved.removeAll(keepingCapacity: true) }
-            state.resolved[topic] = subscribers
-            return subscribers
+            let recipients = Recipients(Array(found.values))
+            if state.resolved.count >= Self.resolvedLimit {
+                for stale in state.resolved.removeAll() { stale.retire() }
+            }
+            state.resolved[topic] = recipients
+            return recipients
         }
     }
 }

@@ -1,0 +1,151 @@
+/// Subscriptions by filter, kept as a trie of topic levels with `+` and `#` branches, as nats-server's
+/// `sublist.go` keeps subjects: matching a topic costs time proportional to its levels (times the wildcard
+/// branches on its path), never to the number of subscriptions. Written here because no mirrored library
+/// indexes MQTT-style filters.
+///
+/// Each filter holds members by key; a key subscribed through several matching filters is reported once per
+/// filter, and callers that deliver once per key collect them.
+public struct SubscriptionIndex<Key: Hashable, Member> {
+    private var root = TopicTrieNode<[Key: Member]>()
+
+    public init() {}
+
+    /// Whether no filter has a member.
+    public var isEmpty: Bool { root.isEmpty }
+
+    /// Adds (or replaces) `key`'s membership of `filter`, a valid filter (``Topic/problem(withFilter:)``).
+    public mutating func insert(_ filter: String, key: Key, member: Member) {
+        root.update(levels(filter)[...]) { members in
+            if members == nil { members = [:] }
+            members![key] = member
+        }
+    }
+
+    /// Removes `key`'s membership of `filter`; branches left empty are pruned, so the trie holds only what
+    /// is subscribed.
+    public mutating func remove(_ filter: String, key: Key) {
+        root.update(levels(filter)[...]) { members in
+            members?[key] = nil
+            if members?.isEmpty == true { members = nil }
+        }
+    }
+
+    /// Calls `body` with the members of every filter that matches `topic`, a valid topic name.
+    public func forEachMatch(of topic: String, _ body: ([Key: Member]) -> Void) {
+        root.forEachFilterMatching(levels(topic)[...], body)
+    }
+}
+
+/// Values by topic name, kept as a trie of levels so that everything a filter matches is found by walking the
+/// filter's own branches: a subscription change finds the cached topics it affects without scanning every
+/// cached topic.
+public struct TopicMap<Value> {
+    private var root = TopicTrieNode<Value>()
+    /// How many topics have a value.
+    public private(set) var count = 0
+
+    public init() {}
+
+    public subscript(topic: String) -> Value? {
+        get { root.value(at: levels(topic)[...]) }
+        set {
+            var added = 0
+            root.update(levels(topic)[...]) { value in
+                added = (newValue == nil ? 0 : 1) - (value == nil ? 0 : 1)
+                value = newValue
+            }
+            count += added
+        }
+    }
+
+    /// Removes and returns the values of every topic `filter` matches.
+    public mutating func removeAll(matching filter: String) -> [Value] {
+        var removed: [Value] = []
+        root.removeTopicsMatching(levels(filter)[...], into: &removed)
+        count -= removed.count
+        return removed
+    }
+
+    /// Removes and returns every value.
+    public mutating func removeAll() -> [Value] {
+        removeAll(matching: "#")
+    }
+}
+
+/// Levels as strings: short levels (a device id, `commands`) are stored inline in a `String`, so splitting
+/// allocates only the array.
+private func levels(_ text: String) -> [String] {
+    text.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { String(Substring($0)) }
+}
+
+/// One level of a topic trie. Keys compare as `String` does (canonical equivalence); topics and filters reach
+/// the trie only after validation, and a topic published with one spelling is delivered to subscribers of an
+/// equivalent one, as the exact-match dictionary before it did.
+struct TopicTrieNode<Value> {
+    var value: Value?
+    var children: [String: TopicTrieNode] = [:]
+
+    var isEmpty: Bool { value == nil && children.isEmpty }
+
+    func value(at levels: ArraySlice<String>) -> Value? {
+        guard let level = levels.first else { return value }
+        return children[level]?.value(at: levels.dropFirst())
+    }
+
+    /// Changes the value at `levels` in place (`change` is handed nil where there is none), creating the
+    /// path as needed and pruning nodes left without value or children.
+    mutating func update(_ levels: ArraySlice<String>, _ change: (inout Value?) -> Void) {
+        guard let level = levels.first else {
+            change(&value)
+            return
+        }
+        var child = children.removeValue(forKey: level) ?? TopicTrieNode()
+        child.update(levels.dropFirst(), change)
+        if !child.isEmpty { children[level] = child }
+    }
+
+    /// For a trie of filters: every value whose filter matches the topic `levels`.
+    func forEachFilterMatching(_ levels: ArraySlice<String>, _ body: (Value) -> Void) {
+        // `#` matches the rest of the topic, including no level at all (`devices/#` matches `devices`).
+        if let rest = children["#"]?.value { body(rest) }
+        guard let level = levels.first else {
+            if let value { body(value) }
+            return
+        }
+        children[level]?.forEachFilterMatching(levels.dropFirst(), body)
+        children["+"]?.forEachFilterMatching(levels.dropFirst(), body)
+    }
+
+    /// For a trie of topics: removes every value whose topic the filter `levels` matches.
+    mutating func removeTopicsMatching(_ levels: ArraySlice<String>, into removed: inout [Value]) {
+        guard let level = levels.first else {
+            if let value { removed.append(value) }
+            value = nil
+            return
+        }
+        switch level {
+        case "#":
+            collect(into: &removed)
+            self = TopicTrieNode()
+        case "+":
+            for key in Array(children.keys) { removeFromChild(key, levels.dropFirst(), into: &removed) }
+        default:
+            removeFromChild(level, levels.dropFirst(), into: &removed)
+        }
+    }
+
+    private mutating func removeFromChild(_ key: String, _ levels: ArraySlice<String>, into removed: inout [Value]) {
+        guard var child = children.removeValue(forKey: key) else { return }
+        child.removeTopicsMatching(levels, into: &removed)
+        if !child.isEmpty { children[key] = child }
+    }
+
+    private func collect(into values: inout [Value]) {
+        if let value { values.append(value) }
+        for child in children.values { child.collect(into: &values) }
+    }
+}
+
+extension SubscriptionIndex: Sendable where Key: Sendable, Member: Sendable {}
+extension TopicMap: Sendable where Value: Sendable {}
+extension TopicTrieNode: Sendable where Value: Sendable {}
