@@ -226,6 +226,7 @@ if fuzzing {
             "CertificateIdentity",
             dependencies: ["FuzzDriver", "PortcullisPolicy", .product(name: "X509", package: "swift-certificates")]),
         fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisYAML"]),
+        fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML"]),
         fuzzTarget(
             "UpgradeRequest",
