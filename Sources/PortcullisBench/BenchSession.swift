@@ -35,6 +35,7 @@ struct BenchSession: Sendable {
                     slot.eventLoop = MultiThreadedEventLoopGroup.currentEventLoop
                     return handler
                 },
+                localAddress: target.sources.take(),
                 group: group)
         } catch {
             ready.fail(error)

@@ -82,17 +82,18 @@ final class BenchSessionHandler: ChannelInboundHandler {
         return promise.futureResult
     }
 
-    /// Writes `count` publishes with `payloadSize`-byte payloads stamped with the current time, then flushes.
+    /// Writes `count` publishes with `payloadSize`-byte payloads stamped with the current time: each flushed on
+    /// its own (one TLS record and one write each, `perRecord`), or all in one buffer flushed once.
     ///
-    /// The frames are encoded here, into one buffer handed to TLS below the frame encoder: NIO's encoder writes
-    /// each frame's header and payload as separate buffers, which TLS seals as separate records, and a load
-    /// generator that pays two records per message measures itself rather than the server. Client frames are
+    /// The frames are encoded here and handed to TLS below the frame encoder: NIO's encoder writes each frame's
+    /// header and payload as separate buffers, which TLS seals as separate records, and a load generator that
+    /// pays two records per message measures itself rather than the server. Client frames are
     /// masked (RFC 6455 §5.3); the keys come from a fast generator, since unpredictability only matters to
     /// browsers sharing caching proxies.
-    func publish(count: Int, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8]) {
+    func publish(count: Int, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8], mode: PublishMode) {
         guard let context, let writer = encodedFrameWriter else { return }
         let length = framing.prefix.count + 8 + filler.count + framing.suffix.count
-        var buffer = context.channel.allocator.buffer(capacity: count * (length + 14))
+        var buffer = context.channel.allocator.buffer(capacity: (mode == .perRecord ? 1 : count) * (length + 14))
         for _ in 0..<count {
             payload.removeAll(keepingCapacity: true)
             payload.append(contentsOf: framing.prefix)
@@ -116,8 +117,12 @@ final class BenchSessionHandler: ChannelInboundHandler {
             buffer.writeInteger(key)
             for index in payload.indices { payload[index] ^= UInt8(truncatingIfNeeded: key >> (24 - 8 * (index & 3))) }
             buffer.writeBytes(payload)
+            if mode == .perRecord {
+                writer.writeAndFlush(NIOAny(buffer), promise: nil)
+                buffer = context.channel.allocator.buffer(capacity: length + 14)
+            }
         }
-        writer.writeAndFlush(NIOAny(buffer), promise: nil)
+        if mode == .coalesced { writer.writeAndFlush(NIOAny(buffer), promise: nil) }
     }
 
     var isWritable: Bool { context?.channel.isWritable ?? false }

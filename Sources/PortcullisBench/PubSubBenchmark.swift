@@ -3,8 +3,19 @@ import Histogram
 import NIOCore
 import Synchronization
 
-/// `bench pubsub`: P publishers and S subscribers on one topic, one message per WebSocket frame. Delivered
-/// messages and bytes per second, and publish-to-delivery latency.
+/// How a publisher hands its messages to TLS.
+public enum PublishMode: String, Sendable, Codable, CaseIterable {
+    /// As a device does: each publish is its own TLS record and its own write, and the publisher yields to its
+    /// event loop between publishes. The server pays a read and a decryption per message.
+    case perRecord = "per-record"
+    /// As a batching client does: the publishes due at once go out in one buffer, so the server reads many
+    /// frames per TLS record. Far cheaper for the server, and not what a fleet of devices sends.
+    case coalesced
+}
+
+/// `bench pubsub`: P publishers and S subscribers, one message per WebSocket frame, all on one topic or (ingest)
+/// each publisher on a topic of its own that every subscriber's wildcard covers. Delivered messages and bytes
+/// per second, and publish-to-delivery latency.
 public enum PubSubBenchmark {
     public struct Options: Sendable {
         public var publishers = 1
@@ -18,6 +29,10 @@ public enum PubSubBenchmark {
         /// At full speed, how many messages may be published but not yet delivered to every subscriber: the
         /// publisher waits for the slowest subscriber rather than letting either server's queues grow.
         public var window = 4096
+        public var publishMode = PublishMode.perRecord
+        /// Each publisher publishes to `TOPIC/<n>` (`TOPIC.<n>` for NATS) and subscribers subscribe to
+        /// `TOPIC/+`: many devices' telemetry to one consumer, through a wildcard.
+        public var ingest = false
 
         public init() {}
     }
@@ -29,6 +44,8 @@ public enum PubSubBenchmark {
         public var subscribers: Int
         public var payloadBytes: Int
         public var targetRate: Double?
+        public var publishMode: PublishMode
+        public var ingest: Bool
         public var seconds: Double
         public var published: Int
         public var delivered: Int
@@ -47,7 +64,8 @@ public enum PubSubBenchmark {
     public static func run(_ target: BenchTarget, options: Options, progress: Bool, group: any EventLoopGroup) async throws -> Result {
         guard options.payloadSize >= 8 else { throw BenchError("--payload must be at least 8 bytes (it carries the send time)") }
         let topic = options.topic ?? (target.wire == .nats ? "bench.load" : "bench/load")
-        let bench = BenchWire(wire: target.wire, topic: topic)
+        let separator = target.wire == .nats ? "." : "/"
+        let bench = BenchWire(wire: target.wire, topic: options.ingest ? topic + separator + (target.wire == .nats ? "*" : "+") : topic)
         let measuredFrom = MeasuredWindow()
         let reporter = Progress(enabled: progress)
 
@@ -64,15 +82,16 @@ public enum PubSubBenchmark {
         }
         // NATS confirms a subscription with the PONG that follows it, so it is in place before anything is published.
         let flow = PublishFlow(counters: subscribers.map(\.counter), window: options.window)
-        let framing = bench.publishFraming(payloadSize: options.payloadSize)
         let filler = [UInt8](repeating: UInt8(ascii: "x"), count: options.payloadSize - 8)
         let drivers = try await withThrowingTaskGroup(of: PublishDriver.self) { tasks in
-            for publisher in publishers {
+            for (number, publisher) in publishers.enumerated() {
+                let framing = BenchWire(wire: target.wire, topic: options.ingest ? "\(topic)\(separator)\(number)" : topic)
+                    .publishFraming(payloadSize: options.payloadSize)
                 tasks.addTask {
                     try await publisher.eventLoop.submit {
                         let driver = PublishDriver(
                             session: publisher, flow: flow, framing: framing, filler: filler,
-                            rate: options.rate.map { $0 / Double(options.publishers) })
+                            rate: options.rate.map { $0 / Double(options.publishers) }, mode: options.publishMode)
                         driver.start()
                         return driver
                     }.get()
@@ -113,7 +132,8 @@ public enum PubSubBenchmark {
         }
         return Result(
             wire: target.wire, publishers: options.publishers, subscribers: options.subscribers,
-            payloadBytes: options.payloadSize, targetRate: options.rate, seconds: seconds, published: published,
+            payloadBytes: options.payloadSize, targetRate: options.rate, publishMode: options.publishMode,
+            ingest: options.ingest, seconds: seconds, published: published,
             delivered: delivered, deliveredPerSecond: Double(delivered) / seconds,
             deliveredBytesPerSecond: Double(delivered * options.payloadSize) / seconds, serverCPUSeconds: serverCPU,
             deliveredPerServerCPUSecond: serverCPU.map { Double(delivered) / $0 },
@@ -152,7 +172,7 @@ final class PublishFlow: Sendable {
 }
 
 /// Publishes from one session's event loop: at a fixed rate (a 1 ms timer writes what is due), or as fast as the
-/// flow window and the socket allow.
+/// flow window and the socket allow; per record, one publish per turn of the event loop.
 final class PublishDriver: @unchecked Sendable {
     // @unchecked: created, driven and stopped only on the session's event loop.
     private let session: BenchSession
@@ -160,12 +180,14 @@ final class PublishDriver: @unchecked Sendable {
     private let framing: (prefix: [UInt8], suffix: [UInt8])
     private let filler: [UInt8]
     private let rate: Double?
+    private let mode: PublishMode
     private var sent = 0
     private var started: UInt64 = 0
     private var stopped = false
     private var timer: RepeatedTask?
 
-    init(session: BenchSession, flow: PublishFlow, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8], rate: Double?) {
+    init(session: BenchSession, flow: PublishFlow, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8], rate: Double?, mode: PublishMode) {
+        self.mode = mode
         self.session = session
         self.flow = flow
         self.framing = framing
@@ -182,7 +204,7 @@ final class PublishDriver: @unchecked Sendable {
                 // After a stall, catch up by at most 100 ms worth rather than in one burst.
                 let count = min(due, max(1, Int(rate / 10)))
                 guard count > 0, !stopped else { return }
-                handler.publish(count: count, framing: framing, filler: filler)
+                handler.publish(count: count, framing: framing, filler: filler, mode: mode)
                 sent += count
                 flow.published.add(count, ordering: .relaxed)
             }
@@ -196,9 +218,9 @@ final class PublishDriver: @unchecked Sendable {
         guard !stopped else { return }
         let handler = session.handlerOnLoop
         guard handler.isWritable else { return }  // resumed by onWritable
-        let count = min(flow.allowance, 256)
+        let count = min(flow.allowance, mode == .perRecord ? 1 : 256)
         if count > 0 {
-            handler.publish(count: count, framing: framing, filler: filler)
+            handler.publish(count: count, framing: framing, filler: filler, mode: mode)
             sent += count
             flow.published.add(count, ordering: .relaxed)
             session.eventLoop.execute { self.publishAsAllowed() }

@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import NIOCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -61,7 +62,7 @@ enum ResumingConnector {
 
         /// Returns whether the TLS session was resumed; keeps the newest session in `session`.
         func open(resuming session: inout OpaquePointer?) throws -> Bool {
-            let fd = try Self.connectTCP(host: target.host, port: target.port)
+            let fd = try Self.connectTCP(host: target.host, port: target.port, from: target.sources.take())
             defer { close(fd) }
             guard let ssl = openssl.newSSL(context) else { throw BenchError("SSL_new failed") }
             defer { openssl.freeSSL(ssl) }
@@ -162,7 +163,7 @@ enum ResumingConnector {
             return frame
         }
 
-        static func connectTCP(host: String, port: Int) throws -> Int32 {
+        static func connectTCP(host: String, port: Int, from source: SocketAddress?) throws -> Int32 {
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
             var result: UnsafeMutablePointer<addrinfo>?
@@ -176,6 +177,14 @@ enum ResumingConnector {
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             var timeout = timeval(tv_sec: 10, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            if let source {
+                let bound = source.withSockAddr { Glibc.bind(fd, $0, socklen_t($1)) }
+                guard bound == 0 else {
+                    let reason = String(cString: strerror(errno))
+                    close(fd)
+                    throw BenchError("bind to \(source): \(reason)")
+                }
+            }
             guard Glibc.connect(fd, address.pointee.ai_addr, address.pointee.ai_addrlen) == 0 else {
                 let reason = String(cString: strerror(errno))
                 close(fd)

@@ -92,6 +92,8 @@ public enum GatewayClient {
     ///   - origins: `Origin` header values to send (none for a device; two to test a duplicate header).
     ///   - headers: extra request headers.
     ///   - tls: the client certificate and trust roots; nil for plain `ws://`.
+    ///   - localAddress: the address to connect from (a load generator spreads its sessions over loopback
+    ///     addresses, since one source address has only some 28,000 ephemeral ports); nil lets the system choose.
     /// - Throws: when TCP or TLS fails, or the gateway closes the connection without an HTTP answer (as it
     ///   does when it refuses the certificate).
     public static func connect(
@@ -103,6 +105,7 @@ public enum GatewayClient {
         tls: TLSOptions?,
         answerPings: Bool = true,
         frameHandler: FrameHandlerFactory? = nil,
+        localAddress: SocketAddress? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
         // NIO's request encoder writes names and values as given: a CR or LF in one (a certificate name passed on
@@ -122,7 +125,7 @@ public enum GatewayClient {
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: requestHeaders)
         return try await exchange(
             host: host, port: port, head: head, key: key, tls: tls, answerPings: answerPings, frameHandler: frameHandler,
-            group: group)
+            localAddress: localAddress, group: group)
     }
 
     /// Sends an arbitrary request head (a plain GET, a POST, a request with broken upgrade headers) and returns
@@ -136,21 +139,22 @@ public enum GatewayClient {
     ) async throws -> Outcome {
         let key = head.headers["Sec-WebSocket-Key"].first ?? ""
         return try await exchange(
-            host: host, port: port, head: head, key: key, tls: tls, answerPings: true, frameHandler: nil, group: group)
+            host: host, port: port, head: head, key: key, tls: tls, answerPings: true, frameHandler: nil, localAddress: nil,
+            group: group)
     }
 
     private static func exchange(
         host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions?, answerPings: Bool,
-        frameHandler: FrameHandlerFactory?, group: any EventLoopGroup
+        frameHandler: FrameHandlerFactory?, localAddress: SocketAddress?, group: any EventLoopGroup
     ) async throws -> Outcome {
         // nil TLS options: a plain ws:// connection (an upstream backend on a private network).
         let context = try tls?.makeContext()
         // An IP address is not a valid SNI name (RFC 6066 §3) and NIOSSL refuses one; without a name, the
         // server's certificate is checked against the connected address instead.
         let serverName = tls?.serverName.flatMap { (try? SocketAddress(ipAddress: $0, port: 0)) == nil ? $0 : nil }
-        let channel = try await ClientBootstrap(group: group)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connect(host: host, port: port).get()
+        var bootstrap = ClientBootstrap(group: group).channelOption(.socketOption(.tcp_nodelay), value: 1)
+        if let localAddress { bootstrap = bootstrap.bind(to: localAddress) }
+        let channel = try await bootstrap.connect(host: host, port: port).get()
         let promise = channel.eventLoop.makePromise(of: Outcome.self)
         do {
             try await channel.eventLoop.submit {

@@ -55,6 +55,11 @@ struct BenchOptions: ParsableArguments {
     @Option(help: "Concurrent connection attempts.")
     var concurrency = 8
 
+    @Option(help: ArgumentHelp(
+        "Loopback addresses to connect from, in turn (127.0.0.1, 127.0.0.2, …): one address reaches a port from some 28,000 ephemeral ports.",
+        valueName: "count"))
+    var sourceAddresses = 1
+
     @Option(help: "Event loop threads of the load generator (default: one per core).")
     var threads = ProcessInfo.processInfo.activeProcessorCount
 
@@ -73,13 +78,18 @@ struct BenchOptions: ParsableArguments {
             throw ValidationError("--warmup must be a duration from 0s to 1h, such as 1s")
         }
         guard concurrency > 0, threads > 0 else { throw ValidationError("--concurrency and --threads must be positive") }
+        guard (1...SourceAddresses.maximum).contains(sourceAddresses) else {
+            throw ValidationError("--source-addresses must be from 1 to \(SourceAddresses.maximum)")
+        }
     }
 
     func target() throws -> BenchTarget {
         do {
-            return try BenchTarget(
+            var target = try BenchTarget(
                 url: url, certificate: cert, key: key, ca: ca, origin: origin, serverName: serverName, wire: wire,
                 serverPID: serverPID)
+            target.sources = SourceAddresses(count: sourceAddresses)
+            return target
         } catch {
             throw ValidationError("\(error)")
         }
@@ -122,6 +132,7 @@ extension PubSubBenchmark.Result: BenchResult {}
 extension IdleBenchmark.Result: BenchResult {}
 
 extension WireProtocol: ExpressibleByArgument {}
+extension PublishMode: ExpressibleByArgument {}
 
 private func figure(_ value: Double?, _ digits: Int = 0) -> String {
     guard let value else { return "n/a" }
@@ -177,6 +188,14 @@ struct BenchPubSub: AsyncParsableCommand {
     @Option(help: "Topic (default bench/load, or bench.load for NATS).")
     var topic: String?
 
+    @Option(help: ArgumentHelp(
+        "per-record: each publish its own TLS record and write, yielding between them, as devices send; coalesced: the publishes due at once in one write.",
+        valueName: "mode"))
+    var publishMode = PublishMode.perRecord
+
+    @Flag(help: "N→1 ingest: each publisher on a topic of its own (TOPIC/<n>), subscribers to TOPIC/+.")
+    var ingest = false
+
     func validate() throws {
         guard publishers > 0, subscribers > 0 else { throw ValidationError("--publishers and --subscribers must be positive") }
         guard payload >= 8 else { throw ValidationError("--payload must be at least 8 bytes (it carries the send time)") }
@@ -192,11 +211,13 @@ struct BenchPubSub: AsyncParsableCommand {
         settings.duration = options.durationSeconds
         settings.warmup = options.warmupSeconds
         settings.topic = topic
+        settings.publishMode = publishMode
+        settings.ingest = ingest
         try await options.measure { [settings] target, group in
             try await PubSubBenchmark.run(target, options: settings, progress: !options.json, group: group)
         } lines: { result in
             [
-                "pubsub (\(result.wire.rawValue)) \(publishers)→\(subscribers), \(payload)-byte payloads, \(rate.map { "\(figure($0)) msg/s" } ?? "full speed"):",
+                "pubsub (\(result.wire.rawValue)) \(publishers)→\(subscribers)\(ingest ? " ingest" : ""), \(payload)-byte payloads, \(publishMode.rawValue), \(rate.map { "\(figure($0)) msg/s" } ?? "full speed"):",
                 "delivered/s: \(figure(result.deliveredPerSecond))  bytes/s: \(figure(result.deliveredBytesPerSecond))  per server CPU-second: \(figure(result.deliveredPerServerCPUSecond))",
                 latencyLine(result.latencyMicroseconds, unit: "µs"),
             ] + (result.lost > 0 ? ["lost: \(result.lost) deliveries never arrived (30 s after the publishers stopped)"] : [])

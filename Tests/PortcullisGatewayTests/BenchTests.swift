@@ -89,6 +89,42 @@ struct BenchTests {
         }
     }
 
+    @Test("Device-like load: publishes one per record, N→1 ingest through a wildcard, sessions from many loopback addresses")
+    func deviceLikeIngest() async throws {
+        try await withGateway { gw in
+            var target = try Self.target(gw, path: "/v1/messages")
+            target.sources = SourceAddresses(count: 4)
+            var options = PubSubBenchmark.Options()
+            options.publishers = 6
+            options.subscribers = 1
+            options.ingest = true
+            options.rate = 300
+            options.duration = 1
+            options.warmup = 0.2
+            options.topic = "fanout/ingest"
+            #expect(options.publishMode == .perRecord)
+            let ingest = try await PubSubBenchmark.run(target, options: options, progress: false, group: MultiThreadedEventLoopGroup.singleton)
+            #expect(ingest.firstError == nil, "\(ingest)")
+            #expect(ingest.published > 0 && ingest.delivered > 0 && ingest.lost == 0, "\(ingest)")
+            #expect(ingest.ingest && ingest.publishMode == .perRecord)
+
+            // Every publisher's own topic reached the one subscriber, and the sessions came from four addresses.
+            let opened = try gw.auditRecords().filter { $0.event == "session_opened" }
+            let sources = Set(opened.compactMap { $0.peer?.split(separator: ":").first.map(String.init) })
+            #expect(sources == ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"], "\(sources)")
+        }
+    }
+
+    @Test("Source addresses cover 127.0.0.0/8 without .0 or .255 hosts")
+    func sourceAddresses() {
+        #expect(SourceAddresses.address(0) == "127.0.0.1")
+        #expect(SourceAddresses.address(253) == "127.0.0.254")
+        #expect(SourceAddresses.address(254) == "127.0.1.1")
+        #expect(SourceAddresses.address(SourceAddresses.maximum - 1) == "127.255.255.254")
+        #expect(SourceAddresses(count: 1).take() == nil)
+        #expect(SourceAddresses(count: 20_000_000).count == SourceAddresses.maximum)
+    }
+
     @Test("connect --resume resumes TLS sessions with the system's OpenSSL, and each one is admitted again")
     func resumedSessions() async throws {
         try await withGateway { gw in
