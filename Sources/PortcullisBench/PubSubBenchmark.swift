@@ -82,15 +82,20 @@ public enum PubSubBenchmark {
         }
         // NATS confirms a subscription with the PONG that follows it, so it is in place before anything is published.
         let flow = PublishFlow(counters: subscribers.map(\.counter), window: options.window)
+        var waitersByLoop: [ObjectIdentifier: WindowWaiters] = [:]
+        for publisher in publishers where waitersByLoop[ObjectIdentifier(publisher.eventLoop)] == nil {
+            waitersByLoop[ObjectIdentifier(publisher.eventLoop)] = WindowWaiters(eventLoop: publisher.eventLoop, flow: flow)
+        }
         let filler = [UInt8](repeating: UInt8(ascii: "x"), count: options.payloadSize - 8)
         let drivers = try await withThrowingTaskGroup(of: PublishDriver.self) { tasks in
             for (number, publisher) in publishers.enumerated() {
                 let framing = BenchWire(wire: target.wire, topic: options.ingest ? "\(topic)\(separator)\(number)" : topic)
                     .publishFraming(payloadSize: options.payloadSize)
+                let waiters = waitersByLoop[ObjectIdentifier(publisher.eventLoop)]!
                 tasks.addTask {
                     try await publisher.eventLoop.submit {
                         let driver = PublishDriver(
-                            session: publisher, flow: flow, framing: framing, filler: filler,
+                            session: publisher, flow: flow, waiters: waiters, framing: framing, filler: filler,
                             rate: options.rate.map { $0 / Double(options.publishers) }, mode: options.publishMode)
                         driver.start()
                         return driver
@@ -171,12 +176,48 @@ final class PublishFlow: Sendable {
     }
 }
 
+/// The publishers of one event loop that wait for room in the flow window, woken by one timer that polls for
+/// them all. A timer per publisher was one task due every 50 µs per publisher: with 50 or more, the loop ran due
+/// timers without end (NIO runs every ready task before it reads) and never read the deliveries they waited for.
+final class WindowWaiters: @unchecked Sendable {
+    // @unchecked: used only on its event loop.
+    private let eventLoop: any EventLoop
+    private let flow: PublishFlow
+    private var waiting: [() -> Void] = []
+    private var polling = false
+
+    init(eventLoop: any EventLoop, flow: PublishFlow) {
+        self.eventLoop = eventLoop
+        self.flow = flow
+    }
+
+    /// Calls `resume` once the window has room.
+    func wait(_ resume: @escaping () -> Void) {
+        waiting.append(resume)
+        guard !polling else { return }
+        polling = true
+        eventLoop.scheduleTask(in: .microseconds(50)) { self.poll() }
+    }
+
+    private func poll() {
+        guard flow.allowance > 0 else {
+            eventLoop.scheduleTask(in: .microseconds(50)) { self.poll() }
+            return
+        }
+        polling = false
+        let ready = waiting
+        waiting = []
+        for resume in ready { resume() }
+    }
+}
+
 /// Publishes from one session's event loop: at a fixed rate (a 1 ms timer writes what is due), or as fast as the
 /// flow window and the socket allow; per record, one publish per turn of the event loop.
 final class PublishDriver: @unchecked Sendable {
     // @unchecked: created, driven and stopped only on the session's event loop.
     private let session: BenchSession
     private let flow: PublishFlow
+    private let waiters: WindowWaiters
     private let framing: (prefix: [UInt8], suffix: [UInt8])
     private let filler: [UInt8]
     private let rate: Double?
@@ -186,8 +227,9 @@ final class PublishDriver: @unchecked Sendable {
     private var stopped = false
     private var timer: RepeatedTask?
 
-    init(session: BenchSession, flow: PublishFlow, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8], rate: Double?, mode: PublishMode) {
+    init(session: BenchSession, flow: PublishFlow, waiters: WindowWaiters, framing: (prefix: [UInt8], suffix: [UInt8]), filler: [UInt8], rate: Double?, mode: PublishMode) {
         self.mode = mode
+        self.waiters = waiters
         self.session = session
         self.flow = flow
         self.framing = framing
@@ -225,7 +267,7 @@ final class PublishDriver: @unchecked Sendable {
             flow.published.add(count, ordering: .relaxed)
             session.eventLoop.execute { self.publishAsAllowed() }
         } else {
-            session.eventLoop.scheduleTask(in: .microseconds(50)) { self.publishAsAllowed() }
+            waiters.wait { self.publishAsAllowed() }
         }
     }
 
