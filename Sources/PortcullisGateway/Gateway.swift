@@ -249,8 +249,11 @@ public final class Gateway: Sendable {
     /// metrics.
     private func startSession(_ admitted: AdmittedSession, connection: Connection, channel: any Channel) throws {
         let pipeline = channel.pipeline.syncOperations
-        // The responder would read WebSocket bytes as HTTP: it leaves before any frame arrives.
+        // The responder would read WebSocket bytes as HTTP: it leaves before any frame arrives. The TLS outcome
+        // is known by now, and a session handles the drain itself: that handler leaves too, rather than pass
+        // on every read of the session.
         pipeline.removeHandler(context: try pipeline.context(handlerType: AdmissionResponder.self), promise: nil)
+        pipeline.removeHandler(context: try pipeline.context(handlerType: TLSOutcomeHandler.self), promise: nil)
         // Fragments are reassembled by the session's protocol layer: NIO's aggregator hands on whole messages
         // without their mask key and validates no UTF-8 as it goes.
         let session = SessionContext(
