@@ -26,6 +26,8 @@ public final class Gateway: Sendable {
     let reloads = ReloadQueue()
     /// What `/metrics` serves.
     public let metrics = GatewayMetrics()
+    /// How late the event loops run what is due: the measure of a loop kept busy.
+    let lagProbe: EventLoopLagProbe
     /// Open connections, by client address too, against `limits`.
     let limiter = NIOLockedValueBox(ConnectionLimiter())
     /// Refusals before authentication, aggregated for the audit log; drained every `refusal_audit_interval`.
@@ -63,6 +65,7 @@ public final class Gateway: Sendable {
             throw GatewayStartupError(problems: ["\(configuration.auditDirectory): cannot open the audit log (\(error))"])
         }
         self.runtimeBox = NIOLockedValueBox(runtime)
+        self.lagProbe = EventLoopLagProbe(registry: metrics.registry)
         metrics.addRoutes(configuration.routes)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         self.logger = logger
@@ -113,6 +116,7 @@ public final class Gateway: Sendable {
             ])
         }
         serverChannel.withLockedValue { $0 = channel }
+        lagProbe.start(group)
         // Aggregated refusals are written once their interval has passed (checked every second, so that a
         // reload's new interval applies at once).
         channel.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] task in
@@ -164,6 +168,7 @@ public final class Gateway: Sendable {
         if cutOff > 0 {
             logger.warning("drain deadline reached: closing \(cutOff) connection(s) still open", metadata: ["deadline": "\(deadline)"])
         }
+        lagProbe.stop()
         try? await group.shutdownGracefully()
         drainRefusals(force: true)
         var record = AuditRecord(event: "gateway_stopped")

@@ -247,6 +247,9 @@ struct LiveOperationsTests {
             #"portcullis_certificate_expiry_seconds{kind="server",subject="CN=server""#,
             #"portcullis_certificate_expiry_seconds{kind="client",subject="demo-device""#,
             "portcullis_audit_queue_depth ",
+            // The event loops have been probed since the listener started.
+            "portcullis_event_loop_lag_seconds_count ",
+            "portcullis_event_loop_lag_max_seconds ",
         ] {
             #expect(metrics.contains(series), "\(series) missing from\n\(metrics)")
         }
