@@ -128,7 +128,8 @@ let package = Package(
         .target(
             name: "PortcullisBench",
             dependencies: [
-                "PortcullisClient", "PortcullisAudit",
+                "PortcullisClient", "PortcullisAudit", "PortcullisPolicy", "PortcullisPKI",
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

@@ -16,7 +16,7 @@ struct Bench: AsyncParsableCommand {
             CPU-second and memory read from /proc. Benchmarks/run.py runs every scenario against Portcullis and \
             nats-server and prints one table.
             """,
-        subcommands: [BenchConnect.self, BenchPubSub.self, BenchIdle.self, BenchAudit.self]
+        subcommands: [BenchConnect.self, BenchPubSub.self, BenchIdle.self, BenchAudit.self, BenchScale.self]
     )
 }
 
@@ -294,5 +294,53 @@ struct BenchAudit: ParsableCommand {
         say("audit (fsync \(result.fsync)): \(result.records) records in \(figure(result.seconds, 2)) s = "
             + "\(Int(result.recordsPerSecond)) records/s (\(Int(result.recordsPerCPUSecond)) per CPU-second), "
             + "\(result.dropped) dropped, \(result.segments) segments, \(result.bytes / 1_048_576) MiB")
+    }
+}
+
+struct BenchScale: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scale",
+        abstract: "Time admission decisions, CRL look-ups and topic matching with fleet-sized policies, CRLs and subscriptions.",
+        discussion: """
+            In this process, no server: per size N, a policy set of N identity rules and N pinned fingerprints \
+            (parsed from YAML), a CRL of N serials (read from DER) and N subscriptions. Prints the time to load \
+            each and the nanoseconds per decision, look-up, match and subscription change, so that the sizes \
+            can be compared.
+            """)
+
+    @Option(help: ArgumentHelp("Comma-separated sizes to compare.", valueName: "n,n"))
+    var sizes = "100,100000"
+
+    @Option(help: "Operations timed per figure.")
+    var operations = 200_000
+
+    @Flag(help: "Print the result as JSON.")
+    var json = false
+
+    var parsedSizes: [Int] { sizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func validate() throws {
+        let parsed = parsedSizes
+        guard !parsed.isEmpty, parsed.count == sizes.split(separator: ",").count, parsed.allSatisfy({ (1...1_000_000).contains($0) }) else {
+            throw ValidationError("--sizes must be numbers from 1 to 1,000,000, such as 100,100000")
+        }
+        guard (1_000...100_000_000).contains(operations) else {
+            throw ValidationError("--operations must be from 1,000 to 100,000,000")
+        }
+    }
+
+    func run() throws {
+        let result = try ScaleBenchmark.run(sizes: parsedSizes, operations: operations)
+        if json {
+            printJSON(result)
+            return
+        }
+        for measurement in result.measurements {
+            say("N = \(measurement.size): load policies \(figure(measurement.policyLoadSeconds, 3)) s, CRL \(figure(measurement.crlLoadSeconds, 3)) s, "
+                + "subscriptions \(figure(measurement.subscriptionsLoadSeconds, 3)) s; per operation: identify + decide "
+                + "\(figure(measurement.identifyAndDecideNanoseconds)) ns, CRL look-up \(figure(measurement.crlLookupNanoseconds)) ns, "
+                + "topic match \(figure(measurement.topicMatchNanoseconds)) ns, subscribe + unsubscribe "
+                + "\(figure(measurement.subscribeUnsubscribeNanoseconds)) ns")
+        }
     }
 }

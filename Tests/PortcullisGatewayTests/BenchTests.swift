@@ -115,6 +115,18 @@ struct BenchTests {
         }
     }
 
+    @Test("bench scale loads policies, a CRL and subscriptions of each size and times decisions, look-ups and matches")
+    func scale() throws {
+        // The benchmark itself checks every answer (a refused decision, a wrong CRL answer or match stops it).
+        let result = try ScaleBenchmark.run(sizes: [10, 2_000], operations: 2_000)
+        #expect(result.measurements.map(\.size) == [10, 2_000])
+        for measurement in result.measurements {
+            #expect(measurement.policyLoadSeconds > 0 && measurement.crlLoadSeconds > 0 && measurement.subscriptionsLoadSeconds > 0)
+            #expect(measurement.identifyAndDecideNanoseconds > 0 && measurement.crlLookupNanoseconds > 0)
+            #expect(measurement.topicMatchNanoseconds > 0 && measurement.subscribeUnsubscribeNanoseconds > 0)
+        }
+    }
+
     @Test("Source addresses cover 127.0.0.0/8 without .0 or .255 hosts")
     func sourceAddresses() {
         #expect(SourceAddresses.address(0) == "127.0.0.1")
