@@ -6,15 +6,15 @@
 /// Each filter holds members by key; a key subscribed through several matching filters is reported once per
 /// filter, and callers that deliver once per key collect them.
 public struct SubscriptionIndex<Key: Hashable, Member> {
-    private var root = TopicTrieNode<[Key: Member]>()
+    @usableFromInline var root = TopicTrieNode<[Key: Member]>()
 
-    public init() {}
+    @inlinable public init() {}
 
     /// Whether no filter has a member.
-    public var isEmpty: Bool { root.isEmpty }
+    @inlinable public var isEmpty: Bool { root.isEmpty }
 
     /// Adds (or replaces) `key`'s membership of `filter`, a valid filter (``Topic/problem(withFilter:)``).
-    public mutating func insert(_ filter: String, key: Key, member: Member) {
+    @inlinable public mutating func insert(_ filter: String, key: Key, member: Member) {
         root.update(levels(filter)[...]) { members in
             if members == nil { members = [:] }
             members![key] = member
@@ -23,7 +23,7 @@ public struct SubscriptionIndex<Key: Hashable, Member> {
 
     /// Removes `key`'s membership of `filter`; branches left empty are pruned, so the trie holds only what
     /// is subscribed.
-    public mutating func remove(_ filter: String, key: Key) {
+    @inlinable public mutating func remove(_ filter: String, key: Key) {
         root.update(levels(filter)[...]) { members in
             members?[key] = nil
             if members?.isEmpty == true { members = nil }
@@ -31,7 +31,7 @@ public struct SubscriptionIndex<Key: Hashable, Member> {
     }
 
     /// Calls `body` with the members of every filter that matches `topic`, a valid topic name.
-    public func forEachMatch(of topic: String, _ body: ([Key: Member]) -> Void) {
+    @inlinable public func forEachMatch(of topic: String, _ body: ([Key: Member]) -> Void) {
         root.forEachFilterMatching(levels(topic)[...], body)
     }
 }
@@ -40,13 +40,15 @@ public struct SubscriptionIndex<Key: Hashable, Member> {
 /// filter's own branches: a subscription change finds the cached topics it affects without scanning every
 /// cached topic.
 public struct TopicMap<Value> {
-    private var root = TopicTrieNode<Value>()
+    @usableFromInline var root = TopicTrieNode<Value>()
+    @usableFromInline var storedCount = 0
+
     /// How many topics have a value.
-    public private(set) var count = 0
+    @inlinable public var count: Int { storedCount }
 
-    public init() {}
+    @inlinable public init() {}
 
-    public subscript(topic: String) -> Value? {
+    @inlinable public subscript(topic: String) -> Value? {
         get { root.value(at: levels(topic)[...]) }
         set {
             var added = 0
@@ -54,47 +56,49 @@ public struct TopicMap<Value> {
                 added = (newValue == nil ? 0 : 1) - (value == nil ? 0 : 1)
                 value = newValue
             }
-            count += added
+            storedCount += added
         }
     }
 
     /// Removes and returns the values of every topic `filter` matches.
-    public mutating func removeAll(matching filter: String) -> [Value] {
+    @inlinable public mutating func removeAll(matching filter: String) -> [Value] {
         var removed: [Value] = []
         root.removeTopicsMatching(levels(filter)[...], into: &removed)
-        count -= removed.count
+        storedCount -= removed.count
         return removed
     }
 
     /// Removes and returns every value.
-    public mutating func removeAll() -> [Value] {
+    @inlinable public mutating func removeAll() -> [Value] {
         removeAll(matching: "#")
     }
 }
 
 /// Levels as strings: short levels (a device id, `commands`) are stored inline in a `String`, so splitting
 /// allocates only the array.
-private func levels(_ text: String) -> [String] {
+@usableFromInline func levels(_ text: String) -> [String] {
     text.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { String(Substring($0)) }
 }
 
 /// One level of a topic trie. Keys compare as `String` does (canonical equivalence); topics and filters reach
 /// the trie only after validation, and a topic published with one spelling is delivered to subscribers of an
 /// equivalent one, as the exact-match dictionary before it did.
-struct TopicTrieNode<Value> {
-    var value: Value?
-    var children: [String: TopicTrieNode] = [:]
+@usableFromInline struct TopicTrieNode<Value> {
+    @usableFromInline var value: Value?
+    @usableFromInline var children: [String: TopicTrieNode] = [:]
 
-    var isEmpty: Bool { value == nil && children.isEmpty }
+    @inlinable init() {}
 
-    func value(at levels: ArraySlice<String>) -> Value? {
+    @inlinable var isEmpty: Bool { value == nil && children.isEmpty }
+
+    @inlinable func value(at levels: ArraySlice<String>) -> Value? {
         guard let level = levels.first else { return value }
         return children[level]?.value(at: levels.dropFirst())
     }
 
     /// Changes the value at `levels` in place (`change` is handed nil where there is none), creating the
     /// path as needed and pruning nodes left without value or children.
-    mutating func update(_ levels: ArraySlice<String>, _ change: (inout Value?) -> Void) {
+    @inlinable mutating func update(_ levels: ArraySlice<String>, _ change: (inout Value?) -> Void) {
         guard let level = levels.first else {
             change(&value)
             return
@@ -105,7 +109,7 @@ struct TopicTrieNode<Value> {
     }
 
     /// For a trie of filters: every value whose filter matches the topic `levels`.
-    func forEachFilterMatching(_ levels: ArraySlice<String>, _ body: (Value) -> Void) {
+    @inlinable func forEachFilterMatching(_ levels: ArraySlice<String>, _ body: (Value) -> Void) {
         // `#` matches the rest of the topic, including no level at all (`devices/#` matches `devices`).
         if let rest = children["#"]?.value { body(rest) }
         guard let level = levels.first else {
@@ -117,7 +121,7 @@ struct TopicTrieNode<Value> {
     }
 
     /// For a trie of topics: removes every value whose topic the filter `levels` matches.
-    mutating func removeTopicsMatching(_ levels: ArraySlice<String>, into removed: inout [Value]) {
+    @inlinable mutating func removeTopicsMatching(_ levels: ArraySlice<String>, into removed: inout [Value]) {
         guard let level = levels.first else {
             if let value { removed.append(value) }
             value = nil
@@ -134,13 +138,13 @@ struct TopicTrieNode<Value> {
         }
     }
 
-    private mutating func removeFromChild(_ key: String, _ levels: ArraySlice<String>, into removed: inout [Value]) {
+    @inlinable mutating func removeFromChild(_ key: String, _ levels: ArraySlice<String>, into removed: inout [Value]) {
         guard var child = children.removeValue(forKey: key) else { return }
         child.removeTopicsMatching(levels, into: &removed)
         if !child.isEmpty { children[key] = child }
     }
 
-    private func collect(into values: inout [Value]) {
+    @inlinable func collect(into values: inout [Value]) {
         if let value { values.append(value) }
         for child in children.values { child.collect(into: &values) }
     }
