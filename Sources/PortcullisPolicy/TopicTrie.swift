@@ -77,7 +77,14 @@ public struct TopicMap<Value> {
 /// Levels as strings: short levels (a device id, `commands`) are stored inline in a `String`, so splitting
 /// allocates only the array.
 @usableFromInline func levels(_ text: String) -> [String] {
-    text.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { String(Substring($0)) }
+    var levels: [String] = []
+    var rest = Substring(text)
+    while let slash = rest.utf8.firstIndex(of: UInt8(ascii: "/")) {
+        levels.append(String(rest[..<slash]))
+        rest = rest[rest.utf8.index(after: slash)...]
+    }
+    levels.append(String(rest))
+    return levels
 }
 
 /// One level of a topic trie. Keys compare as `String` does (canonical equivalence); topics and filters reach

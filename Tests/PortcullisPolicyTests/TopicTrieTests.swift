@@ -81,4 +81,20 @@ struct TopicTrieTests {
         index.forEachMatch(of: "devices") { members += $0.values }
         #expect(members == [1])
     }
+
+    @Test("A '/' followed by a combining mark still separates levels, as Topic.matches has it")
+    func combiningMarkAfterSeparator() {
+        let topic = "a/\u{301}b"
+        var index = SubscriptionIndex<String, Int>()
+        index.insert("a/+", key: "plus", member: 1)
+        index.insert("a/\u{301}b", key: "exact", member: 2)
+        index.insert("a", key: "parent", member: 3)
+        var members: [Int] = []
+        index.forEachMatch(of: topic) { members += $0.values }
+        #expect(members.sorted() == [1, 2])
+        #expect(Topic.matches(filter: "a/+", topic: topic))
+        var map = TopicMap<Int>()
+        map[topic] = 7
+        #expect(map.removeAll(matching: "a/+") == [7])
+    }
 }
