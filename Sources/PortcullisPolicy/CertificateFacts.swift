@@ -96,11 +96,18 @@ extension String {
 }
 
 /// Normalises a fingerprint as operators paste it (`AB:CD:…`, `sha256:abcd…`, any case) to lowercase hex.
+///
+/// Read as ASCII bytes: a policy pins 100,000 of them, and only ASCII hex digits can ever equal a
+/// certificate's fingerprint (fullwidth digits, which `Character.isHexDigit` accepts, are refused).
 public func normalizedFingerprint(_ text: String) -> String? {
-    var body = text.lowercased()
-    if body.hasPrefix("sha256:") { body.removeFirst(7) }
-    if body.hasPrefix("sha256 fingerprint=") { body.removeFirst(19) }
-    body.removeAll { $0 == ":" }
-    guard body.count == 64, body.allSatisfy({ $0.isHexDigit }) else { return nil }
-    return body
+    var bytes = text.utf8.map { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") ? $0 | 0x20 : $0 }[...]
+    for prefix in ["sha256:", "sha256 fingerprint="] where bytes.starts(with: prefix.utf8) {
+        bytes = bytes.dropFirst(prefix.utf8.count)
+        break
+    }
+    let hex = bytes.filter { $0 != UInt8(ascii: ":") }
+    guard hex.count == 64,
+        hex.allSatisfy({ ($0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9")) || ($0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "f")) })
+    else { return nil }
+    return String(decoding: hex, as: UTF8.self)
 }

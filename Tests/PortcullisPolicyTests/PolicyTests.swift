@@ -97,6 +97,10 @@ struct IdentityMappingTests {
         #expect(normalizedFingerprint("sha256:" + hex.uppercased()) == hex)
         #expect(normalizedFingerprint(stride(from: 0, to: 64, by: 2).map { _ in "0F" }.joined(separator: ":")) == hex)
         #expect(normalizedFingerprint("abc") == nil)
+        // As `openssl x509 -fingerprint -sha256` prints it.
+        #expect(normalizedFingerprint("SHA256 Fingerprint=" + stride(from: 0, to: 64, by: 2).map { _ in "0F" }.joined(separator: ":")) == hex)
+        // Fullwidth digits are hex digits to Character, never to a certificate's fingerprint.
+        #expect(normalizedFingerprint(String(repeating: "\u{FF10}\u{FF26}", count: 32)) == nil)
     }
 }
 
