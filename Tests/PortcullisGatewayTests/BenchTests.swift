@@ -76,8 +76,9 @@ struct BenchTests {
             // At most the rate over the window and the warm-up whose shortfall it may catch up on (a loaded machine
             // publishes fewer, never more).
             #expect(pubsub.published > 0 && Double(pubsub.published) <= 200 * (pubsub.seconds + 1), "\(pubsub)")
-            // Each subscriber receives every message (those in flight when the window closed arrive after it).
-            #expect(pubsub.delivered > 0 && pubsub.lost == 0, "\(pubsub)")
+            // Each subscriber receives every message: those still in flight when the window closed (on a loaded
+            // machine, possibly all of them) arrive after it, and their latency is recorded all the same.
+            #expect(pubsub.lost == 0, "\(pubsub)")
             #expect(pubsub.latencyMicroseconds.count > 0 && pubsub.latencyMicroseconds.p50 > 0)
 
             let idle = try await IdleBenchmark.run(
@@ -105,7 +106,7 @@ struct BenchTests {
             #expect(options.publishMode == .perRecord)
             let ingest = try await PubSubBenchmark.run(target, options: options, progress: false, group: MultiThreadedEventLoopGroup.singleton)
             #expect(ingest.firstError == nil, "\(ingest)")
-            #expect(ingest.published > 0 && ingest.delivered > 0 && ingest.lost == 0, "\(ingest)")
+            #expect(ingest.published > 0 && ingest.lost == 0 && ingest.latencyMicroseconds.count > 0, "\(ingest)")
             #expect(ingest.ingest && ingest.publishMode == .perRecord)
 
             // Every publisher's own topic reached the one subscriber, and the sessions came from four addresses.
@@ -118,8 +119,8 @@ struct BenchTests {
     @Test("bench scale loads policies, a CRL and subscriptions of each size and times decisions, look-ups and matches")
     func scale() throws {
         // The benchmark itself checks every answer (a refused decision, a wrong CRL answer or match stops it).
-        let result = try ScaleBenchmark.run(sizes: [10, 2_000], operations: 2_000)
-        #expect(result.measurements.map(\.size) == [10, 2_000])
+        let result = try ScaleBenchmark.run(sizes: [10, 500], operations: 1_000)
+        #expect(result.measurements.map(\.size) == [10, 500])
         for measurement in result.measurements {
             #expect(measurement.policyLoadSeconds > 0 && measurement.crlLoadSeconds > 0 && measurement.subscriptionsLoadSeconds > 0)
             #expect(measurement.identifyAndDecideNanoseconds > 0 && measurement.crlLookupNanoseconds > 0)
