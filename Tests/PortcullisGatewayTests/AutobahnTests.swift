@@ -280,7 +280,7 @@ final class Stunnel: @unchecked Sendable {
             // Generous: at the suite's start stunnel can wait seconds for a core.
             let deadline = Date().addingTimeInterval(30)
             while process.isRunning && Date() < deadline {
-                if await accepts(port: port) { return stunnel }
+                if Self.listens(pid: process.processIdentifier, port: port) { return stunnel }
                 try await Task.sleep(for: .milliseconds(50))
             }
             stunnel.stop()
@@ -307,11 +307,27 @@ final class Stunnel: @unchecked Sendable {
         return try #require(port)
     }
 
-    static func accepts(port: Int) async -> Bool {
-        guard let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(host: "127.0.0.1", port: port).get()
+    /// Whether process `pid` itself listens on `port` (IPv4 or IPv6): a listening socket of that port in
+    /// /proc/net/tcp or tcp6 is one of the process's descriptors. A connection test alone was fooled when
+    /// another test's listener took the port between `freeLoopbackPort()` and the process's bind: the process
+    /// exited, and the suite then ran against a port nobody listened on.
+    static func listens(pid: Int32, port: Int) -> Bool {
+        let suffix = ":" + String(format: "%04X", port)
+        let inodes = ["/proc/net/tcp", "/proc/net/tcp6"].flatMap { path -> [String] in
+            guard let table = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+            return table.split(separator: "\n").dropFirst().compactMap { line -> String? in
+                let fields = line.split(separator: " ")
+                // local_address, rem_address, st (0A: LISTEN), …, inode (the tenth field).
+                guard fields.count > 9, fields[1].hasSuffix(suffix), fields[3] == "0A" else { return nil }
+                return String(fields[9])
+            }
+        }
+        guard !inodes.isEmpty,
+            let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")
         else { return false }
-        try? await channel.close()
-        return true
+        return descriptors.contains { descriptor in
+            let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(descriptor)")
+            return inodes.contains { target == "socket:[\($0)]" }
+        }
     }
 }

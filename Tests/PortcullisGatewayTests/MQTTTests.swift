@@ -67,7 +67,7 @@ struct MQTTTests {
             try process.run()
             let deadline = Date().addingTimeInterval(30)
             while process.isRunning && Date() < deadline {
-                if await Stunnel.accepts(port: port) { return (process, port) }
+                if Stunnel.listens(pid: process.processIdentifier, port: port) { return (process, port) }
                 try await Task.sleep(for: .milliseconds(50))
             }
             if process.isRunning { process.terminate() }
