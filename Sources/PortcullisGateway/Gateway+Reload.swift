@@ -90,6 +90,7 @@ extension Gateway {
             return ReloadOutcome(result: .unchanged, lines: lines)
         }
         install(runtime)
+        warnIfOpenFilesBindConnections()
         metrics.reloads(.applied)
         metrics.addRoutes(runtime.configuration.routes)
         let trustChanged = runtime.summary.certificateAuthorities != current.summary.certificateAuthorities

@@ -30,6 +30,8 @@ public final class Gateway: Sendable {
     let lagProbe: EventLoopLagProbe
     /// Open connections, by client address too, against `limits`.
     let limiter = NIOLockedValueBox(ConnectionLimiter())
+    /// The process's open-file limit, raised to its hard limit at start: it caps connections too.
+    let openFiles: OpenFileBudget
     /// Refusals before authentication, aggregated for the audit log; drained every `refusal_audit_interval`.
     let refusals = NIOLockedValueBox((aggregator: RefusalAggregator(), since: NIODeadline.now()))
     let logger: Logger
@@ -66,6 +68,7 @@ public final class Gateway: Sendable {
         }
         self.runtimeBox = NIOLockedValueBox(runtime)
         self.lagProbe = EventLoopLagProbe(registry: metrics.registry)
+        self.openFiles = OpenFileBudget.raisingSoftLimit()
         metrics.addRoutes(configuration.routes)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         self.logger = logger
@@ -116,6 +119,7 @@ public final class Gateway: Sendable {
             ])
         }
         serverChannel.withLockedValue { $0 = channel }
+        warnIfOpenFilesBindConnections()
         lagProbe.start(group)
         // Aggregated refusals are written once their interval has passed (checked every second, so that a
         // reload's new interval applies at once).

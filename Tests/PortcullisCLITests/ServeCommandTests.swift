@@ -112,8 +112,10 @@ func startDevGateway(in directory: String) async throws -> (serve: RunningComman
 
 /// `serve --config gateway.yaml` in `directory`, with a fresh PKI (a `localhost` server certificate and the
 /// `clients`), the repository's policies, an echo route and `extra` configuration lines, once it is listening.
+/// A `launcher` (a command and its arguments, such as `prlimit`) runs the binary.
 func startConfiguredGateway(
-    in directory: String, clients: [String] = ["demo-device"], extra: String, arguments: [String] = ["--admin-listen", "127.0.0.1:0"]
+    in directory: String, clients: [String] = ["demo-device"], extra: String, arguments: [String] = ["--admin-listen", "127.0.0.1:0"],
+    launcher: [String] = []
 ) async throws -> (serve: RunningCommand, port: String) {
     let pki = [["pki", "init"], ["pki", "issue", "server", "localhost", "--dns", "localhost", "--ip", "127.0.0.1"]]
     for command in pki + clients.map({ ["pki", "issue", "client", $0] }) {
@@ -127,7 +129,10 @@ func startConfiguredGateway(
         routes: [{path: /v1/echo, kind: echo}]
 
         """.appending(extra).write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
-    let serve = try RunningCommand(["serve", "--config", "gateway.yaml"] + arguments, in: directory)
+    let command = ["serve", "--config", "gateway.yaml"] + arguments
+    let serve = try launcher.isEmpty
+        ? RunningCommand(command, in: directory)
+        : RunningCommand(Array(launcher.dropFirst()) + [try portcullisBinary()] + command, in: directory, executable: launcher[0])
     #expect(try await serve.waitFor("audit log in"), "\(serve.output)")
     let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on") }?
         .split(separator: ";").first?.split(separator: ":").last.map(String.init), "\(serve.output)")
@@ -194,6 +199,44 @@ struct ServeCommandTests {
         #expect(again.output.contains("reusing the existing PKI"))
         again.process.terminate()
         #expect(try await again.waitForExit() == 0)
+    }
+
+    @Test("Under a low open-file limit the gateway refuses at accept (open_files) with descriptors to spare, never on EMFILE")
+    func openFileLimit() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // 160 descriptors, 128 of them kept back: room for 32 connections, far below max_connections' 10,000.
+        let (serve, port) = try await startConfiguredGateway(
+            in: directory,
+            extra: "handshake_timeout: 10m\nlimits: {per_address: {connections: off, new_per_second: off}, refusal_audit_interval: off}\n",
+            launcher: [try tool("prlimit"), "--nofile=160:160"])
+        #expect(serve.output.contains("the open-file limit allows 32 connections, fewer than limits.max_connections (10000)"), "\(serve.output)")
+        let audit = AuditTail(path: "\(directory)/audit/audit.jsonl")
+        var sockets: [Int32] = []
+        defer { for socket in sockets { close(socket) } }
+        for _ in 0..<40 { sockets.append(try openTCP(port: Int(port)!)) }
+        let refusal = await audit.record(timeout: 60) { $0["event"] as? String == "connection_refused" }
+        #expect(refusal?["reason"] as? String == "open_files", "\(String(describing: refusal))")
+        #expect((refusal?["detail"] as? String)?.contains("the process's open-file limit (160)") == true)
+        // Refused without TLS: the gateway closes the socket, and a read sees the end of the stream.
+        var refusedClosed = 0
+        for socket in sockets {
+            var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
+            setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var byte: UInt8 = 0
+            if recv(socket, &byte, 1, 0) == 0 { refusedClosed += 1 }
+        }
+        #expect(refusedClosed >= 1 && refusedClosed <= 8, "32 of the 40 fit; \(refusedClosed) were closed")
+        for socket in sockets { close(socket) }
+        sockets = []
+        // With room again, a device is served: nothing failed on EMFILE on the way.
+        let served = try await shell(
+            "openssl s_client -connect 127.0.0.1:\(port) -servername localhost -CAfile pki/ca.crt "
+                + "-cert pki/issued/demo-device.crt -key pki/private/demo-device.key </dev/null", in: directory)
+        #expect(served.contains("Verify return code: 0"), "\(served)")
+        #expect(!serve.output.contains("Too many open files"), "\(serve.output)")
+        serve.process.terminate()
+        #expect(try await serve.waitForExit() == 0, "\(serve.output)")
     }
 
     @Test("SIGTERM with drain_timeout: a client that never answers the close is cut off at the deadline, exit 0")
@@ -293,4 +336,21 @@ struct ServeCommandTests {
         #expect(try await usage.waitForExit() != 0)
         #expect(usage.output.contains("--config FILE, or --dev"))
     }
+}
+
+/// A plain TCP connection to a loopback port; the caller closes it.
+func openTCP(port: Int) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard fd >= 0, connected == 0 else {
+        close(fd)
+        throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "connect: \(String(cString: strerror(errno)))"])
+    }
+    return fd
 }

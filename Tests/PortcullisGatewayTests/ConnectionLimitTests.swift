@@ -43,6 +43,23 @@ struct ConnectionLimiterTests {
         #expect(admit(&rated, "10.0.0.9", rate, now: 0.21) == nil, "a fifth of a second refills one")
     }
 
+    @Test("The open-file limit caps connections below max_connections, with descriptors kept back; upstream takes two")
+    func openFileCapacity() {
+        let budget = OpenFileBudget(limit: 20_000)
+        #expect(budget.connections(descriptorsPerConnection: 1) == 19_872)
+        #expect(budget.connections(descriptorsPerConnection: 2) == 9_936)
+        #expect(OpenFileBudget(limit: 100).connections(descriptorsPerConnection: 1) == 0)
+
+        var limiter = ConnectionLimiter()
+        let generous = limits(total: 10)
+        #expect(limiter.admit("10.0.0.1", limits: generous, capacity: 2, now: 0) == nil)
+        #expect(limiter.admit("10.0.0.2", limits: generous, capacity: 2, now: 0) == nil)
+        #expect(limiter.admit("10.0.0.3", limits: generous, capacity: 2, now: 0) == .openFiles)
+        #expect(limiter.admit("10.0.0.3", limits: limits(total: 2), capacity: 2, now: 0) == .maxConnections,
+            "the configured cap is named first when both are reached")
+        #expect(limiter.admit("10.0.0.3", limits: limits(), capacity: 2, now: 0) == .openFiles, "max_connections off")
+    }
+
     @Test("Closing and reconnecting does not refill the rate budget; an idle address is forgotten once refilled")
     func budgetOutlivesConnections() {
         var limiter = ConnectionLimiter()

@@ -12,6 +12,8 @@ struct ConnectionLimiter {
         case perAddressConnections = "per_address_connections"
         /// This address opened more than `limits.per_address.new_per_second` connections a second.
         case perAddressRate = "per_address_rate"
+        /// As many connections are open as the process's open-file limit leaves room for (``OpenFileBudget``).
+        case openFiles = "open_files"
     }
 
     private struct Address {
@@ -27,10 +29,14 @@ struct ConnectionLimiter {
     /// a bucket refills in burst / rate = 1 s).
     private var idle = RetentionQueue<String>()
 
-    /// Counts a new connection from `address`, or says why not (counting nothing).
-    mutating func admit(_ address: String, limits: GatewayConfiguration.ConnectionLimits, now: Double) -> Refusal? {
+    /// Counts a new connection from `address`, or says why not (counting nothing). `capacity` is what the
+    /// open-file limit allows, whatever `limits` says.
+    mutating func admit(
+        _ address: String, limits: GatewayConfiguration.ConnectionLimits, capacity: Int = .max, now: Double
+    ) -> Refusal? {
         prune(now: now)
         if let maximum = limits.maxConnections, open >= maximum { return .maxConnections }
+        if open >= capacity { return .openFiles }
         var entry = addresses[address, default: Address()]
         if let maximum = limits.perAddressConnections, entry.open >= maximum { return .perAddressConnections }
         if let rate = limits.perAddressNewPerSecond {

@@ -9,7 +9,8 @@ extension Gateway {
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
         let limits = runtime.configuration.limits
         let now = Self.seconds()
-        if let refusal = limiter.withLockedValue({ $0.admit(address, limits: limits, now: now) }) {
+        let capacity = connectionCapacity
+        if let refusal = limiter.withLockedValue({ $0.admit(address, limits: limits, capacity: capacity, now: now) }) {
             metrics.refused(refusal.rawValue)
             let detail: String =
                 switch refusal {
@@ -19,6 +20,9 @@ extension Gateway {
                 case .perAddressRate:
                     "more than \(limits.perAddressNewPerSecond ?? 0) new connections a second from this address "
                         + "(limits.per_address.new_per_second)"
+                case .openFiles:
+                    "\(capacity) connections are open, all the process's open-file limit (\(openFiles.limit)) leaves room "
+                        + "for beside \(OpenFileBudget.reserved) kept for the audit log, listeners and reloads"
                 }
             var record = AuditRecord(event: "connection_refused", decision: "deny", reason: refusal.rawValue, detail: detail)
             record.peer = Self.describe(channel.remoteAddress)
@@ -34,6 +38,29 @@ extension Gateway {
     }
 
     private struct ConnectionRefusedAtAccept: Error {}
+
+    /// How many connections the open-file limit leaves room for under the current routes: an upstream
+    /// session holds two descriptors.
+    var connectionCapacity: Int {
+        let upstream = runtime.configuration.routes.contains { $0.kind == .upstream }
+        return openFiles.connections(descriptorsPerConnection: upstream ? 2 : 1)
+    }
+
+    /// Says at start (and after a reload) when `limits.max_connections` promises more than the open-file
+    /// limit allows: the gateway will refuse with `open_files` before it gets there.
+    func warnIfOpenFilesBindConnections() {
+        let capacity = connectionCapacity
+        let configured = runtime.configuration.limits.maxConnections
+        guard configured.map({ $0 > capacity }) ?? true else { return }
+        let configuredText = configured.map(String.init) ?? "off"
+        logger.warning(
+            """
+            the open-file limit allows \(capacity) connections, fewer than limits.max_connections (\(configuredText)); \
+            connections past it are refused (open_files). Raise the limit (LimitNOFILE= in systemd, ulimit -n) or \
+            lower max_connections.
+            """,
+            metadata: ["limits.open_files": "\(openFiles.limit)"])
+    }
 
     /// Monotonic seconds, the clock of the connection limits.
     private static func seconds() -> Double { Double(NIODeadline.now().uptimeNanoseconds) / 1e9 }
