@@ -60,39 +60,74 @@ enum ResumingConnector {
             return Array((lines.joined(separator: "\r\n") + "\r\n\r\n").utf8)
         }
 
-        /// Returns whether the TLS session was resumed; keeps the newest session in `session`.
-        func open(resuming session: inout OpaquePointer?) throws -> Bool {
-            let fd = try Self.connectTCP(host: target.host, port: target.port, from: target.sources.take())
-            defer { close(fd) }
-            guard let ssl = openssl.newSSL(context) else { throw BenchError("SSL_new failed") }
-            defer { openssl.freeSSL(ssl) }
-            _ = openssl.setFD(ssl, fd)
-            openssl.setServerName(ssl, target.tls.serverName ?? target.host)
-            if let session { _ = openssl.setSession(ssl, session) }
-            guard openssl.connect(ssl) == 1 else { throw BenchError("the TLS handshake failed") }
-            try write(ssl, request)
-            var received = try readHead(ssl)
-            if let handshake = BenchWire(wire: target.wire, topic: "").handshake {
-                try write(ssl, Self.maskedFrame(opcode: 0x2, payload: handshake))
-                try awaitPong(ssl, buffered: &received)
-            }
-            let resumed = openssl.sessionReused(ssl) == 1
-            if let newest = openssl.getSession(ssl) {
-                if let session { openssl.freeSession(session) }
-                session = newest
-            }
-            try? write(ssl, Self.maskedFrame(opcode: 0x8, payload: [0x03, 0xE8]))
-            // Without close_notify OpenSSL marks the session as not resumable when the SSL object is freed.
-            _ = openssl.shutdown(ssl)
-            return resumed
+        /// A session past the upgrade (and, for NATS, its CONNECT): the socket, the TLS connection, whether it
+        /// resumed an earlier TLS session, and what the server sent after what was awaited.
+        struct Established {
+            let fd: Int32
+            let ssl: OpaquePointer
+            let resumed: Bool
+            var buffered: [UInt8]
         }
 
-        private func write(_ ssl: OpaquePointer, _ bytes: [UInt8]) throws {
+        /// Connects, resuming `session` when given, and keeps the newest TLS session in `session`; presents
+        /// `credentials` (certificate chain and key files) instead of the context's when given. The caller owns
+        /// the connection; a failure leaves nothing open.
+        func establish(
+            resuming session: inout OpaquePointer?, credentials: (chain: String, key: String)? = nil
+        ) throws -> Established {
+            let fd = try Self.connectTCP(host: target.host, port: target.port, from: target.sources.take())
+            guard let ssl = openssl.newSSL(context) else {
+                close(fd)
+                throw BenchError("SSL_new failed")
+            }
+            do {
+                _ = openssl.setFD(ssl, fd)
+                if let credentials {
+                    guard openssl.useConnectionCertificateChainFile(ssl, credentials.chain) == 1,
+                        openssl.useConnectionPrivateKeyFile(ssl, credentials.key, 1 /* SSL_FILETYPE_PEM */) == 1
+                    else { throw BenchError("cannot load \(credentials.chain) with OpenSSL") }
+                }
+                openssl.setServerName(ssl, target.tls.serverName ?? target.host)
+                if let session { _ = openssl.setSession(ssl, session) }
+                guard openssl.connect(ssl) == 1 else { throw BenchError("the TLS handshake failed") }
+                try write(ssl, request)
+                var received = try readHead(ssl)
+                if let handshake = BenchWire(wire: target.wire, topic: "").handshake {
+                    try write(ssl, Self.maskedFrame(opcode: 0x2, payload: handshake))
+                    try awaitPong(ssl, buffered: &received)
+                }
+                // A TLS 1.3 ticket arrives after the handshake, with the first records read.
+                if let newest = openssl.getSession(ssl) {
+                    if let session { openssl.freeSession(session) }
+                    session = newest
+                }
+                return Established(fd: fd, ssl: ssl, resumed: openssl.sessionReused(ssl) == 1, buffered: received)
+            } catch {
+                openssl.freeSSL(ssl)
+                close(fd)
+                throw error
+            }
+        }
+
+        /// Opens a session and closes it cleanly; returns whether the TLS session was resumed.
+        func open(resuming session: inout OpaquePointer?) throws -> Bool {
+            let established = try establish(resuming: &session)
+            defer {
+                openssl.freeSSL(established.ssl)
+                close(established.fd)
+            }
+            try? write(established.ssl, Self.maskedFrame(opcode: 0x8, payload: [0x03, 0xE8]))
+            // Without close_notify OpenSSL marks the session as not resumable when the SSL object is freed.
+            _ = openssl.shutdown(established.ssl)
+            return established.resumed
+        }
+
+        func write(_ ssl: OpaquePointer, _ bytes: [UInt8]) throws {
             let written = bytes.withUnsafeBytes { openssl.write(ssl, $0.baseAddress, Int32($0.count)) }
             guard written == bytes.count else { throw BenchError("the connection closed while writing") }
         }
 
-        private func readMore(_ ssl: OpaquePointer, into buffer: inout [UInt8]) throws {
+        func readMore(_ ssl: OpaquePointer, into buffer: inout [UInt8]) throws {
             var chunk = [UInt8](repeating: 0, count: 4096)
             let count = chunk.withUnsafeMutableBytes { openssl.read(ssl, $0.baseAddress, Int32($0.count)) }
             guard count > 0 else { throw BenchError("the server closed the connection (refused at TLS?)") }

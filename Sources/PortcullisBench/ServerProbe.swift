@@ -28,4 +28,9 @@ public struct ServerProbe: Sendable {
         }
         return nil
     }
+
+    /// Open file descriptors.
+    public func openFiles() -> Int? {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"))?.count
+    }
 }

@@ -29,6 +29,10 @@ final class SystemOpenSSL: @unchecked Sendable {
     let freeSession: @convention(c) (Pointer?) -> Void
     let sessionReused: @convention(c) (Pointer?) -> Int32
     let shutdown: @convention(c) (Pointer?) -> Int32
+    let getError: @convention(c) (Pointer?, Int32) -> Int32
+    let setShutdownFlags: @convention(c) (Pointer?, Int32) -> Void
+    let useConnectionCertificateChainFile: @convention(c) (Pointer?, UnsafePointer<CChar>?) -> Int32
+    let useConnectionPrivateKeyFile: @convention(c) (Pointer?, UnsafePointer<CChar>?, Int32) -> Int32
     private let handle: UnsafeMutableRawPointer
 
     init() throws {
@@ -63,6 +67,12 @@ final class SystemOpenSSL: @unchecked Sendable {
         freeSession = try symbol("SSL_SESSION_free", as: (@convention(c) (Pointer?) -> Void).self)
         sessionReused = try symbol("SSL_session_reused", as: (@convention(c) (Pointer?) -> Int32).self)
         shutdown = try symbol("SSL_shutdown", as: (@convention(c) (Pointer?) -> Int32).self)
+        getError = try symbol("SSL_get_error", as: (@convention(c) (Pointer?, Int32) -> Int32).self)
+        setShutdownFlags = try symbol("SSL_set_shutdown", as: (@convention(c) (Pointer?, Int32) -> Void).self)
+        useConnectionCertificateChainFile = try symbol(
+            "SSL_use_certificate_chain_file", as: (@convention(c) (Pointer?, UnsafePointer<CChar>?) -> Int32).self)
+        useConnectionPrivateKeyFile = try symbol(
+            "SSL_use_PrivateKey_file", as: (@convention(c) (Pointer?, UnsafePointer<CChar>?, Int32) -> Int32).self)
     }
 
     /// A client context with the device's certificate and key, trusting `ca` for the server.

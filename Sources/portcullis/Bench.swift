@@ -3,6 +3,7 @@ import Foundation
 import NIOPosix
 import PortcullisAudit
 import PortcullisBench
+import PortcullisPKI
 import PortcullisYAML
 
 /// `portcullis bench`: load generators for a gateway (or, with `--protocol nats`, for nats-server doing the same
@@ -16,7 +17,7 @@ struct Bench: AsyncParsableCommand {
             CPU-second and memory read from /proc. Benchmarks/run.py runs every scenario against Portcullis and \
             nats-server and prints one table.
             """,
-        subcommands: [BenchConnect.self, BenchPubSub.self, BenchIdle.self, BenchAudit.self, BenchScale.self]
+        subcommands: [BenchConnect.self, BenchPubSub.self, BenchIdle.self, BenchFleet.self, BenchAudit.self, BenchScale.self]
     )
 }
 
@@ -112,14 +113,19 @@ struct BenchOptions: ParsableArguments {
         }
         try await group.shutdownGracefully()
         if json {
-            let encoder = JSONEncoder()
-            encoder.keyEncodingStrategy = .convertToSnakeCase
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(result), as: UTF8.self))
+            try printBenchJSON(result)
         } else {
             for line in lines(result) + (result.firstError.map { ["first error: \($0)"] } ?? []) { print(line) }
         }
     }
+}
+
+/// A scenario's result as one line of JSON with snake-case keys, as Benchmarks/run.py reads them.
+func printBenchJSON<T: Encodable>(_ result: T) throws {
+    let encoder = JSONEncoder()
+    encoder.keyEncodingStrategy = .convertToSnakeCase
+    encoder.outputFormatting = [.sortedKeys]
+    print(String(decoding: try encoder.encode(result), as: UTF8.self))
 }
 
 /// What every scenario's result has in common.
@@ -253,6 +259,98 @@ struct BenchIdle: AsyncParsableCommand {
                 "idle (\(result.wire.rawValue)): \(result.sessions) sessions opened in \(figure(result.openSeconds, 1)) s, \(result.failures) failed",
                 "server memory: \(figure(result.serverKiBPerSession, 1)) KiB per session (RSS \(result.serverResidentKiBBefore.map(String.init) ?? "?") → \(result.serverResidentKiBAfter.map(String.init) ?? "?") KiB)",
             ]
+        }
+    }
+}
+
+struct BenchFleet: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fleet",
+        abstract: "Hold a fleet of idle devices, each subscribed to its commands, then drop and reconnect them all.",
+        discussion: """
+            Opens --devices sessions (device n subscribes to devices/fleet-<n>/commands/# and answers the gateway's \
+            pings), holds them while it samples the server's memory, descriptors and CPU time (--server-pid) and \
+            sends commands to random devices from one more session (--cert, which needs publish on \
+            devices/+/commands/#), timing each delivery. Then the reconnect storm: every device drops its \
+            connection with a TCP reset and all reconnect at once, resuming their TLS sessions, and subscribe \
+            again; commands must reach them. With --device-ca, every device gets a certificate of its own \
+            (CN fleet-<n>) from that PKI's issuing CA; otherwise all use --cert. Benchmarks/fleet.py runs it \
+            against a gateway configured for it. Exit 1 when a device could not connect, a session was closed \
+            by the server, or a command was not delivered.
+            """)
+
+    @OptionGroup var options: BenchOptions
+
+    @Option(help: "Devices to connect and hold.")
+    var devices = 1000
+
+    @Option(help: "How long to hold them (30s, 10m).")
+    var hold = "1m"
+
+    @Option(help: "Commands sent to random devices per second while holding.")
+    var commandsPerSecond = 20.0
+
+    @Option(help: "How often to sample the server while holding.")
+    var sampleInterval = "10s"
+
+    @Option(name: .customLong("device-ca"), help: ArgumentHelp("A PKI directory whose CA issues each device its own certificate.", valueName: "dir"))
+    var deviceCA: String?
+
+    @Flag(help: "Skip the reconnect storm.")
+    var noStorm = false
+
+    func validate() throws {
+        guard (1...1_000_000).contains(devices) else { throw ValidationError("--devices must be from 1 to 1,000,000") }
+        guard let seconds = parseDuration(hold), seconds >= 0, seconds <= 86400 else {
+            throw ValidationError("--hold must be a duration from 0s to 1d, such as 10m")
+        }
+        guard let interval = parseDuration(sampleInterval), interval >= 0.1, interval <= 3600 else {
+            throw ValidationError("--sample-interval must be a duration from 100ms to 1h, such as 10s")
+        }
+        guard commandsPerSecond > 0, commandsPerSecond <= 100_000 else {
+            throw ValidationError("--commands-per-second must be more than 0 and at most 100,000")
+        }
+        if let deviceCA, !PKIDirectory(path: deviceCA).hasCA { throw ValidationError("--device-ca \(deviceCA): no CA there") }
+    }
+
+    func run() throws {
+        let result: FleetBenchmark.Result
+        do {
+            result = try FleetBenchmark.run(
+                try options.target(),
+                options: .init(
+                    devices: devices, concurrency: options.concurrency, hold: parseDuration(hold)!,
+                    commandsPerSecond: commandsPerSecond, sampleInterval: parseDuration(sampleInterval)!, storm: !noStorm,
+                    deviceIssuer: deviceCA),
+                progress: !options.json)
+        } catch {
+            FileHandle.standardError.write(Data("portcullis: bench: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if options.json {
+            try printBenchJSON(result)
+        } else {
+            let first = result.samples.first, last = result.samples.last
+            var lines = [
+                "fleet: \(result.devices) devices connected and subscribed in \(figure(result.rampSeconds, 1)) s, \(result.failures) failed",
+                "server memory: \(figure(result.serverKiBPerDevice, 1)) KiB per device; RSS \(first?.residentKiB.map(String.init) ?? "?") → "
+                    + "\(last?.residentKiB.map(String.init) ?? "?") KiB and descriptors \(first?.openFiles.map(String.init) ?? "?") → "
+                    + "\(last?.openFiles.map(String.init) ?? "?") over the \(figure(result.holdSeconds)) s hold",
+                "server CPU while idle: \(figure(result.serverCPUMillisecondsPerDeviceHour, 2)) ms per device-hour",
+                "commands: \(result.commands.delivered) of \(result.commands.sent) delivered; "
+                    + latencyLine(result.commands.latencyMicroseconds, unit: "µs"),
+                "closed by the server during the hold: \(result.closedByServer)",
+            ]
+            if let storm = result.storm {
+                lines.append(
+                    "storm: \(storm.reconnected) reconnected (\(storm.resumed) resumed) in \(figure(storm.seconds, 1)) s, "
+                        + "\(storm.failures) failed; then \(storm.commandsAfter.delivered) of \(storm.commandsAfter.sent) commands delivered")
+            }
+            for line in lines + (result.firstError.map { ["first error: \($0)"] } ?? []) { print(line) }
+        }
+        let stormFailed = result.storm.map { $0.failures > 0 || $0.commandsAfter.delivered < $0.commandsAfter.sent } ?? false
+        if result.failures > 0 || result.closedByServer > 0 || result.commands.delivered < result.commands.sent || stormFailed {
+            throw ExitCode(1)
         }
     }
 }

@@ -47,6 +47,29 @@ struct BenchCommandTests {
         #expect(badOutput.contains("--url must be wss://HOST:PORT/PATH"), "\(badOutput)")
     }
 
+    @Test("Benchmarks/fleet.py: devices with their own certificates hold, answer pings, get commands, and all resume after a storm")
+    func fleet() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Pings every second, answered within 5 s or the session is closed: a device that did not answer would be
+        // closed during the 12 s hold, and the script would fail.
+        let fleet = try RunningCommand(
+            [repositoryRoot.appendingPathComponent("Benchmarks/fleet.py").path, "40", "--hold", "12s", "--ping-interval", "1s",
+             "--ping-timeout", "5s", "--binary", try portcullisBinary()],
+            in: directory, executable: try tool("python3"))
+        let status = try await fleet.waitForExit(timeout: 600)
+        #expect(status == 0, "\(fleet.output)")
+        for line in [
+            "40 devices connected and subscribed", ", 0 failed", "closed by the gateway during the hold: 0",
+            "storm: 40 reconnected (40 resumed)", "then 40 of 40 commands delivered", "audit verify: ok",
+        ] {
+            #expect(fleet.output.contains(line), "\(fleet.output)")
+        }
+        let commands = try #require(fleet.output.split(separator: "\n").first { $0.hasPrefix("commands: ") })
+        let counts = commands.dropFirst("commands: ".count).split(separator: " ").prefix(3)
+        #expect(counts.count == 3 && counts.first == counts.last && Int(counts.first ?? "") ?? 0 > 100, "\(commands)")
+    }
+
     @Test("bench --protocol nats admits, publishes and receives through nats-server's WebSocket listener with mTLS")
     func againstNatsServer() async throws {
         let natsServer = try tool("nats-server")

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""A fleet on one gateway: N devices, each with a certificate and identity of its own (CN fleet-<n>) and allowed to
+subscribe only to its own devices/fleet-<n>/commands/#, connect and subscribe, are held for a while (the gateway
+pings each every 20 s and they answer), while `portcullis bench fleet` samples the gateway's memory, descriptors and
+CPU time and an operator session sends commands to random devices; then every device drops its connection (TCP
+reset) and all reconnect at once, resuming their TLS sessions. Afterwards the audit log must verify.
+
+The gateway's process may hold N sessions only if its open-file limit leaves room for them beside 128 kept back
+(19,000 under the 20,000 these machines allow); the load generator holds as many, so it needs the same limit.
+
+Usage: python3 Benchmarks/fleet.py [N] [--hold 10m] [--ping-interval 20s] [--ping-timeout 20s] [--binary BINARY]
+                                  [--json results.json] [--keep]
+       (N defaults to 19,000; a release build by default: swift build -c release --product portcullis)
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the shared PKI, port and process helpers)
+
+parser = argparse.ArgumentParser()
+parser.add_argument("devices", nargs="?", type=int, default=19_000)
+parser.add_argument("--hold", default="10m")
+parser.add_argument("--commands-per-second", default="20")
+parser.add_argument("--ping-interval", help="the gateway's ping_interval (default 20s)")
+parser.add_argument("--ping-timeout", help="the gateway's ping_timeout (default 20s)")
+parser.add_argument("--binary", default=run.BINARY)
+parser.add_argument("--json")
+parser.add_argument("--keep", action="store_true", help="keep the work directory (PKI, configuration, audit log)")
+arguments = parser.parse_args()
+run.BINARY = os.path.abspath(arguments.binary)
+if not os.access(run.BINARY, os.X_OK):
+    sys.exit(f"{run.BINARY} is missing: swift build -c release --product portcullis, or give --binary")
+
+work = tempfile.mkdtemp(prefix="portcullis-fleet-")
+pki, _ = run.make_pki(work)
+os.makedirs(f"{work}/policies")
+with open(f"{work}/policies/fleet.yaml", "w") as f:
+    f.write(f"""identity_mapping:
+  - {{source: cn, match: "fleet-*", identity: "{{value}}", groups: [fleet]}}
+  - source: cn
+rules:
+  - name: fleet
+    groups: [fleet]
+    routes: [/v1/messages]
+    allow_missing_origin: true
+    publish: ["devices/{{identity}}/telemetry"]
+    subscribe: ["devices/{{identity}}/commands/#"]
+  - name: operator
+    identities: [{run.IDENTITY}]
+    routes: [/v1/messages]
+    allow_missing_origin: true
+    publish: ["devices/+/commands/#"]
+""")
+port = run.free_port()
+with open(f"{work}/gateway.yaml", "w") as f:
+    f.write(f"""listen: 127.0.0.1:{port}
+tls:
+  certificate: {pki}/issued/localhost.chain.pem
+  key: {pki}/private/localhost.key
+  client_ca: {pki}/ca.crt
+allowed_origins: ["{run.ORIGIN}"]
+routes:
+  - path: /v1/messages
+    kind: broker
+policies: {work}/policies
+audit_dir: {work}/audit
+admin:
+  listen: "off"
+{f"ping_interval: {arguments.ping_interval}" if arguments.ping_interval else ""}
+{f"ping_timeout: {arguments.ping_timeout}" if arguments.ping_timeout else ""}
+limits:
+  max_connections: off
+  per_address: {{connections: off, new_per_second: off}}
+""")
+log = open(f"{work}/gateway.log", "w")
+gateway = subprocess.Popen([run.BINARY, "serve", "--config", f"{work}/gateway.yaml"], stdout=log, stderr=subprocess.STDOUT)
+try:
+    run.wait_for_port(port, gateway, "the gateway")
+    bench = subprocess.run([
+        run.BINARY, "bench", "fleet", "--url", f"wss://localhost:{port}/v1/messages",
+        "--cert", f"{pki}/issued/{run.IDENTITY}.chain.pem", "--key", f"{pki}/private/{run.IDENTITY}.key",
+        "--ca", f"{pki}/ca.crt", "--device-ca", pki, "--server-pid", str(gateway.pid),
+        "--devices", str(arguments.devices), "--hold", arguments.hold,
+        "--commands-per-second", arguments.commands_per_second,
+        # 16 addresses: each reaches the port from some 28,000 ephemeral ports, and a reconnect storm needs fresh ones.
+        "--source-addresses", "16", "--concurrency", "16", "--json"], capture_output=True, text=True)
+    if bench.returncode not in (0, 1) or not bench.stdout.strip():
+        sys.exit(f"bench fleet failed ({bench.returncode}): {bench.stderr[-2000:]}")
+    result = json.loads(bench.stdout)
+    outcome = bench.returncode
+finally:
+    gateway.terminate()
+    gateway.wait(timeout=120)
+verify = subprocess.run([run.BINARY, "audit", "verify", "--audit-dir", f"{work}/audit"], capture_output=True, text=True)
+result["audit_verify"] = (verify.stdout + verify.stderr).strip()
+result["audit_verified"] = verify.returncode == 0
+
+samples = result["samples"]
+after_ramp, end = samples[0], samples[-1]
+print(f"{result['devices']} devices connected and subscribed in {result['ramp_seconds']:.1f} s, {result['failures']} failed")
+print(f"server: {result['server_ki_b_per_device']:.1f} KiB per device; over the {result['hold_seconds']:.0f} s hold "
+      f"RSS {after_ramp['resident_ki_b']} -> {end['resident_ki_b']} KiB (max {max(s['resident_ki_b'] for s in samples)}), "
+      f"descriptors {after_ramp['open_files']} -> {end['open_files']}")
+print(f"server CPU while idle: {result['server_cpu_milliseconds_per_device_hour']:.2f} ms per device-hour")
+commands, latency = result["commands"], result["commands"]["latency_microseconds"]
+print(f"commands: {commands['delivered']} of {commands['sent']} delivered; latency µs p50 {latency['p50']:.0f} "
+      f"p99 {latency['p99']:.0f} p99.9 {latency['p99_9']:.0f} max {latency['max']:.0f}")
+print(f"closed by the gateway during the hold: {result['closed_by_server']}")
+if result.get("storm"):
+    storm = result["storm"]
+    print(f"storm: {storm['reconnected']} reconnected ({storm['resumed']} resumed) in {storm['seconds']:.1f} s, "
+          f"{storm['failures']} failed; then {storm['commands_after']['delivered']} of {storm['commands_after']['sent']} commands delivered")
+print(f"audit verify: {'ok' if result['audit_verified'] else 'FAILED'}: {result['audit_verify'].splitlines()[-1] if result['audit_verify'] else ''}")
+if result.get("first_error"):
+    print(f"first error: {result['first_error']}")
+if arguments.json:
+    with open(arguments.json, "w") as f:
+        json.dump(result, f, indent=2)
+if arguments.keep:
+    print(f"work directory: {work}")
+else:
+    shutil.rmtree(work, ignore_errors=True)
+sys.exit(0 if outcome == 0 and result["audit_verified"] else 1)
