@@ -103,7 +103,12 @@ result["audit_verified"] = verify.returncode == 0
 
 samples = result["samples"]
 after_ramp, end = samples[0], samples[-1]
-print(f"{result['devices']} devices connected and subscribed in {result['ramp_seconds']:.1f} s, {result['failures']} failed")
+def per_session_ms(cpu, sessions):
+    return f"{cpu * 1000 / sessions:.2f} ms of server CPU per session" if cpu is not None and sessions else "server CPU unknown"
+
+
+print(f"{result['devices']} devices connected and subscribed in {result['ramp_seconds']:.1f} s, {result['failures']} failed "
+      f"({per_session_ms(result.get('ramp_server_cpu_seconds'), result['devices'])})")
 print(f"server: {result['server_ki_b_per_device']:.1f} KiB per device; over the {result['hold_seconds']:.0f} s hold "
       f"RSS {after_ramp['resident_ki_b']} -> {end['resident_ki_b']} KiB (max {max(s['resident_ki_b'] for s in samples)}), "
       f"descriptors {after_ramp['open_files']} -> {end['open_files']}")
@@ -115,7 +120,7 @@ print(f"closed by the gateway during the hold: {result['closed_by_server']}")
 if result.get("storm"):
     storm = result["storm"]
     print(f"storm: {storm['reconnected']} reconnected ({storm['resumed']} resumed) in {storm['seconds']:.1f} s, "
-          f"{storm['failures']} failed; then {storm['commands_after']['delivered']} of {storm['commands_after']['sent']} commands delivered")
+          f"{storm['failures']} failed ({per_session_ms(storm.get('server_cpu_seconds'), storm['reconnected'])}); then {storm['commands_after']['delivered']} of {storm['commands_after']['sent']} commands delivered")
 print(f"audit verify: {'ok' if result['audit_verified'] else 'FAILED'}: {result['audit_verify'].splitlines()[-1] if result['audit_verify'] else ''}")
 if result.get("first_error"):
     print(f"first error: {result['first_error']}")

@@ -62,6 +62,8 @@ public enum FleetBenchmark {
     public struct Storm: Codable, Sendable {
         /// From the first drop to the last device subscribed again.
         public var seconds: Double
+        /// Server CPU time over those seconds.
+        public var serverCPUSeconds: Double?
         public var reconnected: Int
         public var resumed: Int
         public var failures: Int
@@ -74,6 +76,8 @@ public enum FleetBenchmark {
         public var devices: Int
         public var failures: Int
         public var rampSeconds: Double
+        /// Server CPU time over the ramp: full handshakes, admissions and subscriptions.
+        public var rampServerCPUSeconds: Double?
         public var serverResidentKiBBefore: Int?
         /// Resident memory added per connected, subscribed device, read right after the ramp.
         public var serverKiBPerDevice: Double?
@@ -115,9 +119,11 @@ public enum FleetBenchmark {
         }
 
         try _ = connect(commander)
+        let cpuBeforeRamp = probe?.cpuSeconds()
         let ramp = Self.inParallel(devices.dropLast(), threads: options.concurrency, reporter: reporter, label: "ramp", connect)
         let rampSeconds = ramp.seconds
         let after = probe?.residentKiB()
+        let rampCPU = probe?.cpuSeconds().flatMap { end in cpuBeforeRamp.map { end - $0 } }
 
         // Hold: commands at the rate, a sample every interval.
         var samples: [Sample] = []
@@ -141,11 +147,14 @@ public enum FleetBenchmark {
         var stormError: String?
         if options.storm {
             let started = BenchClock.now()
+            let cpuBeforeStorm = probe?.cpuSeconds()
             for device in devices.dropLast() { keeper.drop(device) }
             let again = Self.inParallel(devices.dropLast(), threads: options.concurrency, reporter: reporter, label: "storm", connect)
             stormError = again.firstError
             storm = Storm(
-                seconds: Double(BenchClock.now() - started) / 1e9, reconnected: again.succeeded, resumed: again.resumed,
+                seconds: Double(BenchClock.now() - started) / 1e9,
+                serverCPUSeconds: probe?.cpuSeconds().flatMap { end in cpuBeforeStorm.map { end - $0 } },
+                reconnected: again.succeeded, resumed: again.resumed,
                 failures: again.failures,
                 commandsAfter: sendCommands(
                     from: commander, to: options.devices, count: min(options.devices, 1_000),
@@ -160,7 +169,8 @@ public enum FleetBenchmark {
             cpuPerDeviceHour = cpuHeld * 1000 / Double(ramp.succeeded) * 3600 / options.hold
         }
         return Result(
-            devices: ramp.succeeded, failures: ramp.failures, rampSeconds: rampSeconds, serverResidentKiBBefore: before,
+            devices: ramp.succeeded, failures: ramp.failures, rampSeconds: rampSeconds, rampServerCPUSeconds: rampCPU,
+            serverResidentKiBBefore: before,
             serverKiBPerDevice: perDevice, holdSeconds: options.hold, samples: samples,
             serverCPUMillisecondsPerDeviceHour: cpuPerDeviceHour, commands: commands, closedByServer: closedByServer,
             storm: storm, firstError: ramp.firstError ?? stormError ?? keeper.firstError.withLock { $0 })
