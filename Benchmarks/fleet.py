@@ -58,26 +58,9 @@ rules:
     publish: ["devices/+/commands/#"]
 """)
 port = run.free_port()
-with open(f"{work}/gateway.yaml", "w") as f:
-    f.write(f"""listen: 127.0.0.1:{port}
-tls:
-  certificate: {pki}/issued/localhost.chain.pem
-  key: {pki}/private/localhost.key
-  client_ca: {pki}/ca.crt
-allowed_origins: ["{run.ORIGIN}"]
-routes:
-  - path: /v1/messages
-    kind: broker
-policies: {work}/policies
-audit_dir: {work}/audit
-admin:
-  listen: "off"
-{f"ping_interval: {arguments.ping_interval}" if arguments.ping_interval else ""}
-{f"ping_timeout: {arguments.ping_timeout}" if arguments.ping_timeout else ""}
-limits:
-  max_connections: off
-  per_address: {{connections: off, new_per_second: off}}
-""")
+pings = "".join(f"{key}: {value}\n" for key, value in
+                [("ping_interval", arguments.ping_interval), ("ping_timeout", arguments.ping_timeout)] if value)
+run.write_fleet_gateway_config(f"{work}/gateway.yaml", work, pki, port, max_connections="off", extra=pings)
 log = open(f"{work}/gateway.log", "w")
 gateway = subprocess.Popen([run.BINARY, "serve", "--config", f"{work}/gateway.yaml"], stdout=log, stderr=subprocess.STDOUT)
 try:

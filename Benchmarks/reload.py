@@ -30,24 +30,7 @@ def write_policy(extra_rule):
     os.rename(f"{work}/policies/fleet.yaml.tmp", f"{work}/policies/fleet.yaml")
 write_policy("")
 port, admin = run.free_port(), run.free_port()
-with open(f"{work}/gw.yaml", "w") as f:
-    f.write(f"""listen: 127.0.0.1:{port}
-tls:
-  certificate: {pki}/issued/localhost.chain.pem
-  key: {pki}/private/localhost.key
-  client_ca: {pki}/ca.crt
-allowed_origins: ["{run.ORIGIN}"]
-routes:
-  - path: /v1/messages
-    kind: broker
-policies: {work}/policies
-audit_dir: {work}/audit
-admin:
-  listen: 127.0.0.1:{admin}
-limits:
-  max_connections: 15000
-  per_address: {{connections: off, new_per_second: off}}
-""")
+run.write_fleet_gateway_config(f"{work}/gw.yaml", work, pki, port, admin=f"127.0.0.1:{admin}")
 t0 = time.time()
 p = subprocess.Popen([run.BINARY, "serve", "--config", f"{work}/gw.yaml"], stdout=open(f"{work}/gw.log", "w"), stderr=subprocess.STDOUT)
 run.wait_for_port(port, p, "gw")

@@ -68,6 +68,29 @@ def make_pki(work):
     return pki, subject
 
 
+def write_fleet_gateway_config(path, work, pki, port, admin='"off"', max_connections="15000", extra=""):
+    """A broker gateway on /v1/messages with the policies of work/policies and its audit log in work/audit, for the
+    fleet-sized scripts: every client connects from loopback, so the per-address limits are off."""
+    with open(path, "w") as f:
+        f.write(f"""listen: 127.0.0.1:{port}
+tls:
+  certificate: {pki}/issued/localhost.chain.pem
+  key: {pki}/private/localhost.key
+  client_ca: {pki}/ca.crt
+allowed_origins: ["{ORIGIN}"]
+routes:
+  - path: /v1/messages
+    kind: broker
+policies: {work}/policies
+audit_dir: {work}/audit
+admin:
+  listen: {admin}
+limits:
+  max_connections: {max_connections}
+  per_address: {{connections: off, new_per_second: off}}
+{extra}""")
+
+
 # The load generator opens every connection from 127.0.0.1, thousands a second, and the idle scenario holds
 # 10,000 sessions: the production defaults of `limits` would refuse them.
 LIMITS = """limits:
