@@ -26,7 +26,7 @@ extension GatewayConfiguration {
         var config = GatewayConfiguration(tls: TLS(certificateChain: "", privateKey: "", clientCA: ""))
         let keys: Set<String> = [
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
-            "max_header_bytes", "max_message_bytes", "ping_interval", "ping_timeout", "max_outbound_bytes", "limits",
+            "max_header_bytes", "max_message_bytes", "event_loops", "ping_interval", "ping_timeout", "max_outbound_bytes", "limits",
             "audit", "on_audit_failure", "drain_timeout", "close_timeout", "compression", "compression_context_takeover", "certificate_expiry_warning", "reload", "admin",
         ]
         func compression(_ value: YAMLValue, what: String) -> Compression? {
@@ -190,6 +190,9 @@ extension GatewayConfiguration {
             let number = reader.integer(value.value, what: "max_message_bytes", range: 125...(64 << 20))
         {
             config.maxMessageBytes = number
+        }
+        if let value = top["event_loops"], let number = reader.integer(value.value, what: "event_loops", range: 1...256) {
+            config.eventLoops = number
         }
         if let value = top["ping_interval"], let seconds = reader.duration(value.value, what: "ping_interval", range: Bounds.pingInterval) {
             config.pingInterval = seconds

@@ -179,6 +179,10 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var maxHeaderBytes: Int
     /// Largest WebSocket frame and reassembled message.
     public var maxMessageBytes: Int
+    /// Event-loop threads that serve connections; nil: one per core. One loop keeps a publisher and its
+    /// subscribers on the same thread, so a delivery never waits for another thread to wake (lower tail
+    /// latency at low rates); more loops spread the work over more cores.
+    public var eventLoops: Int?
     /// Seconds between the gateway's pings on an idle-or-not session.
     public var pingInterval: Double = 20
     /// Seconds a peer has to answer a ping before the session is closed.

@@ -149,6 +149,10 @@ extension Gateway {
             kept.append("audit")
             (proposed.auditDirectory, proposed.audit) = (current.auditDirectory, current.audit)
         }
+        if proposed.eventLoops != current.eventLoops {
+            kept.append("event_loops")
+            proposed.eventLoops = current.eventLoops
+        }
         if proposed.admin != current.admin {
             kept.append("admin")
             proposed.admin = current.admin

@@ -43,7 +43,8 @@ public final class Gateway: Sendable {
         var certificate: GatewayMetrics.CertificateInUse?
     }
 
-    /// Loads everything the configuration names and opens the audit log; nothing listens yet.
+    /// Loads everything the configuration names and opens the audit log; nothing listens yet. `threads` event
+    /// loops serve connections unless the configuration's `event_loops` says otherwise.
     ///
     /// - Throws: ``GatewayStartupError`` with every problem found.
     public init(configuration: GatewayConfiguration, logger: Logger, threads: Int = System.coreCount) throws {
@@ -70,7 +71,7 @@ public final class Gateway: Sendable {
         self.lagProbe = EventLoopLagProbe(registry: metrics.registry)
         self.openFiles = OpenFileBudget.raisingSoftLimit()
         metrics.addRoutes(configuration.routes)
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops ?? threads)
         self.logger = logger
     }
 

@@ -27,6 +27,7 @@ struct ConfigurationTests {
             handshake_timeout: 5s
             max_header_bytes: 4096
             max_message_bytes: 65536
+            event_loops: 1
             """, file: "/etc/portcullis/gateway.yaml", baseDirectory: "/etc/portcullis")
         #expect(config.listenHost == "::1" && config.listenPort == 9443)
         #expect(config.tls.certificateChain == "/etc/portcullis/pki/issued/server.crt")
@@ -39,6 +40,12 @@ struct ConfigurationTests {
         #expect(config.auditDirectory == "/var/log/portcullis")
         #expect(config.handshakeTimeout == 5)
         #expect(config.maxHeaderBytes == 4096 && config.maxMessageBytes == 65536)
+        #expect(config.eventLoops == 1)
+        #expect(throws: (any Error).self) {
+            try GatewayConfiguration.parse(
+                "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\nevent_loops: 0\n", file: "g.yaml",
+                baseDirectory: ".")
+        }
     }
 
     @Test("Defaults: port 443 on all interfaces, TLS 1.2 minimum, a 10 s handshake deadline, 1 MiB messages")
@@ -52,6 +59,7 @@ struct ConfigurationTests {
         #expect(config.tls.keyExchange == nil)
         #expect(config.handshakeTimeout == 10)
         #expect(config.maxMessageBytes == 1 << 20)
+        #expect(config.eventLoops == nil, "one per core")
     }
 
     @Test("The audit section and on_audit_failure decode; defaults are batch fsync and refusing new sessions")

@@ -52,6 +52,28 @@ struct BenchTests {
         #expect(events == [.delivery(sentAt: 42), .acknowledged, .error(#"{"type":"error","code":"forbidden"}"#)])
     }
 
+    @Test("The fleet's frame reader takes whole server frames of each length form, and waits for the rest of a partial one")
+    func fleetFrames() {
+        let ping: [UInt8] = [0x89, 0x02, 0xAB, 0xCD]
+        let medium: [UInt8] = [0x82, 126, 0x01, 0x00] + [UInt8](repeating: 7, count: 256)
+        let large: [UInt8] = [0x82, 127, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00] + [UInt8](repeating: 9, count: 65_536)
+        let stream = ping + medium + large
+        var offset = 0
+        var seen: [(UInt8, Int)] = []
+        while let frame = FleetKeeper.frame(in: stream, at: offset) {
+            seen.append((frame.opcode, frame.payload.count))
+            offset = frame.end
+        }
+        #expect(seen.map(\.0) == [0x9, 0x2, 0x2] && seen.map(\.1) == [2, 256, 65_536])
+        #expect(offset == stream.count)
+        // Every cut short of a whole frame yields nothing yet.
+        for cut in [1, 3, 5, 200, 259] {
+            #expect(FleetKeeper.frame(in: Array((ping + medium).prefix(4 + cut)), at: 4) == nil, "cut at \(cut)")
+        }
+        #expect(FleetKeeper.frame(in: Array(large.prefix(9)), at: 0) == nil)
+        #expect(FleetKeeper.frame(in: Array(large.dropLast()), at: 0) == nil)
+    }
+
     @Test("connect, pubsub and idle run against a gateway and report what they measured")
     func scenariosAgainstTheGateway() async throws {
         try await withGateway { gw in

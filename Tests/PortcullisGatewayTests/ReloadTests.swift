@@ -279,8 +279,10 @@ struct ReloadTests {
         proposed.listenPort = 9999
         proposed.auditDirectory = "elsewhere"
         proposed.pingInterval = 5
+        proposed.eventLoops = 1
         let kept = Gateway.keepRestartOnlySettings(of: current, in: &proposed)
-        #expect(kept == ["listen 127.0.0.1:9999", "audit"])
+        #expect(kept == ["listen 127.0.0.1:9999", "audit", "event_loops"])
+        #expect(proposed.eventLoops == nil)
         #expect(proposed.listenPort == current.listenPort)
         #expect(proposed.auditDirectory == current.auditDirectory)
         #expect(Gateway.settingChanges(from: current, to: proposed) == ["settings for new sessions: ping_interval"])
