@@ -27,6 +27,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("devices", nargs="?", type=int, default=19_000)
 parser.add_argument("--hold", default="10m")
 parser.add_argument("--commands-per-second", default="20")
+parser.add_argument("--subscriptions-per-device", default="1",
+                    help="filters each device holds: its commands/#, then commands/<k>/# under it")
 parser.add_argument("--ping-interval", help="the gateway's ping_interval (default 20s)")
 parser.add_argument("--ping-timeout", help="the gateway's ping_timeout (default 20s)")
 parser.add_argument("--binary", default=run.BINARY)
@@ -57,10 +59,11 @@ rules:
     allow_missing_origin: true
     publish: ["devices/+/commands/#"]
 """)
-port = run.free_port()
+port, admin = run.free_port(), run.free_port()
 pings = "".join(f"{key}: {value}\n" for key, value in
                 [("ping_interval", arguments.ping_interval), ("ping_timeout", arguments.ping_timeout)] if value)
-run.write_fleet_gateway_config(f"{work}/gateway.yaml", work, pki, port, max_connections="off", extra=pings)
+run.write_fleet_gateway_config(
+    f"{work}/gateway.yaml", work, pki, port, admin=f"127.0.0.1:{admin}", max_connections="off", extra=pings)
 log = open(f"{work}/gateway.log", "w")
 gateway = subprocess.Popen([run.BINARY, "serve", "--config", f"{work}/gateway.yaml"], stdout=log, stderr=subprocess.STDOUT)
 try:
@@ -71,12 +74,16 @@ try:
         "--ca", f"{pki}/ca.crt", "--device-ca", pki, "--server-pid", str(gateway.pid),
         "--devices", str(arguments.devices), "--hold", arguments.hold,
         "--commands-per-second", arguments.commands_per_second,
+        "--subscriptions-per-device", arguments.subscriptions_per_device,
         # 16 addresses: each reaches the port from some 28,000 ephemeral ports, and a reconnect storm needs fresh ones.
         "--source-addresses", "16", "--concurrency", "16", "--json"], capture_output=True, text=True)
     if bench.returncode not in (0, 1) or not bench.stdout.strip():
         sys.exit(f"bench fleet failed ({bench.returncode}): {bench.stderr[-2000:]}")
     result = json.loads(bench.stdout)
     outcome = bench.returncode
+    worst, buckets = run.event_loop_lag(admin)
+    result["event_loop_lag"] = {"worst_seconds": worst, "probes": buckets["+Inf"],
+                                "later_than_10ms": buckets["+Inf"] - buckets["0.01"]}
 finally:
     gateway.terminate()
     gateway.wait(timeout=120)
@@ -90,7 +97,8 @@ def per_session_ms(cpu, sessions):
     return f"{cpu * 1000 / sessions:.2f} ms of server CPU per session" if cpu is not None and sessions else "server CPU unknown"
 
 
-print(f"{result['devices']} devices connected and subscribed in {result['ramp_seconds']:.1f} s, {result['failures']} failed "
+print(f"{result['devices']} devices connected and subscribed ({result['devices'] * int(arguments.subscriptions_per_device)} "
+      f"subscriptions) in {result['ramp_seconds']:.1f} s, {result['failures']} failed "
       f"({per_session_ms(result.get('ramp_server_cpu_seconds'), result['devices'])})")
 print(f"server: {result['server_ki_b_per_device']:.1f} KiB per device; over the {result['hold_seconds']:.0f} s hold "
       f"RSS {after_ramp['resident_ki_b']} -> {end['resident_ki_b']} KiB (max {max(s['resident_ki_b'] for s in samples)}), "
@@ -100,6 +108,9 @@ commands, latency = result["commands"], result["commands"]["latency_microseconds
 print(f"commands: {commands['delivered']} of {commands['sent']} delivered; latency µs p50 {latency['p50']:.0f} "
       f"p99 {latency['p99']:.0f} p99.9 {latency['p99_9']:.0f} max {latency['max']:.0f}")
 print(f"closed by the gateway during the hold: {result['closed_by_server']}")
+lag = result["event_loop_lag"]
+print(f"event-loop lag over the whole run (ramp and storm included): worst {lag['worst_seconds'] * 1000:.1f} ms, "
+      f"{lag['later_than_10ms']:.0f} of {lag['probes']:.0f} probes later than 10 ms")
 if result.get("storm"):
     storm = result["storm"]
     print(f"storm: {storm['reconnected']} reconnected ({storm['resumed']} resumed) in {storm['seconds']:.1f} s, "

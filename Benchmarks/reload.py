@@ -6,7 +6,7 @@ run for latency. Prints the start and reload times and the lag figures.
 
 Usage: python3 Benchmarks/reload.py [N] [--binary BINARY]     (N defaults to 100,000; a release build by default)
 """
-import os, re, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import os, re, shutil, signal, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run
 arguments = [a for a in sys.argv[1:] if not a.startswith("--binary")]
@@ -36,10 +36,7 @@ p = subprocess.Popen([run.BINARY, "serve", "--config", f"{work}/gw.yaml"], stdou
 run.wait_for_port(port, p, "gw")
 print(f"started with {N} devices in {time.time()-t0:.1f} s", flush=True)
 def lag():
-    m = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
-    worst = float(re.search(r"^portcullis_event_loop_lag_max_seconds ([\d.e+-]+)", m, re.M).group(1))
-    buckets = {le: float(v) for le, v in re.findall(r'portcullis_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)', m)}
-    return worst, buckets
+    return run.event_loop_lag(admin)
 print("after start: worst lag", lag()[0], flush=True)
 cert = f"{pki}/issued/{run.IDENTITY}.chain.pem"; key = f"{pki}/private/{run.IDENTITY}.key"
 common = ["--url", f"wss://127.0.0.1:{port}/v1/messages", "--cert", cert, "--key", key, "--ca", f"{pki}/ca.crt", "--origin", run.ORIGIN, "--server-name", "localhost", "--server-pid", str(p.pid)]

@@ -26,13 +26,16 @@ public enum FleetBenchmark {
         public var commandsPerSecond: Double
         public var sampleInterval: Double
         public var storm: Bool
+        /// Filters each device subscribes to: its `commands/#`, then `commands/<k>/#` under it.
+        public var subscriptionsPerDevice: Int
         /// A PKI directory whose issuing CA signs a certificate per device; nil: every device uses the target's.
         public var deviceIssuer: String?
 
         public init(
             devices: Int, concurrency: Int, hold: Double, commandsPerSecond: Double, sampleInterval: Double, storm: Bool,
-            deviceIssuer: String?
+            subscriptionsPerDevice: Int = 1, deviceIssuer: String?
         ) {
+            self.subscriptionsPerDevice = subscriptionsPerDevice
             self.devices = devices
             self.concurrency = concurrency
             self.hold = hold
@@ -113,7 +116,7 @@ public enum FleetBenchmark {
             let name = device.index == options.devices ? nil : "fleet-\(device.index)"
             let resumed = try device.connect(
                 opener: opener, credentials: name.flatMap { credentials?.paths($0) },
-                subscribeTo: name.map { "devices/\($0)/commands/#" })
+                subscribeTo: name.map { Self.filters(device: $0, count: options.subscriptionsPerDevice) } ?? [])
             keeper.watch(device)
             return resumed
         }
@@ -174,6 +177,11 @@ public enum FleetBenchmark {
             serverKiBPerDevice: perDevice, holdSeconds: options.hold, samples: samples,
             serverCPUMillisecondsPerDeviceHour: cpuPerDeviceHour, commands: commands, closedByServer: closedByServer,
             storm: storm, firstError: ramp.firstError ?? stormError ?? keeper.firstError.withLock { $0 })
+    }
+
+    /// The filters device `name` subscribes to: commands for it arrive on the first.
+    static func filters(device name: String, count: Int) -> [String] {
+        ["devices/\(name)/commands/#"] + (1..<max(1, count)).map { "devices/\(name)/commands/\($0)/#" }
     }
 
     /// What connecting a set of devices on several threads came to.
@@ -286,17 +294,17 @@ final class FleetDevice: @unchecked Sendable {
     /// Connects (resuming the last session), subscribes and waits for the ack, with blocking calls; then makes the
     /// socket non-blocking for the keeper. Returns whether the TLS session was resumed.
     func connect(
-        opener: ResumingConnector.Opener, credentials: (chain: String, key: String)?, subscribeTo filter: String?
+        opener: ResumingConnector.Opener, credentials: (chain: String, key: String)?, subscribeTo filters: [String]
     ) throws -> Bool {
         try lock.withLock {
             openssl = opener.openssl
             var established = try opener.establish(resuming: &session, credentials: credentials)
             do {
-                if let filter {
+                for filter in filters {
                     let request = Array(#"{"type":"subscribe","topic":"\#(filter)","id":"s"}"#.utf8)
                     try opener.write(established.ssl, ResumingConnector.Opener.maskedFrame(opcode: 0x1, payload: request))
-                    try Self.awaitAck(opener, established.ssl, buffered: &established.buffered)
                 }
+                try Self.awaitAcks(filters.count, opener, established.ssl, buffered: &established.buffered)
             } catch {
                 opener.openssl.freeSSL(established.ssl)
                 close(established.fd)
@@ -310,12 +318,15 @@ final class FleetDevice: @unchecked Sendable {
         }
     }
 
-    private static func awaitAck(_ opener: ResumingConnector.Opener, _ ssl: OpaquePointer, buffered: inout [UInt8]) throws {
-        while true {
-            while let (payload, consumed) = ResumingConnector.Opener.frame(in: buffered) {
+    private static func awaitAcks(
+        _ count: Int, _ opener: ResumingConnector.Opener, _ ssl: OpaquePointer, buffered: inout [UInt8]
+    ) throws {
+        var acknowledged = 0
+        while acknowledged < count {
+            while acknowledged < count, let (payload, consumed) = ResumingConnector.Opener.frame(in: buffered) {
                 buffered.removeFirst(consumed)
                 let text = String(decoding: payload, as: UTF8.self)
-                if text.hasPrefix(#"{"type":"ack""#) { return }
+                if text.hasPrefix(#"{"type":"ack""#) { acknowledged += 1 }
                 if text.hasPrefix(#"{"type":"error""#) { throw BenchError("subscribe refused: \(text)") }
             }
             try opener.readMore(ssl, into: &buffered)

@@ -293,6 +293,9 @@ struct BenchFleet: ParsableCommand {
     @Option(help: "How often to sample the server while holding.")
     var sampleInterval = "10s"
 
+    @Option(help: "Filters each device subscribes to: its devices/fleet-<n>/commands/#, then commands/<k>/# under it.")
+    var subscriptionsPerDevice = 1
+
     @Option(name: .customLong("device-ca"), help: ArgumentHelp("A PKI directory whose CA issues each device its own certificate.", valueName: "dir"))
     var deviceCA: String?
 
@@ -301,6 +304,9 @@ struct BenchFleet: ParsableCommand {
 
     func validate() throws {
         guard (1...1_000_000).contains(devices) else { throw ValidationError("--devices must be from 1 to 1,000,000") }
+        guard (1...1_000).contains(subscriptionsPerDevice) else {
+            throw ValidationError("--subscriptions-per-device must be from 1 to 1,000")
+        }
         guard let seconds = parseDuration(hold), seconds >= 0, seconds <= 86400 else {
             throw ValidationError("--hold must be a duration from 0s to 1d, such as 10m")
         }
@@ -321,7 +327,7 @@ struct BenchFleet: ParsableCommand {
                 options: .init(
                     devices: devices, concurrency: options.concurrency, hold: parseDuration(hold)!,
                     commandsPerSecond: commandsPerSecond, sampleInterval: parseDuration(sampleInterval)!, storm: !noStorm,
-                    deviceIssuer: deviceCA),
+                    subscriptionsPerDevice: subscriptionsPerDevice, deviceIssuer: deviceCA),
                 progress: !options.json)
         } catch {
             FileHandle.standardError.write(Data("portcullis: bench: \(error)\n".utf8))
