@@ -322,13 +322,15 @@ final class FleetDevice: @unchecked Sendable {
         _ count: Int, _ opener: ResumingConnector.Opener, _ ssl: OpaquePointer, buffered: inout [UInt8]
     ) throws {
         var acknowledged = 0
-        while acknowledged < count {
+        while true {
             while acknowledged < count, let (payload, consumed) = ResumingConnector.Opener.frame(in: buffered) {
                 buffered.removeFirst(consumed)
                 let text = String(decoding: payload, as: UTF8.self)
                 if text.hasPrefix(#"{"type":"ack""#) { acknowledged += 1 }
                 if text.hasPrefix(#"{"type":"error""#) { throw BenchError("subscribe refused: \(text)") }
             }
+            // Nothing more is due once every ack is in: another read would wait for the next ping.
+            if acknowledged == count { return }
             try opener.readMore(ssl, into: &buffered)
         }
     }
