@@ -147,9 +147,9 @@ let package = Package(
         ),
         .testTarget(
             name: "PortcullisPolicyTests",
-            dependencies: ["PortcullisPolicy", "PortcullisYAML"]
+            dependencies: ["PortcullisPolicy", "PortcullisYAML", "PortcullisTestSupport"]
         ),
-        // Helpers shared by the test targets that run other processes.
+        // Helpers shared by the test targets: running other processes, a seeded random generator.
         .target(name: "PortcullisTestSupport", path: "Tests/PortcullisTestSupport"),
         // Runs the built `portcullis` binary as an operator would. PortcullisPKI and X509 mint the certificates
         // the hostile-input suite presents that `portcullis pki` rightly refuses to make (expired, self-signed, a

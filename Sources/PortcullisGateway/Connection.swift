@@ -25,8 +25,10 @@ final class Connection: @unchecked Sendable {
     let address: String
     let acceptedAt: NIODeadline
     let eventLoop: any EventLoop
+    /// The timers of the connection's event loop.
+    let timers: LoopTimers
     private var admission: AdmissionStateMachine
-    var handshakeTimeout: Scheduled<Void>?
+    var handshakeTimeout: LoopTimers.Timer?
     /// permessage-deflate as agreed in the 101 answer; nil for none.
     private(set) var compression: PerMessageDeflate?
     /// The backend connection of an `upstream` route, opened before the client's upgrade is answered.
@@ -41,6 +43,7 @@ final class Connection: @unchecked Sendable {
         self.address = address
         self.acceptedAt = .now()
         self.eventLoop = eventLoop
+        self.timers = gateway.timers(for: eventLoop)
         admission = AdmissionStateMachine(
             environment: AdmissionEnvironment(
                 admission: runtime.admission, verifier: runtime.verifier, verifiedChains: runtime.verifiedChains,
@@ -84,7 +87,8 @@ final class Connection: @unchecked Sendable {
 
     /// Writes the record that concludes admission, and counts a refusal.
     private func conclude(_ record: AuditRecord) {
-        handshakeTimeout?.cancel()
+        timers.cancel(handshakeTimeout)
+        handshakeTimeout = nil
         if record.decision == "deny", let reason = record.reason { gateway.metrics.refused(reason) }
         if record.event == "tls_refused" {
             // Before authentication anyone can cause these: they are aggregated, so a flood cannot fill the disk.

@@ -17,6 +17,8 @@ public final class Gateway: Sendable {
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
     let adminChannel = NIOLockedValueBox<(any Channel)?>(nil)
     let group: MultiThreadedEventLoopGroup
+    /// Each event loop's connection timers, by loop.
+    private let loopTimers: [ObjectIdentifier: LoopTimers]
     public let auditLog: AuditLog
     let broker = Broker()
     let usage = IdentityUsage()
@@ -72,7 +74,17 @@ public final class Gateway: Sendable {
         self.openFiles = OpenFileBudget.raisingSoftLimit()
         metrics.addRoutes(configuration.routes)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops ?? threads)
+        self.loopTimers = Dictionary(
+            uniqueKeysWithValues: group.makeIterator().map { (ObjectIdentifier($0), LoopTimers(eventLoop: $0)) })
         self.logger = logger
+    }
+
+    /// The connection timers of `loop`, one of the gateway's event loops.
+    func timers(for loop: any EventLoop) -> LoopTimers {
+        guard let timers = loopTimers[ObjectIdentifier(loop)] else {
+            preconditionFailure("\(loop) is not one of the gateway's event loops")
+        }
+        return timers
     }
 
     /// The runtime new connections are accepted under.
@@ -235,7 +247,7 @@ public final class Gateway: Sendable {
             withDecoderLimitConfiguration: Self.decoderLimits(maxHeaderBytes: runtime.configuration.maxHeaderBytes))
         try pipeline.addHandler(AdmissionResponder(connection: connection))
 
-        connection.handshakeTimeout = channel.eventLoop.scheduleTask(in: .configured(seconds: runtime.configuration.handshakeTimeout)) {
+        connection.handshakeTimeout = connection.timers.schedule(in: .configured(seconds: runtime.configuration.handshakeTimeout)) {
             connection.handle(.deadlinePassed, channel: channel)
         }
         let key = ObjectIdentifier(channel)
@@ -243,7 +255,7 @@ public final class Gateway: Sendable {
         channel.closeFuture.whenComplete { _ in
             self.connections.withLockedValue { $0[key] = nil }
             connection.closed.store(true, ordering: .relaxed)
-            connection.handshakeTimeout?.cancel()
+            connection.timers.cancel(connection.handshakeTimeout)
             connection.handle(.closed, channel: channel)
         }
     }
@@ -267,7 +279,8 @@ public final class Gateway: Sendable {
         // Fragments are reassembled by the session's protocol layer: NIO's aggregator hands on whole messages
         // without their mask key and validates no UTF-8 as it goes.
         let session = SessionContext(
-            admitted, configuration: connection.runtime.configuration, compression: connection.compression, gateway: self)
+            admitted, configuration: connection.runtime.configuration, compression: connection.compression, gateway: self,
+            timers: connection.timers)
         let messages: any SessionRoute
         switch admitted.route.kind {
         case .echo: messages = EchoRoute()

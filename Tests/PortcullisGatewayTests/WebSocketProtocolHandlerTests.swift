@@ -70,13 +70,13 @@ struct WebSocketProtocolHandlerTests {
             configuration.maxOutboundBytes = maxOutboundBytes
             configuration.closeTimeout = closeTimeout
             let route = GatewayConfiguration.Route(path: "/v1/echo", kind: .echo)
+            channel = EmbeddedChannel()
             let session = SessionContext(
                 identity: "demo-device", route: route, configuration: configuration, metrics: GatewayMetrics(),
-                broker: Broker(), usage: IdentityUsage(), auditLog: auditLog,
-                recordTemplate: AuditRecord(event: ""))
+                broker: Broker(), usage: IdentityUsage(), timers: LoopTimers(eventLoop: channel.eventLoop),
+                auditLog: auditLog, recordTemplate: AuditRecord(event: ""))
             socket = StalledSocket()
             handler = WebSocketProtocolHandler(session: session, route: EchoRoute())
-            channel = EmbeddedChannel()
             try channel.pipeline.syncOperations.addHandlers([socket, WebSocketFrameEncoder(), handler])
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         }

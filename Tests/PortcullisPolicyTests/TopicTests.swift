@@ -1,5 +1,6 @@
 import PortcullisYAML
 import PortcullisPolicy
+import PortcullisTestSupport
 import Testing
 
 @Suite("Topics and ACLs")
@@ -56,17 +57,7 @@ struct TopicTests {
         #expect(Topic.covers(pattern: pattern, filter: filter) == covered)
     }
 
-    /// SplitMix64: a seeded generator, so a failing property can be replayed from its seed.
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    typealias SplitMix64 = PortcullisTestSupport.SplitMix64
 
     static func randomTopic(_ rng: inout SplitMix64) -> String {
         (0..<Int.random(in: 1...4, using: &rng)).map { _ in ["a", "b", "c"].randomElement(using: &rng)! }.joined(separator: "/")

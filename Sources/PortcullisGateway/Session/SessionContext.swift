@@ -21,6 +21,8 @@ final class SessionContext: Sendable {
     let metrics: GatewayMetrics
     let broker: Broker
     let usage: IdentityUsage
+    /// The timers of the session's event loop.
+    let timers: LoopTimers
     private let auditLog: AuditLog
     /// Peer, session id, certificate, identity, rule, path and origin: what every record of the session carries.
     private let recordTemplate: AuditRecord
@@ -29,7 +31,7 @@ final class SessionContext: Sendable {
         identity: String, route: GatewayConfiguration.Route, configuration: GatewayConfiguration,
         permissions: MessagePermissions = MessagePermissions(), compression: PerMessageDeflate? = nil,
         notValidAfter: Date? = nil, metrics: GatewayMetrics, broker: Broker, usage: IdentityUsage,
-        auditLog: AuditLog, recordTemplate: AuditRecord
+        timers: LoopTimers, auditLog: AuditLog, recordTemplate: AuditRecord
     ) {
         self.identity = identity
         self.route = route
@@ -40,18 +42,20 @@ final class SessionContext: Sendable {
         self.metrics = metrics
         self.broker = broker
         self.usage = usage
+        self.timers = timers
         self.auditLog = auditLog
         self.recordTemplate = recordTemplate
     }
 
     /// The session `admitted` has become, reporting to `gateway`.
     convenience init(
-        _ admitted: AdmittedSession, configuration: GatewayConfiguration, compression: PerMessageDeflate?, gateway: Gateway
+        _ admitted: AdmittedSession, configuration: GatewayConfiguration, compression: PerMessageDeflate?, gateway: Gateway,
+        timers: LoopTimers
     ) {
         self.init(
             identity: admitted.identity.name, route: admitted.route, configuration: configuration,
             permissions: admitted.permissions, compression: compression, notValidAfter: admitted.notValidAfter,
-            metrics: gateway.metrics, broker: gateway.broker, usage: gateway.usage, auditLog: gateway.auditLog,
+            metrics: gateway.metrics, broker: gateway.broker, usage: gateway.usage, timers: timers, auditLog: gateway.auditLog,
             recordTemplate: admitted.recordTemplate)
     }
 

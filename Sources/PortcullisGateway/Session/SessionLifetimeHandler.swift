@@ -16,7 +16,7 @@ final class SessionLifetimeHandler: ChannelInboundHandler {
     private let route: any SessionRoute
     /// The next step towards the certificate's not-after: the warning, then the close (one task at a time,
     /// so a session holds one timer for it, not two).
-    private var expiryTask: Scheduled<Void>?
+    private var expiryTask: LoopTimers.Timer?
 
     init(session: SessionContext, webSocket: WebSocketProtocolHandler, route: any SessionRoute) {
         self.session = session
@@ -60,21 +60,21 @@ final class SessionLifetimeHandler: ChannelInboundHandler {
         // one timer for the whole span would not fit in Int64 nanoseconds.
         let rearmAfter = 365.0 * 86400
         if remaining - (warned ? 0 : warning) > rearmAfter {
-            expiryTask = context.eventLoop.scheduleTask(in: .configured(seconds: rearmAfter)) {
+            expiryTask = session.timers.schedule(in: .configured(seconds: rearmAfter)) {
                 let (handler, context) = loopBound.value
                 handler.scheduleExpiry(at: notValidAfter, warned: warned, context: context)
             }
             return
         }
         if !warned, warning > 0 {
-            expiryTask = context.eventLoop.scheduleTask(in: .configured(seconds: remaining - warning)) {
+            expiryTask = session.timers.schedule(in: .configured(seconds: remaining - warning)) {
                 let (handler, context) = loopBound.value
                 handler.warnOfExpiry(at: notValidAfter)
                 handler.scheduleExpiry(at: notValidAfter, warned: true, context: context)
             }
             return
         }
-        expiryTask = context.eventLoop.scheduleTask(in: .configured(seconds: remaining)) {
+        expiryTask = session.timers.schedule(in: .configured(seconds: remaining)) {
             loopBound.value.0.end(
                 reason: CertificateRefusal.expired.rawValue,
                 detail: "the client certificate (or one of its chain) expired at \(AuditTime.format(notValidAfter))")
@@ -96,7 +96,7 @@ final class SessionLifetimeHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        expiryTask?.cancel()
+        session.timers.cancel(expiryTask)
         expiryTask = nil
         context.fireChannelInactive()
     }

@@ -55,8 +55,8 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     private var pendingPong: ByteBuffer?
     private var flushScheduled = false
 
-    private var heartbeat: RepeatedTask?
-    private var closeDeadline: Scheduled<Void>?
+    private var heartbeat: LoopTimers.Timer?
+    private var closeDeadline: LoopTimers.Timer?
     /// Whether the connection was dropped because the peer did not finish the close handshake in time.
     private var closeTimedOut = false
     private let openedAt = NIODeadline.now()
@@ -106,11 +106,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
         // The upgrader always installs the frame encoder; without it no frame could be sent at all.
         encodedFrameWriter = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
         if encodedFrameWriter == nil { context.close(promise: nil) }
-        let interval = TimeAmount.configured(seconds: session.configuration.pingInterval)
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-            loopBound.value.beat()
-        }
+        scheduleHeartbeat(eventLoop: context.eventLoop)
         sessionsOpenGauge = session.metrics.sessionsOpen(route: session.route.path)
         sessionsOpenGauge?.increment()
         route.start(session: self)
@@ -222,7 +218,7 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     private func armCloseDeadline() {
         guard closeDeadline == nil, let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        closeDeadline = context.eventLoop.scheduleTask(in: .configured(seconds: session.configuration.closeTimeout)) {
+        closeDeadline = session.timers.schedule(in: .configured(seconds: session.configuration.closeTimeout)) {
             let handler = loopBound.value
             handler.closeTimedOut = true
             handler.context?.close(promise: nil)
@@ -311,6 +307,17 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
 
     // MARK: Heartbeat
 
+    /// The next heartbeat, `ping_interval` from now. It is scheduled before the beat runs, so a beat that ends the
+    /// session leaves no timer behind (the end cancels it).
+    private func scheduleHeartbeat(eventLoop: any EventLoop) {
+        let loopBound = NIOLoopBound(self, eventLoop: eventLoop)
+        heartbeat = session.timers.schedule(in: .configured(seconds: session.configuration.pingInterval)) {
+            let handler = loopBound.value
+            handler.scheduleHeartbeat(eventLoop: eventLoop)
+            handler.beat()
+        }
+    }
+
     /// The heartbeat: ping, and close a peer that left the previous ping unanswered past the timeout.
     private func beat() {
         reportTraffic(force: true)
@@ -353,9 +360,9 @@ final class WebSocketProtocolHandler: ChannelInboundHandler {
     static let reportEvery = 64
 
     func channelInactive(context: ChannelHandlerContext) {
-        heartbeat?.cancel()
+        session.timers.cancel(heartbeat)
         heartbeat = nil
-        closeDeadline?.cancel()
+        session.timers.cancel(closeDeadline)
         closeDeadline = nil
         let closeCode = machine.closeCode ?? 1006
         route.ended(closeCode: closeCode)
