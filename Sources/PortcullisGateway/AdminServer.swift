@@ -16,7 +16,7 @@ extension Gateway {
         if let clientCA = admin.clientCA {
             sslContext = try Self.adminSSLContext(tls: runtime.configuration.tls, clientCA: clientCA)
         }
-        let bootstrap = ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: adminGroup)
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] channel in
