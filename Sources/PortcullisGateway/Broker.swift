@@ -118,9 +118,19 @@ final class Broker: Sendable {
     }
 
     func unsubscribe(_ filter: String, _ subscriber: Subscriber) {
+        unsubscribe([filter], subscriber)
+    }
+
+    /// Ends `subscriber`'s subscriptions to `filters` under one hold of the lock: a session that closes ends
+    /// all of its subscriptions at once, and when thousands close together (a reconnect storm) both event loops
+    /// would otherwise take turns on the lock for every filter.
+    func unsubscribe(_ filters: some Collection<String>, _ subscriber: Subscriber) {
+        guard !filters.isEmpty else { return }
         state.withLockedValue { state in
-            state.subscriptions.remove(filter, key: subscriber.id)
-            for stale in state.resolved.removeAll(matching: filter) { stale.retire() }
+            for filter in filters {
+                state.subscriptions.remove(filter, key: subscriber.id)
+                for stale in state.resolved.removeAll(matching: filter) { stale.retire() }
+            }
         }
     }
 
@@ -269,8 +279,8 @@ final class IdentityUsage: SessionSlots {
         }
     }
 
-    func releaseSubscription(_ identity: String) {
-        state.withLockedValue { $0.usage[identity]?.subscriptions -= 1 }
+    func releaseSubscription(_ identity: String, count: Int = 1) {
+        state.withLockedValue { $0.usage[identity]?.subscriptions -= count }
     }
 
     /// Takes one message of `bytes` from the identity's rate budget; false when over its limits.

@@ -63,6 +63,36 @@ struct BrokerIndexTests {
         #expect(fleet[51].payloads.isEmpty)
     }
 
+    @Test("A closing session ends all its subscriptions at once: none matches afterwards, cached topics retired, counts released")
+    func unsubscribeAllAtOnce() {
+        let loop = EmbeddedEventLoop()
+        let broker = Broker()
+        let usage = IdentityUsage()
+        let device = Inbox(id: 1, loop: loop)
+        let other = Inbox(id: 2, loop: loop)
+        let filters: Set = ["devices/d1/commands/#", "devices/d1/commands/1/#", "devices/+/config"]
+        for filter in filters {
+            broker.subscribe(filter, device.subscriber)
+            #expect(usage.reserveSubscription("d1", limit: 3))
+        }
+        #expect(!usage.reserveSubscription("d1", limit: 3), "the identity is at its limit of 3")
+        broker.subscribe("devices/d2/commands/#", other.subscriber)
+        var console = Broker.Publisher()
+        #expect(broker.publish(Self.frame("before"), to: "devices/d1/commands/1/reboot", from: &console) == 1)
+        let cached = console.recipients
+
+        broker.unsubscribe(filters, device.subscriber)
+        usage.releaseSubscription("d1", count: filters.count)
+        #expect(cached?.isCurrent == false)
+        #expect(broker.publish(Self.frame("after"), to: "devices/d1/commands/1/reboot", from: &console) == 0)
+        #expect(broker.publish(Self.frame("config"), to: "devices/d1/config", from: &console) == 0)
+        #expect(broker.publish(Self.frame("d2"), to: "devices/d2/commands/x", from: &console) == 1)
+        #expect(usage.reserveSubscription("d1", limit: 3), "the three released")
+        loop.run()
+        #expect(device.payloads == ["before"])
+        #expect(other.payloads == ["d2"])
+    }
+
     @Test("A session subscribed through two matching filters receives a message once")
     func oncePerSession() {
         let loop = EmbeddedEventLoop()

@@ -92,11 +92,9 @@ final class BrokerRoute: SessionRoute {
     func ended(closeCode: UInt16) {
         // Frames this session published in its last read still reach their subscribers.
         publisher.wakeSubscribers()
-        if let subscriber {
-            for filter in subscriptions {
-                context.broker.unsubscribe(filter, subscriber)
-                context.usage.releaseSubscription(identity)
-            }
+        if let subscriber, !subscriptions.isEmpty {
+            context.broker.unsubscribe(subscriptions, subscriber)
+            context.usage.releaseSubscription(identity, count: subscriptions.count)
         }
         // The subscriber's delivery closure holds this route: drop it so neither outlives the connection.
         subscriber = nil
