@@ -1,5 +1,6 @@
 import NIOCore
 import PortcullisAudit
+import PortcullisConfig
 
 /// Connection limits at accept, and the aggregated audit of refusals before authentication.
 extension Gateway {
@@ -7,9 +8,12 @@ extension Gateway {
     /// channel whose initializer throws. Returns the client's address, as the limits count it.
     func admit(_ channel: any Channel) throws -> String {
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
-        let limits = runtime.configuration.limits
+        // One read of the runtime: the limits and the capacity come from the same configuration even when a
+        // reload lands meanwhile, and the accept path takes the runtime's lock once.
+        let configuration = runtime.configuration
+        let limits = configuration.limits
         let now = Self.seconds()
-        let capacity = connectionCapacity
+        let capacity = connectionCapacity(under: configuration)
         if let refusal = limiter.withLockedValue({ $0.admit(address, limits: limits, capacity: capacity, now: now) }) {
             metrics.refused(refusal.rawValue)
             let detail: String =
@@ -39,18 +43,19 @@ extension Gateway {
 
     private struct ConnectionRefusedAtAccept: Error {}
 
-    /// How many connections the open-file limit leaves room for under the current routes: an upstream
+    /// How many connections the open-file limit leaves room for under `configuration`'s routes: an upstream
     /// session holds two descriptors.
-    var connectionCapacity: Int {
-        let upstream = runtime.configuration.routes.contains { $0.kind == .upstream }
+    func connectionCapacity(under configuration: GatewayConfiguration) -> Int {
+        let upstream = configuration.routes.contains { $0.kind == .upstream }
         return openFiles.connections(descriptorsPerConnection: upstream ? 2 : 1)
     }
 
     /// Says at start (and after a reload) when `limits.max_connections` promises more than the open-file
     /// limit allows: the gateway will refuse with `open_files` before it gets there.
     func warnIfOpenFilesBindConnections() {
-        let capacity = connectionCapacity
-        let configured = runtime.configuration.limits.maxConnections
+        let configuration = runtime.configuration
+        let capacity = connectionCapacity(under: configuration)
+        let configured = configuration.limits.maxConnections
         guard configured.map({ $0 > capacity }) ?? true else { return }
         let configuredText = configured.map(String.init) ?? "off"
         logger.warning(
