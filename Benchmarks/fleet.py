@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (the shared PKI, port and process helpers)
@@ -38,6 +40,52 @@ arguments = parser.parse_args()
 run.BINARY = os.path.abspath(arguments.binary)
 if not os.access(run.BINARY, os.X_OK):
     sys.exit(f"{run.BINARY} is missing: swift build -c release --product portcullis, or give --binary")
+
+class PhaseLag:
+    """Reads the gateway's event-loop lag from /metrics every half second and charges what grew to the phase the
+    load generator's progress says it is in (issuing certificates, ramp, hold, storm), so a stall has a phase."""
+
+    def __init__(self, admin):
+        self.admin, self.phase, self.stopped = admin, "start", threading.Event()
+        self.per_phase = {}  # phase -> {"probes", "later_than_10ms", "later_than_100ms", "worst_seconds"}
+        self.last = self.read()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+
+    def read(self):
+        worst, buckets = run.event_loop_lag(self.admin)
+        return worst, buckets["+Inf"], buckets["+Inf"] - buckets["0.01"], buckets["+Inf"] - buckets["0.1"]
+
+    def progress(self, line):
+        for marker, phase in (("certificates issued", "issuing certificates"), ("fleet ramp:", "ramp"),
+                              ("connected; server RSS", "hold"), ("fleet storm:", "storm")):
+            if marker in line and phase != self.phase:
+                self.charge()  # what happened so far belongs to the phase that is ending
+                self.phase = phase
+
+    def charge(self):
+        now = self.read()
+        entry = self.per_phase.setdefault(self.phase, {"probes": 0, "later_than_10ms": 0, "later_than_100ms": 0,
+                                                       "worst_seconds": 0.0})
+        entry["probes"] += now[1] - self.last[1]
+        entry["later_than_10ms"] += now[2] - self.last[2]
+        entry["later_than_100ms"] += now[3] - self.last[3]
+        if now[0] > self.last[0]:  # the gauge is the worst since start: it names a phase only when it grows
+            entry["worst_seconds"] = max(entry["worst_seconds"], now[0])
+        self.last = now
+
+    def poll(self):
+        while not self.stopped.wait(0.5):
+            self.charge()
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join()
+        self.charge()
+
+    def summary(self):
+        return self.per_phase
+
 
 work = tempfile.mkdtemp(prefix="portcullis-fleet-")
 pki, _ = run.make_pki(work)
@@ -68,7 +116,7 @@ log = open(f"{work}/gateway.log", "w")
 gateway = subprocess.Popen([run.BINARY, "serve", "--config", f"{work}/gateway.yaml"], stdout=log, stderr=subprocess.STDOUT)
 try:
     run.wait_for_port(port, gateway, "the gateway")
-    bench = subprocess.run([
+    bench = subprocess.Popen([
         run.BINARY, "bench", "fleet", "--url", f"wss://localhost:{port}/v1/messages",
         "--cert", f"{pki}/issued/{run.IDENTITY}.chain.pem", "--key", f"{pki}/private/{run.IDENTITY}.key",
         "--ca", f"{pki}/ca.crt", "--device-ca", pki, "--server-pid", str(gateway.pid),
@@ -76,14 +124,27 @@ try:
         "--commands-per-second", arguments.commands_per_second,
         "--subscriptions-per-device", arguments.subscriptions_per_device,
         # 16 addresses: each reaches the port from some 28,000 ephemeral ports, and a reconnect storm needs fresh ones.
-        "--source-addresses", "16", "--concurrency", "16", "--json"], capture_output=True, text=True)
-    if bench.returncode not in (0, 1) or not bench.stdout.strip():
-        sys.exit(f"bench fleet failed ({bench.returncode}): {bench.stderr[-2000:]}")
-    result = json.loads(bench.stdout)
+        "--source-addresses", "16", "--concurrency", "16", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    phases = PhaseLag(admin)
+    stderr_lines = []
+    def follow_progress():
+        for line in bench.stderr:
+            stderr_lines.append(line)
+            phases.progress(line)
+    reader = threading.Thread(target=follow_progress, daemon=True)
+    reader.start()
+    stdout = bench.stdout.read()
+    bench.wait()
+    reader.join()
+    phases.stop()
+    if bench.returncode not in (0, 1) or not stdout.strip():
+        sys.exit(f"bench fleet failed ({bench.returncode}): {''.join(stderr_lines)[-2000:]}")
+    result = json.loads(stdout)
     outcome = bench.returncode
     worst, buckets = run.event_loop_lag(admin)
     result["event_loop_lag"] = {"worst_seconds": worst, "probes": buckets["+Inf"],
-                                "later_than_10ms": buckets["+Inf"] - buckets["0.01"]}
+                                "later_than_10ms": buckets["+Inf"] - buckets["0.01"], "phases": phases.summary()}
 finally:
     gateway.terminate()
     gateway.wait(timeout=120)
@@ -111,6 +172,10 @@ print(f"closed by the gateway during the hold: {result['closed_by_server']}")
 lag = result["event_loop_lag"]
 print(f"event-loop lag over the whole run (ramp and storm included): worst {lag['worst_seconds'] * 1000:.1f} ms, "
       f"{lag['later_than_10ms']:.0f} of {lag['probes']:.0f} probes later than 10 ms")
+for phase, entry in lag["phases"].items():
+    print(f"  {phase}: {entry['later_than_10ms']:.0f} of {entry['probes']:.0f} probes later than 10 ms, "
+          f"{entry['later_than_100ms']:.0f} later than 100 ms"
+          + (f", worst {entry['worst_seconds'] * 1000:.1f} ms" if entry["worst_seconds"] else ""))
 if result.get("storm"):
     storm = result["storm"]
     print(f"storm: {storm['reconnected']} reconnected ({storm['resumed']} resumed) in {storm['seconds']:.1f} s, "

@@ -151,6 +151,7 @@ public enum FleetBenchmark {
         if options.storm {
             let started = BenchClock.now()
             let cpuBeforeStorm = probe?.cpuSeconds()
+            reporter.report("fleet storm: every device drops its connection")
             for device in devices.dropLast() { keeper.drop(device) }
             let again = Self.inParallel(devices.dropLast(), threads: options.concurrency, reporter: reporter, label: "storm", connect)
             stormError = again.firstError
@@ -207,6 +208,7 @@ public enum FleetBenchmark {
         let done = DispatchGroup()
         let started = BenchClock.now()
         let list = Array(devices)
+        reporter.report("fleet \(label): connecting \(list.count) devices")
         for _ in 0..<max(1, threads) {
             done.enter()
             Thread.detachNewThread {

@@ -328,7 +328,9 @@ struct BenchFleet: ParsableCommand {
                     devices: devices, concurrency: options.concurrency, hold: parseDuration(hold)!,
                     commandsPerSecond: commandsPerSecond, sampleInterval: parseDuration(sampleInterval)!, storm: !noStorm,
                     subscriptionsPerDevice: subscriptionsPerDevice, deviceIssuer: deviceCA),
-                progress: !options.json)
+                // Progress goes to standard error even with --json (which is on standard output): Benchmarks/fleet.py
+                // reads it to tell which phase the gateway's event-loop lag belongs to.
+                progress: true)
         } catch {
             FileHandle.standardError.write(Data("portcullis: bench: \(error)\n".utf8))
             throw ExitCode(1)
