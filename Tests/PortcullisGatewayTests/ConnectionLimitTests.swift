@@ -121,7 +121,12 @@ struct ConnectionLimitGatewayTests {
 
     @Test("Past limits.max_connections a connection is closed at accept, before TLS, counted and audited")
     func maxConnections() async throws {
-        try await withGateway(adjust: { $0.limits.maxConnections = 2 }) { gw in
+        try await withGateway(adjust: {
+            $0.limits.maxConnections = 2
+            // The two plain TCP connections never start TLS: on a loaded machine the default 10 s handshake
+            // deadline could close them before the test does.
+            $0.handshakeTimeout = 600
+        }) { gw in
             let first = try await connect(gw)
             let second = try await connect(gw)
             let third = try await connect(gw)

@@ -33,6 +33,8 @@ struct MQTTTests {
         client.ws_set_options(path="/v1/upstream", headers={"Origin": "https://console.example.test"})
         client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
         client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+        # paho gives the TCP, TLS and WebSocket handshakes 5 s by default: too short for a loaded test machine.
+        client.connect_timeout = 60
         client.connect("localhost", port, keepalive=30)
         client.loop_start()
         result["received"] = received.wait(60)
