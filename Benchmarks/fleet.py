@@ -46,7 +46,7 @@ class PhaseLag:
     load generator's progress says it is in (issuing certificates, ramp, hold, storm), so a stall has a phase."""
 
     def __init__(self, admin):
-        self.admin, self.phase, self.stopped = admin, "start", threading.Event()
+        self.admin, self.phase, self.stopped, self.lock = admin, "start", threading.Event(), threading.Lock()
         self.per_phase = {}  # phase -> {"probes", "later_than_10ms", "later_than_100ms", "worst_seconds"}
         self.last = self.read()
         self.thread = threading.Thread(target=self.poll, daemon=True)
@@ -60,10 +60,15 @@ class PhaseLag:
         for marker, phase in (("certificates issued", "issuing certificates"), ("fleet ramp:", "ramp"),
                               ("connected; server RSS", "hold"), ("fleet storm:", "storm")):
             if marker in line and phase != self.phase:
-                self.charge()  # what happened so far belongs to the phase that is ending
-                self.phase = phase
+                with self.lock:
+                    self.charge_locked()  # what happened so far belongs to the phase that is ending
+                    self.phase = phase
 
     def charge(self):
+        with self.lock:  # the poller and the progress reader both charge
+            self.charge_locked()
+
+    def charge_locked(self):
         now = self.read()
         entry = self.per_phase.setdefault(self.phase, {"probes": 0, "later_than_10ms": 0, "later_than_100ms": 0,
                                                        "worst_seconds": 0.0})

@@ -61,7 +61,7 @@ struct BenchCommandTests {
         #expect(status == 0, "\(fleet.output)")
         for line in [
             "40 devices connected and subscribed (120 subscriptions)", ", 0 failed", "closed by the gateway during the hold: 0",
-            "event-loop lag over the whole run",
+            "event-loop lag over the whole run", "\n  ramp: ", "\n  hold: ", "\n  storm: ",
             "storm: 40 reconnected (40 resumed)", "then 40 of 40 commands delivered", "audit verify: ok",
         ] {
             #expect(fleet.output.contains(line), "\(fleet.output)")
