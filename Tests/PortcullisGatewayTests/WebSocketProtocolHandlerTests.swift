@@ -131,6 +131,25 @@ struct WebSocketProtocolHandlerTests {
         #expect(records.contains { $0.event == "session_slow_consumer" && $0.reason == "slow_consumer" })
     }
 
+    @Test("A socket error is left to SwiftNIO, which closes the channel (no close frame, no TLS goodbye to a dead peer); any other error closes")
+    func socketErrorsAreLeftToTheChannel() throws {
+        let harness = try Harness()
+        harness.channel.pipeline.fireErrorCaught(IOError(errnoCode: ECONNRESET, reason: "read(descriptor:pointer:size:)"))
+        harness.channel.embeddedEventLoop.run()
+        #expect(harness.channel.isActive, "the handler did not close it: SwiftNIO does, after every read or write error")
+        #expect(harness.socket.frames.isEmpty)
+        try harness.channel.close().wait()
+        let closed = try #require(try harness.records().first { $0.event == "session_closed" })
+        #expect(closed.closeCode == 1006)
+
+        struct Unexpected: Error {}
+        let other = try Harness()
+        other.channel.pipeline.fireErrorCaught(Unexpected())
+        other.channel.embeddedEventLoop.run()
+        #expect(!other.channel.isActive)
+        #expect(try other.records().contains { $0.event == "session_closed" })
+    }
+
     @Test("A close frame with an invalid code is answered with 1002 and the connection dropped once that is written")
     func invalidCloseIsDropped() throws {
         let harness = try Harness()
