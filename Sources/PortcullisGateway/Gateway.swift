@@ -19,7 +19,7 @@ public final class Gateway: Sendable {
     let group: MultiThreadedEventLoopGroup
     /// The admin listener's own thread: a scrape of `/metrics` walks every open session (some 40 ms with
     /// 19,000 of them), which must not hold up a loop that serves sessions.
-    let adminGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let adminGroup: MultiThreadedEventLoopGroup
     /// Each event loop's connection timers, by loop.
     private let loopTimers: [ObjectIdentifier: LoopTimers]
     public let auditLog: AuditLog
@@ -76,7 +76,9 @@ public final class Gateway: Sendable {
         self.lagProbe = EventLoopLagProbe(registry: metrics.registry)
         self.openFiles = OpenFileBudget.raisingSoftLimit()
         metrics.addRoutes(configuration.routes)
+        // Threads are started only once nothing above can throw: a failed start leaves none behind.
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops ?? threads)
+        self.adminGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         self.loopTimers = Dictionary(
             uniqueKeysWithValues: group.makeIterator().map { (ObjectIdentifier($0), LoopTimers(eventLoop: $0)) })
         self.logger = logger
@@ -112,8 +114,10 @@ public final class Gateway: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let address = try self.admit(channel)
-                    try self.configure(channel, address: address)
+                    // One runtime for the connection's limits, TLS context and admission, even if a reload lands now.
+                    let runtime = self.runtime
+                    let address = try self.admit(channel, under: runtime.configuration)
+                    try self.configure(channel, address: address, runtime: runtime)
                 }
             }
         let channel: any Channel
@@ -191,6 +195,8 @@ public final class Gateway: Sendable {
         lagProbe.stop()
         try? await group.shutdownGracefully()
         try? await adminGroup.shutdownGracefully()
+        // A timer nothing cancelled would keep its connection, and through it the gateway, alive.
+        for timers in loopTimers.values { timers.discardAfterShutdown() }
         drainRefusals(force: true)
         var record = AuditRecord(event: "gateway_stopped")
         record.detail = "drained \(open.count) connection(s)" + (cutOff > 0 ? "; \(cutOff) still open at the \(deadline) deadline were closed" : "")
@@ -198,8 +204,7 @@ public final class Gateway: Sendable {
         auditLog.close()
     }
 
-    private func configure(_ channel: any Channel, address: String) throws {
-        let runtime = self.runtime
+    private func configure(_ channel: any Channel, address: String, runtime: GatewayRuntime) throws {
         let connection = Connection(
             gateway: self, runtime: runtime, peer: Self.describe(channel.remoteAddress), address: address,
             eventLoop: channel.eventLoop)

@@ -49,7 +49,7 @@ struct LoopTimersTests {
             #expect(payload == first.payload)
             model.removeAll { $0.order == first.order }
         }
-        #expect(model.isEmpty && heap.isEmpty)
+        #expect(model.isEmpty && heap.count == 0)
     }
 
     @Test("Timers fire at their deadlines, in order; a cancelled one never does")

@@ -6,11 +6,8 @@ import PortcullisConfig
 extension Gateway {
     /// Counts an accepted connection against `limits`, or refuses it before TLS: the bootstrap closes a
     /// channel whose initializer throws. Returns the client's address, as the limits count it.
-    func admit(_ channel: any Channel) throws -> String {
+    func admit(_ channel: any Channel, under configuration: GatewayConfiguration) throws -> String {
         let address = channel.remoteAddress?.ipAddress ?? "unknown"
-        // One read of the runtime: the limits and the capacity come from the same configuration even when a
-        // reload lands meanwhile, and the accept path takes the runtime's lock once.
-        let configuration = runtime.configuration
         let limits = configuration.limits
         let now = Self.seconds()
         let capacity = connectionCapacity(under: configuration)

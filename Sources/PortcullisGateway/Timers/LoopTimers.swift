@@ -33,7 +33,8 @@ final class LoopTimers: @unchecked Sendable {
 
     /// Runs `body` on the loop `delay` from now, unless cancelled first.
     func schedule(in delay: TimeAmount, _ body: @escaping () -> Void) -> Timer {
-        eventLoop.assertInEventLoop()
+        // Checked in release builds too: unlike SwiftNIO's tasks, these timers are not safe from other threads.
+        eventLoop.preconditionInEventLoop()
         let timer = Timer(handle: heap.insert(deadline: (eventLoop.now + delay).uptimeNanoseconds, body))
         arm()
         return timer
@@ -42,9 +43,15 @@ final class LoopTimers: @unchecked Sendable {
     /// Cancels `timer` if it has not fired; cancelling one that fired (or nil) does nothing.
     func cancel(_ timer: Timer?) {
         guard let timer else { return }
-        eventLoop.assertInEventLoop()
+        eventLoop.preconditionInEventLoop()
         heap.remove(timer.handle)
         // The wake-up stays as it is: should it come before anything is due, it finds nothing and re-arms.
+    }
+
+    /// Drops every pending timer, and what its body holds, once the loop has stopped and nothing can fire them.
+    func discardAfterShutdown() {
+        heap = TimerHeap()
+        wakeUp = nil
     }
 
     /// Makes sure SwiftNIO wakes the loop by the earliest deadline.

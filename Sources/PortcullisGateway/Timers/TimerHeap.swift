@@ -27,7 +27,6 @@ struct TimerHeap<Payload> {
     private var nextID: UInt64 = 0
 
     var count: Int { entries.count }
-    var isEmpty: Bool { entries.isEmpty }
 
     /// The earliest deadline pending, if any.
     var earliestDeadline: UInt64? { entries.first?.deadline }
