@@ -53,7 +53,11 @@ class PhaseLag:
         self.thread.start()
 
     def read(self):
-        worst, buckets = run.event_loop_lag(self.admin)
+        """The lag figures now, or None when /metrics did not answer (that half second is charged with the next)."""
+        try:
+            worst, buckets = run.event_loop_lag(self.admin)
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
         return worst, buckets["+Inf"], buckets["+Inf"] - buckets["0.01"], buckets["+Inf"] - buckets["0.1"]
 
     def progress(self, line):
@@ -70,6 +74,9 @@ class PhaseLag:
 
     def charge_locked(self):
         now = self.read()
+        if now is None or self.last is None:
+            self.last = now or self.last
+            return
         entry = self.per_phase.setdefault(self.phase, {"probes": 0, "later_than_10ms": 0, "later_than_100ms": 0,
                                                        "worst_seconds": 0.0})
         entry["probes"] += now[1] - self.last[1]
@@ -119,6 +126,7 @@ run.write_fleet_gateway_config(
     f"{work}/gateway.yaml", work, pki, port, admin=f"127.0.0.1:{admin}", max_connections="off", extra=pings)
 log = open(f"{work}/gateway.log", "w")
 gateway = subprocess.Popen([run.BINARY, "serve", "--config", f"{work}/gateway.yaml"], stdout=log, stderr=subprocess.STDOUT)
+bench = None
 try:
     run.wait_for_port(port, gateway, "the gateway")
     bench = subprocess.Popen([
@@ -151,6 +159,8 @@ try:
     result["event_loop_lag"] = {"worst_seconds": worst, "probes": buckets["+Inf"],
                                 "later_than_10ms": buckets["+Inf"] - buckets["0.01"], "phases": phases.summary()}
 finally:
+    if bench is not None and bench.poll() is None:
+        bench.kill()
     gateway.terminate()
     gateway.wait(timeout=120)
 verify = subprocess.run([run.BINARY, "audit", "verify", "--audit-dir", f"{work}/audit"], capture_output=True, text=True)

@@ -95,7 +95,7 @@ def event_loop_lag(admin_port):
     """The gateway's worst event-loop lag since it started, in seconds, and its lag histogram's cumulative
     buckets (le -> count), read from /metrics."""
     import urllib.request
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics").read().decode()
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=30).read().decode()
     worst = float(re.search(r"^portcullis_event_loop_lag_max_seconds ([\d.e+-]+)", metrics, re.M).group(1))
     buckets = {le: float(v) for le, v in
                re.findall(r'portcullis_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([\d.e+]+)', metrics)}
