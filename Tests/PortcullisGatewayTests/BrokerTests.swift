@@ -218,7 +218,12 @@ struct BrokerTests {
 
     @Test("A subscriber that stops reading is closed with 1013 while the gateway's memory stays bounded")
     func slowConsumer() async throws {
-        try await withGateway(adjust: { $0.maxOutboundBytes = 256 * 1024 }) { gw in
+        try await withGateway(adjust: {
+            $0.maxOutboundBytes = 256 * 1024
+            // The subscriber reads nothing, so it answers no ping either: on a busy machine the default heartbeat
+            // (20 s, then 20 s to answer) could close it before the flood filled its socket.
+            $0.pingInterval = 3600
+        }) { gw in
             let slow = try await gw.broker(gw.device)
             try await slow.subscribe("fanout/flood")
             try await slow.connection.setReading(false)

@@ -182,6 +182,9 @@ struct UpstreamTests {
         let port = try #require(try await backend.line(with: "port")?["port"] as? Int)
         try await withGateway(adjust: {
             $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)\(target)")))
+            // A client that stops reading answers no ping: on a busy machine the default heartbeat (20 s, then 20 s
+            // to answer) could close it while a test waits for the flow to stall.
+            $0.pingInterval = 3600
         }) { gw in try await body(gw, backend) }
     }
 
