@@ -83,7 +83,7 @@ struct AutobahnTests {
         let backend = try PythonBackend(directory: scratch, script: Self.echoBackend)
         defer { backend.stop() }
         let port = try #require(try await backend.line(with: "port")?["port"] as? Int, "the echo backend did not start")
-        try await withGateway(adjust: {
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, adjust: {
             Self.limits(&$0)
             $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)/")))
         }) { gw in

@@ -84,7 +84,7 @@ struct MQTTTests {
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let (mosquitto, port) = try await Self.startMosquitto(in: scratch)
         defer { stopProcess(mosquitto) }
-        try await withGateway(adjust: {
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, adjust: {
             $0.routes.append(.init(
                 path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)/"),
                 subprotocols: ["mqtt"], subprotocolRequired: true))

@@ -180,7 +180,7 @@ struct UpstreamTests {
         let backend = try PythonBackend(directory: scratch)
         defer { backend.stop() }
         let port = try #require(try await backend.line(with: "port")?["port"] as? Int)
-        try await withGateway(adjust: {
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, adjust: {
             $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:\(port)\(target)")))
             // A client that stops reading answers no ping: on a busy machine the default heartbeat (20 s, then 20 s
             // to answer) could close it while a test waits for the flow to stall.
@@ -244,7 +244,7 @@ struct UpstreamTests {
     @Test("A wss:// backend gets the gateway's own client certificate (here: another Portcullis gateway)")
     func secureBackend() async throws {
         try await withGateway { backend in
-            try await withGateway(adjust: {
+            try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, adjust: {
                 var upstream = GatewayConfiguration.Upstream(url: "wss://localhost:\(backend.port)/v1/echo")!
                 upstream.certificate = backend.device.certificate
                 upstream.key = backend.device.key
