@@ -173,6 +173,7 @@ let package = Package(
             name: "PortcullisAdmissionTests",
             dependencies: [
                 "PortcullisAdmission", "PortcullisPKI", "PortcullisPolicy", "PortcullisConfig", "PortcullisAudit",
+                "PortcullisTestSupport",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]
@@ -228,6 +229,7 @@ if fuzzing {
             dependencies: ["FuzzDriver", "PortcullisPolicy", .product(name: "X509", package: "swift-certificates")]),
         fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisYAML"]),
         fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
+        fuzzTarget("ProxyHeader", dependencies: ["FuzzDriver", "PortcullisAdmission"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML"]),
         fuzzTarget(
             "UpgradeRequest",

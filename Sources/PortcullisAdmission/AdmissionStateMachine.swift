@@ -36,6 +36,12 @@ public struct AdmissionEnvironment: Sendable {
 
 /// What happened to a connection in admission, as the NIO handlers see it.
 public enum AdmissionEvent: Sendable {
+    /// A trusted load balancer's PROXY protocol header named the client: from now on the records give its
+    /// address as `peer`, and the balancer's as `proxy`.
+    case clientCarried(peer: String, proxy: String)
+    /// Refused before the TLS handshake began: a PROXY header problem (`proxy_header_*`) or, for a client a
+    /// load balancer carried, a per-address limit.
+    case refusedBeforeTLS(reason: String, detail: String)
     /// The TLS verification callback's result on a full handshake, with the presented leaf's facts (verified
     /// or not, for the records).
     case certificateVerified(ClientVerification, presented: CertificateFacts?)
@@ -127,10 +133,12 @@ public struct AdmissionStateMachine: Sendable {
     /// The identity whose session slot this connection holds, released when it closes.
     private var sessionSlot: String?
 
-    public init(environment: AdmissionEnvironment, peer: String, sessionID: String) {
+    /// `peer` is the client's address and port; `proxy` the load balancer's, when a PROXY header gave `peer`.
+    public init(environment: AdmissionEnvironment, peer: String, proxy: String? = nil, sessionID: String) {
         self.environment = environment
         template = AuditRecord(event: "")
         template.peer = peer
+        template.proxy = proxy
         template.session = sessionID
     }
 
@@ -231,6 +239,14 @@ public struct AdmissionStateMachine: Sendable {
             guard case .admitted(let session, _) = state else { return [.close] }
             state = .session(session)
             return [.startSession(session)] + conclude(record(event: "session_opened", decision: "allow", reason: "admitted"))
+        case .clientCarried(let peer, let proxy):
+            guard case .handshaking = state, !tlsCompleted else { return [] }
+            template.peer = peer
+            template.proxy = proxy
+            return []
+        case .refusedBeforeTLS(let reason, let detail):
+            guard case .handshaking = state, !tlsCompleted else { return [] }
+            return conclude(event: "connection_refused", reason: reason, detail: detail) + [.close]
         case .deadlinePassed:
             if isSession { return [] }
             return conclude(

@@ -23,6 +23,8 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     public var fingerprint: String?
     public var serial: String?
     public var peer: String?
+    /// The load balancer a connection came through (its PROXY protocol header gave `peer`); nil for a direct one.
+    public var proxy: String?
     public var origin: String?
     public var path: String?
     public var rule: String?
@@ -66,7 +68,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case seq, time, event, decision, reason, detail, identity, subject, sans, fingerprint, serial, peer, origin,
+        case seq, time, event, decision, reason, detail, identity, subject, sans, fingerprint, serial, peer, proxy, origin,
             path, rule, status, session, resumed, operation, name, user, topic, dropped, count, key, signature, prev, hash
         case tlsVersion = "tls_version"
         case closeCode = "close_code"
@@ -116,6 +118,7 @@ public struct AuditRecord: Codable, Sendable, Equatable {
         add(.reason, reason)
         add(.identity, identity)
         add(.peer, peer)
+        add(.proxy, proxy)
         add(.path, path)
         add(.origin, origin)
         add(.rule, rule)

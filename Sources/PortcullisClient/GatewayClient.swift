@@ -175,6 +175,11 @@ public enum GatewayClient {
             promise.fail(error)
             channel.close(promise: nil)
         }
+        // A connection closed before the handlers above were added (a load balancer that passed on the gateway's
+        // refusal at once) tells them nothing: it would wait forever. Once answered, this does nothing.
+        channel.closeFuture.whenComplete { _ in
+            promise.fail(GatewayClient.ClientError(description: "the gateway closed the connection without answering"))
+        }
         return try await promise.futureResult.get()
     }
 }

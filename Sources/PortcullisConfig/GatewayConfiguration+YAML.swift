@@ -28,6 +28,7 @@ extension GatewayConfiguration {
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
             "max_header_bytes", "max_message_bytes", "event_loops", "ping_interval", "ping_timeout", "max_outbound_bytes", "limits",
             "audit", "on_audit_failure", "drain_timeout", "close_timeout", "compression", "compression_context_takeover", "certificate_expiry_warning", "reload", "admin",
+            "proxy_protocol",
         ]
         func compression(_ value: YAMLValue, what: String) -> Compression? {
             guard let text = reader.string(value, what: what) else { return nil }
@@ -251,6 +252,7 @@ extension GatewayConfiguration {
             }
         }
         if let value = top["limits"] { config.limits = parseLimits(value.value, reader: reader) }
+        if let value = top["proxy_protocol"] { config.proxyProtocol = parseProxyProtocol(value.value, reader: reader) }
         if let value = top["admin"] { config.admin = parseAdmin(value.value, reader: reader, resolve: resolve) }
         if let value = top["audit"] { config.audit = parseAudit(value.value, reader: reader) }
         if let value = top["on_audit_failure"], let text = reader.string(value.value, what: "on_audit_failure") {
@@ -282,6 +284,27 @@ extension GatewayConfiguration {
             admin.clientCA = resolve(text)
         }
         return admin
+    }
+
+    private static func parseProxyProtocol(_ value: YAMLValue, reader: YAMLReader) -> ProxyProtocol? {
+        guard let fields = reader.mapping(value, what: "proxy_protocol", allowed: ["trusted"]) else { return nil }
+        guard let field = fields["trusted"] else {
+            reader.report(line: value.line, "proxy_protocol needs trusted: the load balancers' addresses or CIDR blocks")
+            return nil
+        }
+        guard let items = reader.sequence(field.value, what: "proxy_protocol.trusted") else { return nil }
+        var trusted: [AddressRange] = []
+        for item in items {
+            guard let text = reader.string(item, what: "each entry of proxy_protocol.trusted") else { continue }
+            switch AddressRange.parse(text) {
+            case .success(let range): trusted.append(range)
+            case .failure(let problem): reader.report(line: item.line, "proxy_protocol.trusted: \(problem)")
+            }
+        }
+        if items.isEmpty {
+            reader.report(line: field.value.line, "proxy_protocol.trusted must list at least one address or CIDR block")
+        }
+        return ProxyProtocol(trusted: trusted)
     }
 
     private static func parseLimits(_ value: YAMLValue, reader: YAMLReader) -> ConnectionLimits {

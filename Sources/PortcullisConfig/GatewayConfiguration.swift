@@ -256,6 +256,24 @@ public struct GatewayConfiguration: Sendable, Equatable {
     }
 
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`); nil for none.
+    /// PROXY protocol v2 from load balancers (`proxy_protocol`); nil when no balancer is in front.
+    public var proxyProtocol: ProxyProtocol?
+
+    /// Who sits in front of the gateway: connections from `trusted` addresses must begin with a PROXY
+    /// protocol v2 header carrying the client's address; from anyone else such a header is refused.
+    public struct ProxyProtocol: Sendable, Equatable {
+        public var trusted: [AddressRange]
+
+        public init(trusted: [AddressRange]) {
+            self.trusted = trusted
+        }
+
+        /// Whether a connection from `address` comes from a trusted load balancer.
+        public func trusts(_ address: String) -> Bool {
+            trusted.contains { $0.contains(address) }
+        }
+    }
+
     public var admin: Admin? = Admin()
 
     /// Where the admin listener listens and who may talk to it.

@@ -21,8 +21,11 @@ final class Connection: @unchecked Sendable {
     let gateway: Gateway
     /// The runtime (TLS context, trust, policies) this connection was accepted under.
     let runtime: GatewayRuntime
-    /// The client's address without its port: what connection limits and refusal aggregation count by.
-    let address: String
+    /// The client's address without its port: what connection limits and refusal aggregation count by. A trusted
+    /// load balancer's PROXY header replaces its own address with the client's (``carry(_:port:)``).
+    private(set) var address: String
+    /// The address and port the connection came from: the client's, or a load balancer's.
+    let peer: String
     let acceptedAt: NIODeadline
     let eventLoop: any EventLoop
     /// The timers of the connection's event loop.
@@ -41,6 +44,7 @@ final class Connection: @unchecked Sendable {
         self.gateway = gateway
         self.runtime = runtime
         self.address = address
+        self.peer = peer
         self.acceptedAt = .now()
         self.eventLoop = eventLoop
         self.timers = gateway.timers(for: eventLoop)
@@ -90,13 +94,21 @@ final class Connection: @unchecked Sendable {
         timers.cancel(handshakeTimeout)
         handshakeTimeout = nil
         if record.decision == "deny", let reason = record.reason { gateway.metrics.refused(reason) }
-        if record.event == "tls_refused" {
+        if record.event == "tls_refused" || record.event == "connection_refused" {
             // Before authentication anyone can cause these: they are aggregated, so a flood cannot fill the disk.
-            gateway.metrics.handshakesFailed.increment()
+            if record.event == "tls_refused" { gateway.metrics.handshakesFailed.increment() }
             gateway.auditUnauthenticated(record, address: address)
         } else {
             gateway.audit(record)
         }
+    }
+
+    /// Takes the client a trusted load balancer's PROXY header named: its address for the records, the limits and
+    /// refusal aggregation, with the balancer's as `proxy`.
+    func carry(_ clientAddress: String, port: Int, channel: any Channel) {
+        let peer = clientAddress.contains(":") ? "[\(clientAddress)]:\(port)" : "\(clientAddress):\(port)"
+        handle(.clientCarried(peer: peer, proxy: self.peer), channel: channel)
+        address = clientAddress
     }
 
     /// Agrees permessage-deflate for `session` when its route has it and the client offers it.

@@ -116,8 +116,19 @@ public final class Gateway: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     // One runtime for the connection's limits, TLS context and admission, even if a reload lands now.
                     let runtime = self.runtime
-                    let address = try self.admit(channel, under: runtime.configuration)
-                    try self.configure(channel, address: address, runtime: runtime)
+                    let address = channel.remoteAddress?.ipAddress ?? "unknown"
+                    let proxyProtocol = runtime.configuration.proxyProtocol
+                    let fromLoadBalancer = proxyProtocol?.trusts(address) ?? false
+                    let counted = try self.admit(channel, address: fromLoadBalancer ? nil : address, under: runtime.configuration)
+                    let connection = try self.configure(channel, address: address, runtime: runtime)
+                    if let proxyProtocol {
+                        let source: ProxyHeaderHandler.Source =
+                            fromLoadBalancer
+                            ? .loadBalancer(counted)
+                            : .direct(trusted: proxyProtocol.trusted.map(\.description).joined(separator: ", "))
+                        try channel.pipeline.syncOperations.addHandler(
+                            ProxyHeaderHandler(connection: connection, source: source), position: .first)
+                    }
                 }
             }
         let channel: any Channel
@@ -204,7 +215,7 @@ public final class Gateway: Sendable {
         auditLog.close()
     }
 
-    private func configure(_ channel: any Channel, address: String, runtime: GatewayRuntime) throws {
+    private func configure(_ channel: any Channel, address: String, runtime: GatewayRuntime) throws -> Connection {
         let connection = Connection(
             gateway: self, runtime: runtime, peer: Self.describe(channel.remoteAddress), address: address,
             eventLoop: channel.eventLoop)
@@ -267,6 +278,7 @@ public final class Gateway: Sendable {
             connection.timers.cancel(connection.handshakeTimeout)
             connection.handle(.closed, channel: channel)
         }
+        return connection
     }
 
     static func decoderLimits(maxHeaderBytes: Int) -> NIOHTTPDecoderLimitConfiguration {

@@ -101,6 +101,14 @@ public final class GatewayMetrics: Sendable {
             help: "Connections refused before becoming a session, by reason.").increment()
     }
 
+    /// Counts a PROXY protocol v2 header read from a trusted load balancer, by command (`PROXY`, or `LOCAL` for
+    /// its health checks).
+    func proxyHeaderRead(_ command: String) {
+        registry.makeCounter(
+            name: "portcullis_proxy_headers_total", labels: [("command", command)],
+            help: "PROXY protocol v2 headers read from trusted load balancers, by command (PROXY or LOCAL).").increment()
+    }
+
     /// The gauge of open sessions on `route` (a configured path): looked up in a small map of its own, cheaper
     /// per session than the registry's lookup by name and labels.
     func sessionsOpen(route: String) -> Gauge {

@@ -255,6 +255,43 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("proxy_protocol.trusted takes addresses and CIDR blocks; IPv4 matches its IPv4-mapped form; typos are refused at their line")
+    func proxyProtocol() throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        #expect(try GatewayConfiguration.parse(base, file: "g.yaml", baseDirectory: ".").proxyProtocol == nil)
+        let proxy = try #require(
+            try GatewayConfiguration.parse(
+                base + "proxy_protocol:\n  trusted: [10.1.0.0/16, 127.0.0.2, 'fd00::/8', '::1']\n", file: "g.yaml",
+                baseDirectory: "."
+            ).proxyProtocol)
+        #expect(proxy.trusted.map(\.description) == ["10.1.0.0/16", "127.0.0.2", "fd00::/8", "::1"])
+        #expect(proxy.trusts("10.1.255.3") && proxy.trusts("::ffff:10.1.0.9") && proxy.trusts("127.0.0.2"))
+        #expect(proxy.trusts("fdab::1") && proxy.trusts("::1"))
+        #expect(!proxy.trusts("10.2.0.1") && !proxy.trusts("127.0.0.1") && !proxy.trusts("fe80::1") && !proxy.trusts("unknown"))
+        let everyIPv4 = try AddressRange.parse("0.0.0.0/0").get()
+        #expect(everyIPv4.contains("203.0.113.1"))
+        #expect(!everyIPv4.contains("2001:db8::1"), "IPv4's /0 is IPv4 only")
+        do {
+            _ = try GatewayConfiguration.parse(
+                base + "proxy_protocol:\n  trusted:\n    - 10.1.2.3/8\n    - 10.0.0.0/33\n    - balancer.local\n"
+                    + "    - 10.0.0.0/-1\n",
+                file: "g.yaml", baseDirectory: ".")
+            Issue.record("bad trusted addresses were accepted")
+        } catch let error as DiagnosticsError {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("g.yaml:5: proxy_protocol.trusted: '10.1.2.3/8' has host bits set past /8") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:6: proxy_protocol.trusted: '10.0.0.0/33': the prefix length must be 0 to 32") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:7: proxy_protocol.trusted: 'balancer.local' is not an IP address") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:8: proxy_protocol.trusted: '10.0.0.0/-1'") }, "\(lines)")
+        }
+        #expect(throws: DiagnosticsError.self) {
+            try GatewayConfiguration.parse(base + "proxy_protocol:\n  trusted: []\n", file: "g.yaml", baseDirectory: ".")
+        }
+        #expect(throws: DiagnosticsError.self) {
+            try GatewayConfiguration.parse(base + "proxy_protocol: {}\n", file: "g.yaml", baseDirectory: ".")
+        }
+    }
+
     @Test("Durations and listen addresses parse as operators write them")
     func smallParsers() {
         #expect(parseDuration("500ms") == 0.5)

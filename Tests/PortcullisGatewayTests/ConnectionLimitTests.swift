@@ -43,6 +43,23 @@ struct ConnectionLimiterTests {
         #expect(admit(&rated, "10.0.0.9", rate, now: 0.21) == nil, "a fifth of a second refills one")
     }
 
+    @Test("A load balancer's connection counts in all at accept, and against its client once the PROXY header names it")
+    func attributedLater() {
+        var limiter = ConnectionLimiter()
+        let capped = limits(total: 3, perAddress: 1)
+        #expect(limiter.admit(nil, limits: capped, now: 0) == nil)
+        #expect(limiter.admit(nil, limits: capped, now: 0) == nil)
+        #expect(limiter.open == 2 && limiter.trackedAddresses == 0)
+        #expect(limiter.attribute("192.0.2.7", limits: capped, now: 0) == nil)
+        #expect(limiter.attribute("192.0.2.7", limits: capped, now: 0) == .perAddressConnections, "one per client")
+        #expect(admit(&limiter, "192.0.2.8", capped, now: 0) == nil)
+        #expect(limiter.admit(nil, limits: capped, now: 0) == .maxConnections, "the total counts every connection")
+        limiter.release(nil, now: 0)
+        limiter.release("192.0.2.7", now: 0)
+        #expect(limiter.open == 1 && limiter.trackedAddresses == 1)
+        #expect(limiter.attribute("192.0.2.7", limits: capped, now: 0) == nil, "released, the client may come again")
+    }
+
     @Test("The open-file limit caps connections below max_connections, with descriptors kept back; upstream takes two")
     func openFileCapacity() {
         let budget = OpenFileBudget(limit: 20_000)

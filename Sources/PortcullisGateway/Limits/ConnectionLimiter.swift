@@ -30,13 +30,32 @@ struct ConnectionLimiter {
     private var idle = RetentionQueue<String>()
 
     /// Counts a new connection from `address`, or says why not (counting nothing). `capacity` is what the
-    /// open-file limit allows, whatever `limits` says.
+    /// open-file limit allows, whatever `limits` says. A nil `address` counts the connection in all only: it came
+    /// from a load balancer, and ``attribute(_:limits:now:)`` counts it against its client once the PROXY header
+    /// has said who that is.
     mutating func admit(
-        _ address: String, limits: GatewayConfiguration.ConnectionLimits, capacity: Int = .max, now: Double
+        _ address: String?, limits: GatewayConfiguration.ConnectionLimits, capacity: Int = .max, now: Double
     ) -> Refusal? {
         prune(now: now)
         if let maximum = limits.maxConnections, open >= maximum { return .maxConnections }
         if open >= capacity { return .openFiles }
+        if let address, let refusal = count(address, limits: limits, now: now) { return refusal }
+        open += 1
+        return nil
+    }
+
+    /// Counts a connection `admit` counted without an address against the client `address`, or says why not
+    /// (it then stays counted in all only, until released with no address).
+    mutating func attribute(
+        _ address: String, limits: GatewayConfiguration.ConnectionLimits, now: Double
+    ) -> Refusal? {
+        prune(now: now)
+        return count(address, limits: limits, now: now)
+    }
+
+    private mutating func count(
+        _ address: String, limits: GatewayConfiguration.ConnectionLimits, now: Double
+    ) -> Refusal? {
         var entry = addresses[address, default: Address()]
         if let maximum = limits.perAddressConnections, entry.open >= maximum { return .perAddressConnections }
         if let rate = limits.perAddressNewPerSecond {
@@ -51,14 +70,13 @@ struct ConnectionLimiter {
         entry.open += 1
         entry.idleUntil = nil
         addresses[address] = entry
-        open += 1
         return nil
     }
 
-    /// Releases a connection `admit` counted.
-    mutating func release(_ address: String, now: Double) {
-        guard var entry = addresses[address] else { return }
+    /// Releases a connection `admit` counted, under the address it was last counted against (nil for none).
+    mutating func release(_ address: String?, now: Double) {
         open -= 1
+        guard let address, var entry = addresses[address] else { return }
         entry.open -= 1
         if entry.open == 0 {
             guard let bucket = entry.bucket else {

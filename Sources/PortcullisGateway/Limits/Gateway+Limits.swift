@@ -5,37 +5,58 @@ import PortcullisConfig
 /// Connection limits at accept, and the aggregated audit of refusals before authentication.
 extension Gateway {
     /// Counts an accepted connection against `limits`, or refuses it before TLS: the bootstrap closes a
-    /// channel whose initializer throws. Returns the client's address, as the limits count it.
-    func admit(_ channel: any Channel, under configuration: GatewayConfiguration) throws -> String {
-        let address = channel.remoteAddress?.ipAddress ?? "unknown"
+    /// channel whose initializer throws. `address` is the client's address as the limits count it; nil for a
+    /// trusted load balancer's connection, counted in all until its PROXY header names the client
+    /// (``attribute(_:to:under:)``).
+    func admit(_ channel: any Channel, address: String?, under configuration: GatewayConfiguration) throws -> CountedAddress {
         let limits = configuration.limits
-        let now = Self.seconds()
         let capacity = connectionCapacity(under: configuration)
-        if let refusal = limiter.withLockedValue({ $0.admit(address, limits: limits, capacity: capacity, now: now) }) {
+        if let refusal = limiter.withLockedValue({ $0.admit(address, limits: limits, capacity: capacity, now: Self.seconds()) }) {
             metrics.refused(refusal.rawValue)
-            let detail: String =
-                switch refusal {
-                case .maxConnections: "\(limits.maxConnections ?? 0) connections are open (limits.max_connections)"
-                case .perAddressConnections:
-                    "\(limits.perAddressConnections ?? 0) connections from this address are open (limits.per_address.connections)"
-                case .perAddressRate:
-                    "more than \(limits.perAddressNewPerSecond ?? 0) new connections a second from this address "
-                        + "(limits.per_address.new_per_second)"
-                case .openFiles:
-                    "\(capacity) connections are open, all the process's open-file limit (\(openFiles.limit)) leaves room "
-                        + "for beside \(OpenFileBudget.reserved) kept for the audit log, listeners and reloads"
-                }
-            var record = AuditRecord(event: "connection_refused", decision: "deny", reason: refusal.rawValue, detail: detail)
+            var record = AuditRecord(
+                event: "connection_refused", decision: "deny", reason: refusal.rawValue,
+                detail: detail(of: refusal, capacity: capacity, limits: limits))
             record.peer = Self.describe(channel.remoteAddress)
-            auditUnauthenticated(record, address: address)
+            auditUnauthenticated(record, address: address ?? record.peer ?? "unknown")
             throw ConnectionRefusedAtAccept()
         }
+        let counted = CountedAddress(address)
         metrics.connectionsOpen.increment()
         channel.closeFuture.whenComplete { [self] _ in
             metrics.connectionsOpen.decrement()
-            limiter.withLockedValue { $0.release(address, now: Self.seconds()) }
+            limiter.withLockedValue { $0.release(counted.address, now: Self.seconds()) }
         }
-        return address
+        return counted
+    }
+
+    /// Counts a load balancer's connection against its client `address`, now that the PROXY header has named
+    /// it; or says why not (reason and detail) when the client is over its per-address limits: the connection
+    /// then stays counted in all only.
+    func attribute(
+        _ counted: CountedAddress, to address: String, under configuration: GatewayConfiguration
+    ) -> (reason: String, detail: String)? {
+        let limits = configuration.limits
+        if let refusal = limiter.withLockedValue({ $0.attribute(address, limits: limits, now: Self.seconds()) }) {
+            return (refusal.rawValue, detail(of: refusal, capacity: connectionCapacity(under: configuration), limits: limits))
+        }
+        counted.address = address
+        return nil
+    }
+
+    private func detail(
+        of refusal: ConnectionLimiter.Refusal, capacity: Int, limits: GatewayConfiguration.ConnectionLimits
+    ) -> String {
+        switch refusal {
+        case .maxConnections: "\(limits.maxConnections ?? 0) connections are open (limits.max_connections)"
+        case .perAddressConnections:
+            "\(limits.perAddressConnections ?? 0) connections from this address are open (limits.per_address.connections)"
+        case .perAddressRate:
+            "more than \(limits.perAddressNewPerSecond ?? 0) new connections a second from this address "
+                + "(limits.per_address.new_per_second)"
+        case .openFiles:
+            "\(capacity) connections are open, all the process's open-file limit (\(openFiles.limit)) leaves room "
+                + "for beside \(OpenFileBudget.reserved) kept for the audit log, listeners and reloads"
+        }
     }
 
     private struct ConnectionRefusedAtAccept: Error {}
@@ -100,5 +121,15 @@ extension Gateway {
                 + " since the first was written (aggregated over limits.refusal_audit_interval)"
             audit(record)
         }
+    }
+}
+
+/// The address the connection limiter counts a connection against: nil while a load balancer's connection
+/// waits for its PROXY header, then the client's. Only touched on the channel's event loop.
+final class CountedAddress: @unchecked Sendable {
+    var address: String?
+
+    init(_ address: String?) {
+        self.address = address
     }
 }
