@@ -47,6 +47,9 @@ let package = Package(
             ],
             swiftSettings: fuzzInstrumented
         ),
+        // Pure: NATS's client protocol and the mapping of topics to NATS subjects, for the shared broker.
+        // Hand-written: the mirror has no NATS client.
+        .target(name: "PortcullisNATS", dependencies: ["PortcullisPolicy"], swiftSettings: fuzzInstrumented),
         // Pure + files: CA, issuance, CRL encoding and parsing, the client-certificate verifier.
         .target(
             name: "PortcullisPKI",
@@ -160,6 +163,10 @@ let package = Package(
                 "portcullis", "PortcullisTestSupport", "PortcullisPKI",
                 .product(name: "X509", package: "swift-certificates"),
             ]
+        ),
+        .testTarget(
+            name: "PortcullisNATSTests",
+            dependencies: ["PortcullisNATS", "PortcullisPolicy", "PortcullisTestSupport"]
         ),
         .testTarget(
             name: "PortcullisConfigTests",
