@@ -144,8 +144,9 @@ public struct SubjectMapping: Sendable, Hashable {
                     return false
                 }
                 let decoded = high << 4 | low
-                // A byte that may be written plainly must be: one topic, one subject.
-                guard needsEscaping(decoded) else { return false }
+                // A byte that may be written plainly must be: one topic, one subject. And `/` separates levels,
+                // so it is never inside one: `%2F` would make one token two levels.
+                guard needsEscaping(decoded), decoded != UInt8(ascii: "/") else { return false }
                 topic.append(decoded)
             } else {
                 guard !needsEscaping(byte) else { return false }

@@ -57,7 +57,7 @@ struct SubjectMappingTests {
             "portcullis.%%", "portcullis.%20%", "other.devices", "portcullis", "portcullis.", "portcullis..a",
             "portcullis.a.", "portcullis.a.*", "portcullis.a.>", "portcullis.a*", "portcullis.a b", "portcullis.é",
             "portcullis.a\tb", "portcullis.%2B", "portcullis.%23", "portcullis.%00", "portcullis.%FF", "portcullis.%C3",
-            "portcullisX.a", "Portcullis.a", "portcullis.%24crl",
+            "portcullisX.a", "Portcullis.a", "portcullis.%24crl", "portcullis.%2F", "portcullis.a%2Fb",
         ])
     func refusedSubjects(subject: String) {
         #expect(Self.mapping.topic(forSubject: subject) == nil)
