@@ -235,6 +235,7 @@ if fuzzing {
             dependencies: ["FuzzDriver", "PortcullisPolicy", .product(name: "X509", package: "swift-certificates")]),
         fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisYAML"]),
         fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
+        fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisPolicy"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML"]),
         fuzzTarget(
             "UpgradeRequest",
