@@ -47,6 +47,9 @@ let package = Package(
             ],
             swiftSettings: fuzzInstrumented
         ),
+        // Pure: NATS's client protocol and the mapping of topics to NATS subjects, for the shared broker.
+        // Hand-written: the mirror has no NATS client.
+        .target(name: "PortcullisNATS", dependencies: ["PortcullisPolicy"], swiftSettings: fuzzInstrumented),
         // Pure + files: CA, issuance, CRL encoding and parsing, the client-certificate verifier.
         .target(
             name: "PortcullisPKI",
@@ -162,6 +165,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "PortcullisNATSTests",
+            dependencies: ["PortcullisNATS", "PortcullisPolicy", "PortcullisTestSupport"]
+        ),
+        .testTarget(
             name: "PortcullisConfigTests",
             dependencies: ["PortcullisConfig", "PortcullisYAML", "PortcullisAudit"]
         ),
@@ -230,6 +237,7 @@ if fuzzing {
         fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisYAML"]),
         fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
         fuzzTarget("ProxyHeader", dependencies: ["FuzzDriver", "PortcullisAdmission"]),
+        fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisPolicy"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML"]),
         fuzzTarget(
             "UpgradeRequest",
