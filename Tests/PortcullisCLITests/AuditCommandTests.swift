@@ -162,11 +162,11 @@ struct AuditCommandTests {
         defer { follower.process.terminate() }
         try await Task.sleep(for: .milliseconds(300))
         #expect(try await portcullis(["pki", "issue", "client", "c"], in: directory).status == 0)
-        #expect(try await follower.waitFor(#""name":"c""#, timeout: 10), "\(follower.output)")
+        #expect(try await follower.waitFor(#""name":"c""#, timeout: 60), "\(follower.output)")
         // The active segment is closed as a writer rotates it; the next record lands in a new audit.jsonl.
         #expect(rename("\(directory)/audit/audit.jsonl", "\(directory)/audit/audit-00000000000000000001.jsonl") == 0)
         #expect(try await portcullis(["pki", "issue", "client", "d"], in: directory).status == 0)
-        #expect(try await follower.waitFor(#""name":"d""#, timeout: 10), "\(follower.output)")
+        #expect(try await follower.waitFor(#""name":"d""#, timeout: 60), "\(follower.output)")
         #expect(!follower.output.contains(#""name":"a""#))
         // The writer found the chain's head in the closed segment and carried on.
         let (status, verified) = try await portcullis(["audit", "verify"], in: directory)

@@ -404,7 +404,7 @@ enum HostileRun {
         #expect(!peers.isEmpty, "\(label): the client reported no connection")
         for peer in peers {
             let ofPeer: ([String: Any]) -> Bool = { $0["peer"] as? String == peer }
-            let record = await gateway.audit.record(timeout: 10) { ofPeer($0) && $0["event"] as? String == expected.event }
+            let record = await gateway.audit.record(timeout: 60) { ofPeer($0) && $0["event"] as? String == expected.event }
             guard let record else {
                 Issue.record("\(label): no \(expected.event) record for \(peer): \(gateway.audit.records(where: ofPeer))")
                 continue

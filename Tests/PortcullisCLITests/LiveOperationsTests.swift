@@ -53,7 +53,7 @@ struct LiveOperationsTests {
 
         #expect(try await portcullis(["pki", "revoke", "demo-device"], in: directory).status == 0)
         // The close frame (1008) carries the reason; openssl prints the frame's bytes.
-        #expect(try await session.waitFor("certificate_revoked", timeout: 10), "\(session.output)\n\(serve.output)")
+        #expect(try await session.waitFor("certificate_revoked", timeout: 60), "\(session.output)\n\(serve.output)")
         #expect(serve.output.contains("reloaded: CRL: newly revoked"), "\(serve.output)")
         let reloads = try await auditRecords("reload", in: directory)
         #expect(reloads.contains { ($0["detail"] as? String)?.contains("file change: pki/crl.pem") == true }, "\(reloads)")
@@ -90,7 +90,7 @@ struct LiveOperationsTests {
         try policy.replacingOccurrences(of: "demo-device", with: "someone-else")
             .write(toFile: "\(directory)/policies/example.yaml", atomically: true, encoding: .utf8)
         kill(serve.process.processIdentifier, SIGHUP)
-        #expect(try await session.waitFor("no_matching_rule", timeout: 10), "\(session.output)\n\(serve.output)")
+        #expect(try await session.waitFor("no_matching_rule", timeout: 60), "\(session.output)\n\(serve.output)")
         let applied = try await auditRecords("reload", in: directory)
         #expect(applied.contains { ($0["detail"] as? String)?.contains("SIGHUP: policies: changed example.yaml") == true }, "\(applied)")
         kill(serve.process.processIdentifier, SIGTERM)
@@ -185,7 +185,7 @@ struct LiveOperationsTests {
             ["driver.py", port, "pki/ca.crt", "pki/issued/demo-device.crt", "pki/private/demo-device.key", "stop"],
             in: directory, executable: try tool("python3"))
         defer { driver.process.terminate() }
-        #expect(try await driver.waitFor("warmed up", timeout: 30), "\(driver.output)")
+        #expect(try await driver.waitFor("warmed up", timeout: 120), "\(driver.output)")
 
         let (status, output) = try await portcullis(["pki"] + renewal.split(separator: " ").map(String.init)
             + (renewal == "renew" ? ["server", "--json"] : ["--once"]), in: directory)
@@ -204,7 +204,7 @@ struct LiveOperationsTests {
         // Sessions keep opening for a while under the new certificate.
         try await Task.sleep(for: .seconds(2))
         FileManager.default.createFile(atPath: "\(directory)/stop", contents: nil)
-        #expect(try await driver.waitForExit(timeout: 30) == 0, "\(driver.output)")
+        #expect(try await driver.waitForExit(timeout: 120) == 0, "\(driver.output)")
         let line = try #require(driver.output.split(separator: "\n").last)
         let result = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
         #expect((result["failures"] as? [String])?.isEmpty == true, "\(result)")

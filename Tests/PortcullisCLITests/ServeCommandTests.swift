@@ -40,7 +40,7 @@ final class RunningCommand: @unchecked Sendable {
     var output: String { String(decoding: reader?.collected ?? Data(), as: UTF8.self) }
 
     /// Waits for `text` to appear in the output (or the process to end).
-    func waitFor(_ text: String, timeout: Double = 30) async throws -> Bool {
+    func waitFor(_ text: String, timeout: Double = 120) async throws -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if output.contains(text) { return true }
