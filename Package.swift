@@ -77,7 +77,7 @@ let package = Package(
         .target(
             name: "PortcullisConfig",
             dependencies: [
-                "PortcullisPolicy", "PortcullisYAML", "PortcullisAudit",
+                "PortcullisPolicy", "PortcullisYAML", "PortcullisAudit", "PortcullisNATS",
             ],
             swiftSettings: fuzzInstrumented
         ),
@@ -96,7 +96,7 @@ let package = Package(
             name: "PortcullisGateway",
             dependencies: [
                 "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit", "PortcullisConfig", "PortcullisProtocol",
-                "PortcullisAdmission",
+                "PortcullisAdmission", "PortcullisNATS",
                 // The upstream route's backend leg is a WebSocket client like a device's.
                 "PortcullisClient",
                 .product(name: "NIOCore", package: "swift-nio"),

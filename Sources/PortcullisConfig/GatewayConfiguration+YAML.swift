@@ -1,5 +1,6 @@
 import Foundation
 import PortcullisAudit
+import PortcullisNATS
 import PortcullisPolicy
 import PortcullisYAML
 
@@ -28,7 +29,7 @@ extension GatewayConfiguration {
             "listen", "tls", "allowed_origins", "routes", "policies", "audit_dir", "handshake_timeout",
             "max_header_bytes", "max_message_bytes", "event_loops", "ping_interval", "ping_timeout", "max_outbound_bytes", "limits",
             "audit", "on_audit_failure", "drain_timeout", "close_timeout", "compression", "compression_context_takeover", "certificate_expiry_warning", "reload", "admin",
-            "proxy_protocol",
+            "proxy_protocol", "nats",
         ]
         func compression(_ value: YAMLValue, what: String) -> Compression? {
             guard let text = reader.string(value, what: what) else { return nil }
@@ -252,6 +253,7 @@ extension GatewayConfiguration {
             }
         }
         if let value = top["limits"] { config.limits = parseLimits(value.value, reader: reader) }
+        if let value = top["nats"] { config.nats = parseNATS(value.value, reader: reader, resolve: resolve) }
         if let value = top["proxy_protocol"] { config.proxyProtocol = parseProxyProtocol(value.value, reader: reader) }
         if let value = top["admin"] { config.admin = parseAdmin(value.value, reader: reader, resolve: resolve) }
         if let value = top["audit"] { config.audit = parseAudit(value.value, reader: reader) }
@@ -284,6 +286,49 @@ extension GatewayConfiguration {
             admin.clientCA = resolve(text)
         }
         return admin
+    }
+
+    private static func parseNATS(_ value: YAMLValue, reader: YAMLReader, resolve: (String) -> String) -> NATS? {
+        guard
+            let fields = reader.mapping(
+                value, what: "nats", allowed: ["url", "tls", "user", "password_file", "subject_prefix", "name"])
+        else { return nil }
+        guard let urlField = fields["url"], let text = reader.string(urlField.value, what: "nats.url") else {
+            reader.report(line: value.line, "nats needs url: nats://HOST:PORT (or tls://HOST:PORT)")
+            return nil
+        }
+        guard var nats = NATS(url: text) else {
+            reader.report(line: urlField.value.line, "nats.url '\(text)' is not nats://HOST[:PORT] or tls://HOST[:PORT]")
+            return nil
+        }
+        if let field = fields["tls"],
+            let tls = reader.mapping(field.value, what: "nats.tls", allowed: ["certificate", "key", "ca"])
+        {
+            func path(_ key: String) -> String? {
+                tls[key].flatMap { reader.string($0.value, what: "nats.tls.\(key)") }.map(resolve)
+            }
+            (nats.certificate, nats.key, nats.ca) = (path("certificate"), path("key"), path("ca"))
+            if (nats.certificate == nil) != (nats.key == nil) {
+                reader.report(line: field.line, "nats.tls needs both certificate and key (or neither)")
+            }
+            if !nats.secure {
+                reader.report(line: field.line, "nats.tls is for a tls:// url; \(text) is plain")
+            }
+        }
+        nats.user = fields["user"].flatMap { reader.string($0.value, what: "nats.user") }
+        nats.passwordFile = fields["password_file"].flatMap { reader.string($0.value, what: "nats.password_file") }.map(resolve)
+        if (nats.user == nil) != (nats.passwordFile == nil) {
+            reader.report(line: value.line, "nats needs both user and password_file (or neither)")
+        }
+        if let field = fields["subject_prefix"], let prefix = reader.string(field.value, what: "nats.subject_prefix") {
+            if let problem = SubjectMapping.problem(withPrefix: prefix) {
+                reader.report(line: field.value.line, "nats.subject_prefix: \(problem)")
+            } else {
+                nats.subjectPrefix = prefix
+            }
+        }
+        nats.name = fields["name"].flatMap { reader.string($0.value, what: "nats.name") }
+        return nats
     }
 
     private static func parseProxyProtocol(_ value: YAMLValue, reader: YAMLReader) -> ProxyProtocol? {

@@ -256,6 +256,61 @@ public struct GatewayConfiguration: Sendable, Equatable {
     }
 
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`); nil for none.
+    /// The shared broker (`nats`): publish/subscribe across gateways through NATS. Nil: the broker is in-process
+    /// only.
+    public var nats: NATS?
+
+    /// Where the shared broker's NATS server is and how the gateway signs in.
+    public struct NATS: Sendable, Equatable {
+        /// As configured, for messages: `nats://host:port` or `tls://host:port`.
+        public var url: String
+        public var host: String
+        public var port: Int
+        /// `tls://`: TLS to NATS, verified against `ca` (mutual with `certificate` and `key`).
+        public var secure: Bool
+        public var certificate: String?
+        public var key: String?
+        public var ca: String?
+        public var user: String?
+        /// A file holding the password of `user` (kept out of the configuration, which is often world-readable).
+        public var passwordFile: String?
+        /// The subject tokens every topic is published under (`portcullis.devices.42.telemetry`).
+        public var subjectPrefix = "portcullis"
+        /// The connection's name in nats-server's monitoring; the host name by default.
+        public var name: String?
+
+        /// Parses `nats://host[:port]` or `tls://host[:port]` (4222 by default); nil when it is neither.
+        public init?(url: String) {
+            let secure: Bool
+            let authority: Substring
+            if url.hasPrefix("nats://") {
+                (secure, authority) = (false, url.dropFirst(7))
+            } else if url.hasPrefix("tls://") {
+                (secure, authority) = (true, url.dropFirst(6))
+            } else {
+                return nil
+            }
+            let trimmed = authority.hasSuffix("/") ? authority.dropLast() : authority
+            guard !trimmed.isEmpty, !trimmed.contains("/"), !trimmed.contains("@") else { return nil }
+            var host = trimmed
+            var port = 4222
+            if let colon = trimmed.lastIndex(of: ":"), !trimmed.hasSuffix("]") {
+                let digits = trimmed[trimmed.index(after: colon)...]
+                guard (1...5).contains(digits.count), digits.allSatisfy(\.isASCII), let number = Int(digits),
+                    (1...65535).contains(number)
+                else { return nil }
+                port = number
+                host = trimmed[..<colon]
+            }
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+            guard !host.isEmpty, !host.contains("[") , !host.contains("]") else { return nil }
+            self.url = url
+            self.host = String(host)
+            self.port = port
+            self.secure = secure
+        }
+    }
+
     /// PROXY protocol v2 from load balancers (`proxy_protocol`); nil when no balancer is in front.
     public var proxyProtocol: ProxyProtocol?
 

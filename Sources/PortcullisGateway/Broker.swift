@@ -103,6 +103,9 @@ final class Broker: Sendable {
         /// Who receives each topic published since a matching subscription last changed: publishers mostly
         /// repeat topics, so a publish is one lookup instead of a walk of the trie.
         var resolved = TopicMap<Recipients>()
+        /// Sessions subscribed to each filter, for the shared broker: it subscribes on NATS per filter.
+        var sessionsPerFilter: [String: Int] = [:]
+        var cluster: ClusterLink?
     }
 
     /// Topics remembered in ``State/resolved`` at most; beyond that the memory starts over.
@@ -110,10 +113,21 @@ final class Broker: Sendable {
 
     private let state = NIOLockedValueBox(State())
 
+    /// Joins the broker to the other gateways' (``ClusterLink``): it is told of each filter's first session and
+    /// of its last, under this broker's lock, so that NATS learns of them in the order they happened.
+    func join(_ cluster: ClusterLink?) {
+        state.withLockedValue { $0.cluster = cluster }
+    }
+
+    /// Subscribes `subscriber` to `filter`; a session subscribes to a filter once.
     func subscribe(_ filter: String, _ subscriber: Subscriber) {
         state.withLockedValue { state in
             state.subscriptions.insert(filter, key: subscriber.id, member: subscriber)
             for stale in state.resolved.removeAll(matching: filter) { stale.retire() }
+            if let cluster = state.cluster {
+                state.sessionsPerFilter[filter, default: 0] += 1
+                if state.sessionsPerFilter[filter] == 1 { cluster.filterAdded(filter) }
+            }
         }
     }
 
@@ -130,6 +144,10 @@ final class Broker: Sendable {
             for filter in filters {
                 state.subscriptions.remove(filter, key: subscriber.id)
                 for stale in state.resolved.removeAll(matching: filter) { stale.retire() }
+                if let cluster = state.cluster, let count = state.sessionsPerFilter[filter] {
+                    state.sessionsPerFilter[filter] = count > 1 ? count - 1 : nil
+                    if count == 1 { cluster.filterRemoved(filter) }
+                }
             }
         }
     }

@@ -153,6 +153,10 @@ extension Gateway {
             kept.append("event_loops")
             proposed.eventLoops = current.eventLoops
         }
+        if proposed.nats != current.nats {
+            kept.append("nats")
+            proposed.nats = current.nats
+        }
         if proposed.admin != current.admin {
             kept.append("admin")
             proposed.admin = current.admin

@@ -9,6 +9,7 @@ import NIOWebSocket
 import PortcullisAdmission
 import PortcullisAudit
 import PortcullisConfig
+import PortcullisNATS
 
 /// The gateway: a TLS listener whose connections go through admission (certificate, request, route,
 /// identity, Origin, policy) before they become WebSocket sessions.
@@ -24,6 +25,8 @@ public final class Gateway: Sendable {
     private let loopTimers: [ObjectIdentifier: LoopTimers]
     public let auditLog: AuditLog
     let broker = Broker()
+    /// The shared broker's link to NATS; nil when `nats` is not configured.
+    let cluster: ClusterLink?
     let usage = IdentityUsage()
     private let stopped = NIOLockedValueBox(false)
     /// Every open connection, so that a shutdown can drain them and a reload re-check them.
@@ -72,6 +75,13 @@ public final class Gateway: Sendable {
         } catch {
             throw GatewayStartupError(problems: ["\(configuration.auditDirectory): cannot open the audit log (\(error))"])
         }
+        let natsSettings: NATSConnection.Settings?
+        do {
+            natsSettings = try configuration.nats.map(NATSConnection.Settings.init)
+        } catch {
+            auditLog.close()
+            throw error
+        }
         self.runtimeBox = NIOLockedValueBox(runtime)
         self.lagProbe = EventLoopLagProbe(registry: metrics.registry)
         self.openFiles = OpenFileBudget.raisingSoftLimit()
@@ -82,6 +92,16 @@ public final class Gateway: Sendable {
         self.loopTimers = Dictionary(
             uniqueKeysWithValues: group.makeIterator().map { (ObjectIdentifier($0), LoopTimers(eventLoop: $0)) })
         self.logger = logger
+        if let nats = configuration.nats, let natsSettings, let mapping = SubjectMapping(prefix: nats.subjectPrefix) {
+            let auditLog = self.auditLog
+            let cluster = ClusterLink(
+                mapping: mapping, settings: natsSettings, eventLoop: group.next(), broker: broker,
+                metrics: ClusterMetrics(registry: metrics.registry), logger: logger, audit: { auditLog.record($0) })
+            broker.join(cluster)
+            self.cluster = cluster
+        } else {
+            self.cluster = nil
+        }
     }
 
     /// The connection timers of `loop`, one of the gateway's event loops.
@@ -150,6 +170,7 @@ public final class Gateway: Sendable {
             ])
         }
         serverChannel.withLockedValue { $0 = channel }
+        cluster?.start()
         warnIfOpenFilesBindConnections()
         lagProbe.start(group)
         // Aggregated refusals are written once their interval has passed (checked every second, so that a
@@ -204,6 +225,8 @@ public final class Gateway: Sendable {
             logger.warning("drain deadline reached: closing \(cutOff) connection(s) still open", metadata: ["deadline": "\(deadline)"])
         }
         lagProbe.stop()
+        cluster?.stop()
+        broker.join(nil)
         try? await group.shutdownGracefully()
         try? await adminGroup.shutdownGracefully()
         // A timer nothing cancelled would keep its connection, and through it the gateway, alive.
@@ -345,6 +368,7 @@ public final class Gateway: Sendable {
     public var notReadyReason: String? {
         if stopped.withLockedValue({ $0 }) { return "shutting down" }
         if serverChannel.withLockedValue({ $0 }) == nil { return "not listening yet" }
+        if let reason = cluster?.unavailableReason { return "NATS is unreachable: \(reason)" }
         if runtime.configuration.onAuditFailure == .refuseNewSessions, auditLog.isFailing {
             return "the audit log is failing (on_audit_failure: refuse_new_sessions)"
         }

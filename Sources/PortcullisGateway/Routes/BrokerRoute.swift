@@ -155,6 +155,14 @@ final class BrokerRoute: SessionRoute {
 
     private func publish(topic: String, body: MessagingProtocol.Payload, id: [UInt8]?, size: Int) {
         guard admitPublish(topic: topic, id: id, size: size) else { return }
+        if let cluster = context.cluster {
+            let result: ClusterLink.ForwardResult
+            switch body {
+            case .binary(let payload): result = cluster.forward(topic: topic, sender: identity, binary: true, payload: payload)
+            case .json(let raw): result = cluster.forward(topic: topic, sender: identity, binary: false, payload: raw)
+            }
+            guard forwarded(result, id: id, topic: topic) else { return }
+        }
         let frame: OutboundFrame
         switch body {
         case .binary(let payload):
@@ -191,6 +199,11 @@ final class BrokerRoute: SessionRoute {
         let payloadOffset = 3 + topicLength
         var buffer = deliveryBuffer(topic: topic, payloadBytes: size - payloadOffset)
         message.writeUnmasked(from: payloadOffset, into: &buffer)
+        if let cluster = context.cluster {
+            let payload = buffer.readableBytesView.dropFirst(buffer.readableBytes - (size - payloadOffset))
+            guard forwarded(cluster.forward(topic: topic, sender: identity, binary: true, payload: payload), id: nil, topic: topic)
+            else { return true }
+        }
         context.broker.publish(OutboundFrame(binary: true, buffer: buffer, topic: topic), to: topic, from: &publisher)
         return true
     }
@@ -230,6 +243,26 @@ final class BrokerRoute: SessionRoute {
             }
         }
         return true
+    }
+
+    /// Whether the shared broker took the publish for the other gateways; when it did not, the client is told
+    /// and the publish is delivered to nobody, here either: at most once, and never silently dropped.
+    private func forwarded(_ result: ClusterLink.ForwardResult, id: [UInt8]?, topic: String) -> Bool {
+        switch result {
+        case .sent:
+            return true
+        case .unavailable:
+            sendError(
+                id: id, code: "unavailable",
+                message: "the shared broker (NATS) is unreachable: the message was not delivered; try again later")
+            return false
+        case .tooLarge(let limit):
+            refuse(
+                id: id, code: "message_too_large",
+                message: "over the shared broker's limit of \(limit) bytes a message (NATS max_payload): not delivered",
+                topic: topic, violation: false)
+            return false
+        }
     }
 
     private func rateLimited(id: [UInt8]?, topic: String) {

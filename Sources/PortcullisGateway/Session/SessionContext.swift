@@ -20,6 +20,8 @@ final class SessionContext: Sendable {
     let notValidAfter: Date?
     let metrics: GatewayMetrics
     let broker: Broker
+    /// The shared broker's link to the other gateways; nil for a broker in-process only.
+    let cluster: ClusterLink?
     let usage: IdentityUsage
     /// The timers of the session's event loop.
     let timers: LoopTimers
@@ -30,7 +32,7 @@ final class SessionContext: Sendable {
     init(
         identity: String, route: GatewayConfiguration.Route, configuration: GatewayConfiguration,
         permissions: MessagePermissions = MessagePermissions(), compression: PerMessageDeflate? = nil,
-        notValidAfter: Date? = nil, metrics: GatewayMetrics, broker: Broker, usage: IdentityUsage,
+        notValidAfter: Date? = nil, metrics: GatewayMetrics, broker: Broker, cluster: ClusterLink? = nil, usage: IdentityUsage,
         timers: LoopTimers, auditLog: AuditLog, recordTemplate: AuditRecord
     ) {
         self.identity = identity
@@ -41,6 +43,7 @@ final class SessionContext: Sendable {
         self.notValidAfter = notValidAfter
         self.metrics = metrics
         self.broker = broker
+        self.cluster = cluster
         self.usage = usage
         self.timers = timers
         self.auditLog = auditLog
@@ -55,7 +58,7 @@ final class SessionContext: Sendable {
         self.init(
             identity: admitted.identity.name, route: admitted.route, configuration: configuration,
             permissions: admitted.permissions, compression: compression, notValidAfter: admitted.notValidAfter,
-            metrics: gateway.metrics, broker: gateway.broker, usage: gateway.usage, timers: timers, auditLog: gateway.auditLog,
+            metrics: gateway.metrics, broker: gateway.broker, cluster: gateway.cluster, usage: gateway.usage, timers: timers, auditLog: gateway.auditLog,
             recordTemplate: admitted.recordTemplate)
     }
 

@@ -1,0 +1,25 @@
+import Prometheus
+
+/// The shared broker's metrics, registered only on a gateway with `nats:` configured.
+struct ClusterMetrics: Sendable {
+    let connected: Gauge
+    let connectionFailures: Counter
+    let messagesIn: Counter
+    let messagesRefused: Counter
+    let publishesUnavailable: Counter
+
+    init(registry: PrometheusCollectorRegistry) {
+        connected = registry.makeGauge(name: "portcullis_nats_connected", help: "1 while the shared broker's NATS connection is up.")
+        connectionFailures = registry.makeCounter(
+            name: "portcullis_nats_connection_failures_total",
+            help: "NATS connections that failed or ended (each is followed by a reconnection).")
+        messagesIn = registry.makeCounter(
+            name: "portcullis_nats_messages_in_total", help: "Messages from other gateways delivered to local sessions.")
+        messagesRefused = registry.makeCounter(
+            name: "portcullis_nats_messages_refused_total",
+            help: "Messages from NATS refused: not what a gateway sends (subject, sender, format or payload).")
+        publishesUnavailable = registry.makeCounter(
+            name: "portcullis_publishes_unavailable_total",
+            help: "Publishes refused with 'unavailable': NATS unreachable, or too much waiting for it.")
+    }
+}
