@@ -154,13 +154,14 @@ let package = Package(
         ),
         // Helpers shared by the test targets: running other processes, a seeded random generator.
         .target(name: "PortcullisTestSupport", path: "Tests/PortcullisTestSupport"),
-        // Runs the built `portcullis` binary as an operator would. PortcullisPKI and X509 mint the certificates
+        // Runs the built `portcullis` binary as an operator would (PortcullisClient as the devices of a cluster of
+        // gateways). PortcullisPKI and X509 mint the certificates
         // the hostile-input suite presents that `portcullis pki` rightly refuses to make (expired, self-signed, a
         // chain of a dozen).
         .testTarget(
             name: "PortcullisCLITests",
             dependencies: [
-                "portcullis", "PortcullisTestSupport", "PortcullisPKI",
+                "portcullis", "PortcullisTestSupport", "PortcullisPKI", "PortcullisClient",
                 .product(name: "X509", package: "swift-certificates"),
             ]
         ),
@@ -238,7 +239,7 @@ if fuzzing {
         fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
         fuzzTarget("ProxyHeader", dependencies: ["FuzzDriver", "PortcullisAdmission"]),
         fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisPolicy"]),
-        fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML"]),
+        fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML", "PortcullisNATS"]),
         fuzzTarget(
             "UpgradeRequest",
             dependencies: ["FuzzDriver", "PortcullisAdmission", "PortcullisConfig", "PortcullisPolicy", "PortcullisPKI", "PortcullisAudit"]),

@@ -2,6 +2,7 @@ import FuzzDriver
 import FuzzSupport
 import Glibc
 import PortcullisConfig
+import PortcullisNATS
 import PortcullisYAML
 
 /// The configuration loader (`GatewayConfiguration.parse`, behind `load(path:)` at start and on every reload)
@@ -37,6 +38,15 @@ func checkLoaded(_ configuration: GatewayConfiguration) {
     let paths = [tls.certificateChain, tls.privateKey, tls.clientCA, configuration.policiesDirectory, configuration.auditDirectory]
         + [tls.clientIntermediates, tls.crl, configuration.admin?.clientCA].compactMap { $0 }
         + configuration.routes.compactMap(\.upstream).flatMap { [$0.certificate, $0.key, $0.trustRoots].compactMap { $0 } }
+        + [configuration.nats?.certificate, configuration.nats?.key, configuration.nats?.ca, configuration.nats?.passwordFile]
+        .compactMap { $0 }
+    if let nats = configuration.nats {
+        require((1...65535).contains(nats.port) && !nats.host.isEmpty, "nats url \(nats.url) has no host or port")
+        require(SubjectMapping(prefix: nats.subjectPrefix) != nil, "nats.subject_prefix \(nats.subjectPrefix) loaded")
+    }
+    if let proxy = configuration.proxyProtocol {
+        require(!proxy.trusted.isEmpty, "proxy_protocol without trusted addresses loaded")
+    }
     for path in paths {
         require(path.hasPrefix("/"), "path \(String(reflecting: path)) is not resolved against the file's directory")
     }

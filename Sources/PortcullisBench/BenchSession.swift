@@ -96,17 +96,28 @@ public struct LatencySummary: Codable, Sendable, Equatable {
 
 /// Server CPU time across the measured window, when the server's process is known.
 struct ServerCPUWindow {
-    let probe: ServerProbe?
+    let probes: [ServerProbe]
     let start: Double?
 
+    /// The CPU time of the target's server process, and of its other processes (a cluster's gateways and NATS).
     init(_ target: BenchTarget) {
-        probe = target.serverPID.map(ServerProbe.init)
-        start = probe?.cpuSeconds()
+        probes = (target.serverPID.map { [$0] } ?? []).map(ServerProbe.init) + target.otherServerPIDs.map(ServerProbe.init)
+        start = Self.total(probes)
     }
 
     func seconds() -> Double? {
-        guard let start, let end = probe?.cpuSeconds() else { return nil }
+        guard let start, let end = Self.total(probes) else { return nil }
         return end - start
+    }
+
+    private static func total(_ probes: [ServerProbe]) -> Double? {
+        guard !probes.isEmpty else { return nil }
+        var sum = 0.0
+        for probe in probes {
+            guard let seconds = probe.cpuSeconds() else { return nil }
+            sum += seconds
+        }
+        return sum
     }
 }
 

@@ -21,6 +21,8 @@ public struct BenchTarget: Sendable {
     public var wire: WireProtocol
     /// The server's process, to read its CPU time and memory from /proc; nil when it is not on this machine.
     public var serverPID: Int32?
+    /// More processes of the same server (a cluster's other gateways, its NATS), counted in its CPU time.
+    public var otherServerPIDs: [Int32] = []
     /// The addresses sessions connect from.
     public var sources = SourceAddresses(count: 1)
 

@@ -33,6 +33,9 @@ public enum PubSubBenchmark {
         /// Each publisher publishes to `TOPIC/<n>` (`TOPIC.<n>` for NATS) and subscribers subscribe to
         /// `TOPIC/+`: many devices' telemetry to one consumer, through a wildcard.
         public var ingest = false
+        /// Subscribers connect to these ports of the target's host in turn (a cluster's other gateways), rather
+        /// than to the target's.
+        public var subscriberPorts: [Int] = []
 
         public init() {}
     }
@@ -70,9 +73,12 @@ public enum PubSubBenchmark {
         let reporter = Progress(enabled: progress)
 
         var subscribers: [(session: BenchSession, counter: DeliveryCounter)] = []
-        for _ in 0..<options.subscribers {
+        for number in 0..<options.subscribers {
             let counter = DeliveryCounter()
-            let session = try await BenchSession.open(target, bench: bench, counter: counter, measuredFrom: measuredFrom, group: group)
+            var subscriberTarget = target
+            if !options.subscriberPorts.isEmpty { subscriberTarget.port = options.subscriberPorts[number % options.subscriberPorts.count] }
+            let session = try await BenchSession.open(
+                subscriberTarget, bench: bench, counter: counter, measuredFrom: measuredFrom, group: group)
             try await session.subscribe()
             subscribers.append((session, counter))
         }
@@ -81,6 +87,8 @@ public enum PubSubBenchmark {
             publishers.append(try await BenchSession.open(target, bench: bench, group: group))
         }
         // NATS confirms a subscription with the PONG that follows it, so it is in place before anything is published.
+        // A gateway's ack says its broker has it; its subscription on the cluster's NATS follows within milliseconds.
+        if !options.subscriberPorts.isEmpty { try await Task.sleep(for: .seconds(1)) }
         let flow = PublishFlow(counters: subscribers.map(\.counter), window: options.window)
         var waitersByLoop: [ObjectIdentifier: WindowWaiters] = [:]
         for publisher in publishers where waitersByLoop[ObjectIdentifier(publisher.eventLoop)] == nil {

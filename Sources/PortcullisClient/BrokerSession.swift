@@ -53,9 +53,12 @@ public final class BrokerSession: Sendable {
     /// Connects and upgrades; throws ``GatewayClient/ClientError`` with the status and reason when refused.
     public static func connect(
         host: String = "127.0.0.1", port: Int, path: String = "/v1/messages", origins: [String] = [],
-        tls: GatewayClient.TLSOptions, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        tls: GatewayClient.TLSOptions, localAddress: SocketAddress? = nil,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> BrokerSession {
-        switch try await GatewayClient.connect(host: host, port: port, path: path, origins: origins, tls: tls, group: group) {
+        switch try await GatewayClient.connect(
+            host: host, port: port, path: path, origins: origins, tls: tls, localAddress: localAddress, group: group)
+        {
         case .upgraded(let connection):
             return BrokerSession(connection: connection)
         case .refused(let status, _, let body):

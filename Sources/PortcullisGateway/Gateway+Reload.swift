@@ -102,6 +102,8 @@ extension Gateway {
         logger.notice(
             "reloaded: \((changes + restartNote).joined(separator: "; "))",
             metadata: ["reload.trigger": "\(trigger)", "sessions.open": "\(open.count)"])
+        // The others learn of a new CRL at once (one from them is already theirs).
+        if runtime.summary.crlVersions != current.summary.crlVersions, trigger != Self.crlFromNATS { announceCRL() }
         let ended = await recheck(open, under: runtime, trustChanged: trustChanged)
         return ReloadOutcome(
             result: .applied, lines: changes + restartNote, sessionsChecked: open.count, sessionsEnded: ended)

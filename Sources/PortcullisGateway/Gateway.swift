@@ -170,6 +170,7 @@ public final class Gateway: Sendable {
             ])
         }
         serverChannel.withLockedValue { $0 = channel }
+        startSharingCRLs()
         cluster?.start()
         warnIfOpenFilesBindConnections()
         lagProbe.start(group)

@@ -47,6 +47,11 @@ struct BenchOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The server's process id, to report its CPU time and memory from /proc.", valueName: "pid"))
     var serverPID: Int32?
 
+    @Option(help: ArgumentHelp(
+        "Another process of the server (a cluster's other gateways and NATS), counted in its CPU time; repeat it.",
+        valueName: "pid"))
+    var alsoServerPID: [Int32] = []
+
     @Option(help: "How long to measure (10s, 1m).")
     var duration = "10s"
 
@@ -90,6 +95,7 @@ struct BenchOptions: ParsableArguments {
                 url: url, certificate: cert, key: key, ca: ca, origin: origin, serverName: serverName, wire: wire,
                 serverPID: serverPID)
             target.sources = SourceAddresses(count: sourceAddresses)
+            target.otherServerPIDs = alsoServerPID
             return target
         } catch {
             throw ValidationError("\(error)")
@@ -202,10 +208,16 @@ struct BenchPubSub: AsyncParsableCommand {
     @Flag(help: "N→1 ingest: each publisher on a topic of its own (TOPIC/<n>), subscribers to TOPIC/+.")
     var ingest = false
 
+    @Option(help: ArgumentHelp(
+        "Subscribers connect to this port of the URL's host instead (a cluster's other gateways), in turn; repeat it.",
+        valueName: "port"))
+    var subscriberPort: [Int] = []
+
     func validate() throws {
         guard publishers > 0, subscribers > 0 else { throw ValidationError("--publishers and --subscribers must be positive") }
         guard payload >= 8 else { throw ValidationError("--payload must be at least 8 bytes (it carries the send time)") }
         if let rate, !(rate > 0 && rate <= 100_000_000) { throw ValidationError("--rate must be from 1 to 100,000,000 messages/s") }
+        guard subscriberPort.allSatisfy({ (1...65535).contains($0) }) else { throw ValidationError("--subscriber-port must be from 1 to 65535") }
     }
 
     func run() async throws {
@@ -219,6 +231,7 @@ struct BenchPubSub: AsyncParsableCommand {
         settings.topic = topic
         settings.publishMode = publishMode
         settings.ingest = ingest
+        settings.subscriberPorts = subscriberPort
         try await options.measure { [settings] target, group in
             try await PubSubBenchmark.run(target, options: settings, progress: !options.json, group: group)
         } lines: { result in

@@ -134,9 +134,14 @@ func startConfiguredGateway(
         ? RunningCommand(command, in: directory)
         : RunningCommand(Array(launcher.dropFirst()) + [try portcullisBinary()] + command, in: directory, executable: launcher[0])
     #expect(try await serve.waitFor("audit log in"), "\(serve.output)")
-    let port = try #require(serve.output.split(separator: "\n").first { $0.contains("listening on") }?
-        .split(separator: ";").first?.split(separator: ":").last.map(String.init), "\(serve.output)")
+    let port = try #require(listeningPort(serve.output), "\(serve.output)")
     return (serve, port)
+}
+
+/// The port `serve --config` says it listens on (`portcullis: listening on HOST:PORT; …`).
+func listeningPort(_ output: String) -> String? {
+    output.split(separator: "\n").first { $0.contains("listening on") }?
+        .split(separator: ";").first?.split(separator: ":").last.map(String.init)
 }
 
 @Suite("portcullis serve")

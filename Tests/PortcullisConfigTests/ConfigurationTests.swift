@@ -292,6 +292,44 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("nats: url, mutual TLS files, user and password file, subject prefix; bad values are refused at their line")
+    func nats() throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        #expect(try GatewayConfiguration.parse(base, file: "g.yaml", baseDirectory: ".").nats == nil)
+        let full = try #require(
+            try GatewayConfiguration.parse(
+                base + "nats:\n  url: tls://nats.internal:4443\n  tls: {certificate: n.crt, key: n.key, ca: ca.crt}\n"
+                    + "  user: gateway\n  password_file: secret\n  subject_prefix: acme.portcullis\n  name: gw-1\n",
+                file: "g.yaml", baseDirectory: "/etc/portcullis"
+            ).nats)
+        #expect(full.host == "nats.internal" && full.port == 4443 && full.secure)
+        #expect(full.certificate == "/etc/portcullis/n.crt" && full.key == "/etc/portcullis/n.key" && full.ca == "/etc/portcullis/ca.crt")
+        #expect(full.user == "gateway" && full.passwordFile == "/etc/portcullis/secret")
+        #expect(full.subjectPrefix == "acme.portcullis" && full.name == "gw-1")
+        let plain = try #require(
+            try GatewayConfiguration.parse(base + "nats: {url: 'nats://[::1]'}\n", file: "g.yaml", baseDirectory: ".").nats)
+        #expect(plain.host == "::1" && plain.port == 4222 && !plain.secure && plain.subjectPrefix == "portcullis")
+        for url in ["http://x:4222", "nats://", "nats://host:0", "nats://host:99999", "nats://user:pw@host", "nats://host/path"] {
+            #expect(GatewayConfiguration.NATS(url: url) == nil, "\(url)")
+        }
+        do {
+            _ = try GatewayConfiguration.parse(
+                base + "nats:\n  url: nats://127.0.0.1\n  tls: {certificate: n.crt}\n  user: gateway\n"
+                    + "  subject_prefix: 'a.*.b'\n",
+                file: "g.yaml", baseDirectory: ".")
+            Issue.record("a bad nats section was accepted")
+        } catch let error as DiagnosticsError {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("g.yaml:5: nats.tls needs both certificate and key") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:5: nats.tls is for a tls:// url") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:4: nats needs both user and password_file") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:7: nats.subject_prefix:") }, "\(lines)")
+        }
+        #expect(throws: DiagnosticsError.self) {
+            try GatewayConfiguration.parse(base + "nats: {user: x}\n", file: "g.yaml", baseDirectory: ".")
+        }
+    }
+
     @Test("Durations and listen addresses parse as operators write them")
     func smallParsers() {
         #expect(parseDuration("500ms") == 0.5)

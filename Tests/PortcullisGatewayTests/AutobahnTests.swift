@@ -215,18 +215,6 @@ extension ExternalTool {
     }
 }
 
-/// Stops a child process: SIGTERM, then SIGKILL if it lingers past 5 s (some, like Mosquitto's websockets loop,
-/// sit out a SIGTERM). Polled: `waitUntilExit()` can wait forever on a concurrency thread.
-func stopProcess(_ process: Process) {
-    guard process.isRunning else { return }
-    kill(process.processIdentifier, SIGTERM)
-    var deadline = Date().addingTimeInterval(5)
-    while process.isRunning && Date() < deadline { usleep(10_000) }
-    if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-    deadline = Date().addingTimeInterval(5)
-    while process.isRunning && Date() < deadline { usleep(10_000) }
-}
-
 /// stunnel in client mode on an ephemeral loopback port: it takes plain TCP and connects to the gateway over TLS
 /// with a client certificate, verifying the gateway's against the test CA.
 final class Stunnel: @unchecked Sendable {
@@ -248,7 +236,7 @@ final class Stunnel: @unchecked Sendable {
         let executable = try ExternalTool("stunnel4").path
         var failures: [String] = []
         for attempt in 1...3 {
-            let port = try await freeLoopbackPort()
+            let port = try freeLoopbackPort()
             let configuration = "\(directory)/stunnel-\(attempt).conf"
             try """
                 foreground = yes
@@ -280,7 +268,7 @@ final class Stunnel: @unchecked Sendable {
             // Generous: at the suite's start stunnel can wait seconds for a core.
             let deadline = Date().addingTimeInterval(30)
             while process.isRunning && Date() < deadline {
-                if Self.listens(pid: process.processIdentifier, port: port) { return stunnel }
+                if listens(pid: process.processIdentifier, port: port) { return stunnel }
                 try await Task.sleep(for: .milliseconds(50))
             }
             stunnel.stop()
@@ -289,45 +277,8 @@ final class Stunnel: @unchecked Sendable {
         throw StartFailure(description: "stunnel did not start:\n" + failures.joined(separator: "\n"))
     }
 
-    struct StartFailure: Error, CustomStringConvertible {
-        let description: String
-    }
-
     /// Stops stunnel (``stopProcess(_:)``).
     func stop() {
         stopProcess(process)
-    }
-
-    /// A loopback port nothing listens on now: bound with port 0, read back, closed.
-    static func freeLoopbackPort() async throws -> Int {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress?.port
-        try await channel.close()
-        return try #require(port)
-    }
-
-    /// Whether process `pid` itself listens on `port` (IPv4 or IPv6): a listening socket of that port in
-    /// /proc/net/tcp or tcp6 is one of the process's descriptors. A connection test alone was fooled when
-    /// another test's listener took the port between `freeLoopbackPort()` and the process's bind: the process
-    /// exited, and the suite then ran against a port nobody listened on.
-    static func listens(pid: Int32, port: Int) -> Bool {
-        let suffix = ":" + String(format: "%04X", port)
-        let inodes = ["/proc/net/tcp", "/proc/net/tcp6"].flatMap { path -> [String] in
-            guard let table = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
-            return table.split(separator: "\n").dropFirst().compactMap { line -> String? in
-                let fields = line.split(separator: " ")
-                // local_address, rem_address, st (0A: LISTEN), …, inode (the tenth field).
-                guard fields.count > 9, fields[1].hasSuffix(suffix), fields[3] == "0A" else { return nil }
-                return String(fields[9])
-            }
-        }
-        guard !inodes.isEmpty,
-            let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")
-        else { return false }
-        return descriptors.contains { descriptor in
-            let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(descriptor)")
-            return inodes.contains { target == "socket:[\($0)]" }
-        }
     }
 }

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import PortcullisClient
 import PortcullisConfig
 import PortcullisProtocol
+import PortcullisTestSupport
 import Testing
 
 @testable import PortcullisGateway
@@ -32,7 +33,7 @@ final class DeliveryLog: Sendable {
 }
 
 /// The shared broker: two gateways (each its own PKI, as two sites could have) and a real nats-server.
-@Suite("Shared broker over NATS")
+@Suite("Shared broker over NATS", .serialized)
 struct ClusterTests {
     /// A scratch directory for nats-server, removed by the caller.
     static func scratch() throws -> String {
@@ -79,7 +80,7 @@ struct ClusterTests {
         String(decoding: gw.gateway.metricsExposition(), as: UTF8.self)
     }
 
-    @Test("A publish on one gateway reaches subscribers on the other exactly once, stamped with the sender's identity")
+    @Test("A publish on one gateway reaches subscribers on the other exactly once, stamped with the sender's identity; a CRL from another CA is refused")
     func crossGateway() async throws {
         let directory = try Self.scratch()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -115,6 +116,9 @@ struct ClusterTests {
                     let binary = log.all.filter { $0.payload == .binary([0, 1, 2, 255]) }
                     #expect(binary.count == 1 && binary.first?.from == "demo-device", "\(log.all)")
                 }
+                // Each test gateway has a CA of its own: the other's CRL reaches it through NATS and is refused.
+                let foreignCRL = try #require(await a.auditRecord { $0.event == "crl_refused" })
+                #expect(foreignCRL.detail?.contains("does not verify against this gateway's CA bundle") == true, "\(foreignCRL)")
                 #expect(Self.metrics(b).contains("portcullis_nats_connected 1"))
                 #expect(!Self.metrics(b).contains("portcullis_nats_messages_in_total 0"))
                 await device.close()
@@ -215,6 +219,57 @@ struct ClusterTests {
             #expect(device.contains("Permissions Violation for Publish to \"portcullis.devices.demo-device.telemetry\""), "\(device)")
             #expect(device.contains("Permissions Violation for Subscription to \"portcullis.>\""), "\(device)")
             await remote.close()
+        }
+    }
+
+    @Test("A CRL one gateway reloads reaches the other through NATS, which verifies it and ends the revoked device's session")
+    func revocationEverywhere() async throws {
+        let directory = try Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let nats = try await NATSServer.start(in: directory)
+        defer { nats.stop() }
+        let join = try Self.joining(nats)
+        try await withGateway(adjust: join) { a in
+            // Gateway B trusts A's CA (one fleet, two gateways) and keeps its own copy of the CRL.
+            let copy = "\(directory)/b-crl.pem"
+            try FileManager.default.copyItem(atPath: a.pki.crlPath, toPath: copy)
+            try await withGateway(adjust: {
+                join(&$0)
+                $0.tls.clientCA = a.pki.caPath
+                $0.tls.clientIntermediates = nil
+                $0.tls.crl = copy
+            }) { b in
+                #expect(try await Self.ready(a) == nil)
+                #expect(try await Self.ready(b) == nil)
+                guard case .upgraded(let session) = try await GatewayClient.connect(port: b.port, path: "/v1/echo", tls: b.tls(a.device))
+                else {
+                    Issue.record("A's device was not admitted by B")
+                    return
+                }
+                // `pki revoke` on the admin host: A's CRL, with a higher number, reloaded by A.
+                try a.pki.revoke([a.deviceCertificate], number: 2)
+                let revokedAt = Date()
+                _ = await a.gateway.reload(trigger: "test: pki revoke")
+                let closed = await withTaskGroup(of: Bool.self) { group in
+                    group.addTask {
+                        await session.waitUntilClosed()
+                        return true
+                    }
+                    group.addTask {
+                        try? await Task.sleep(for: .seconds(60))
+                        return false
+                    }
+                    let first = await group.next() ?? false
+                    group.cancelAll()
+                    return first
+                }
+                #expect(closed, "B kept the revoked device's session")
+                print("cluster: B ended the revoked device's session \(Int(Date().timeIntervalSince(revokedAt) * 1000)) ms after A reloaded")
+                let reload = try #require(await b.auditRecord { $0.event == "reload" && $0.reason == "applied" })
+                #expect(reload.detail?.hasPrefix("CRL from another gateway (NATS)") == true, "\(reload)")
+                #expect(try await b.auditRecord { $0.identity == "demo-device" && $0.reason == "certificate_revoked" } != nil)
+                #expect(FileManager.default.contents(atPath: copy) == FileManager.default.contents(atPath: a.pki.crlPath))
+            }
         }
     }
 

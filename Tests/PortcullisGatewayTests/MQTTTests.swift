@@ -49,12 +49,12 @@ struct MQTTTests {
         let executable = FileManager.default.isExecutableFile(atPath: "/usr/sbin/mosquitto")
             ? "/usr/sbin/mosquitto" : try ExternalTool("mosquitto").path
         for _ in 1...3 {
-            let port = try await Stunnel.freeLoopbackPort()
+            let port = try freeLoopbackPort()
             let configuration = "\(directory)/mosquitto.conf"
             // Mosquitto 2.0.11 (Debian 12) refuses to start with websockets listeners only: a plain MQTT listener
             // on another free port keeps it company.
             try """
-                listener \(try await Stunnel.freeLoopbackPort()) 127.0.0.1
+                listener \(try freeLoopbackPort()) 127.0.0.1
                 listener \(port) 127.0.0.1
                 protocol websockets
                 allow_anonymous true
@@ -69,12 +69,12 @@ struct MQTTTests {
             try process.run()
             let deadline = Date().addingTimeInterval(30)
             while process.isRunning && Date() < deadline {
-                if Stunnel.listens(pid: process.processIdentifier, port: port) { return (process, port) }
+                if listens(pid: process.processIdentifier, port: port) { return (process, port) }
                 try await Task.sleep(for: .milliseconds(50))
             }
             if process.isRunning { process.terminate() }
         }
-        throw Stunnel.StartFailure(description: "mosquitto did not start")
+        throw StartFailure(description: "mosquitto did not start")
     }
 
     @Test("paho-mqtt publishes and receives through an upstream route to Mosquitto, with the mqtt subprotocol agreed")

@@ -228,7 +228,7 @@ struct UpstreamTests {
 
     @Test("An unreachable backend is a 502 at the upgrade, audited")
     func unreachableBackend() async throws {
-        try await withGateway(adjust: {
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, adjust: {
             // A port nothing listens on: bind one, note it, close it.
             $0.routes.append(.init(path: "/v1/upstream", kind: .upstream, upstream: .init(url: "ws://127.0.0.1:9/nowhere")))
         }) { gw in

@@ -8,10 +8,10 @@ struct ScratchPKI {
     let root: String
     let pki: PKIDirectory
 
-    init(intermediate: Bool = false) throws {
+    init(intermediate: Bool = false, name: String = "Scratch CA") throws {
         root = try temporaryDirectory()
         pki = PKIDirectory(path: "\(root)/pki")
-        try pki.initialize(name: "Scratch CA", intermediate: intermediate)
+        try pki.initialize(name: name, intermediate: intermediate)
     }
 
     /// Every file under the PKI with its content, to prove a refused operation wrote nothing.
@@ -114,6 +114,29 @@ struct PKIOperationTests {
 
         let (_, immediate) = try pki.rotate(name: "device-1", grace: 0)
         #expect(immediate.state == .revoked)
+    }
+
+    @Test("CRL sets compare per issuer: newer, same, older (or missing an issuer), and mixed when each is ahead somewhere")
+    func crlSetComparison() throws {
+        let first = try ScratchPKI()
+        let second = try ScratchPKI(name: "Second Scratch CA")
+        defer {
+            first.remove()
+            second.remove()
+        }
+        let (a1, _) = try first.pki.regenerateCRL()
+        let (a2, _) = try first.pki.regenerateCRL()
+        let (b1, _) = try second.pki.regenerateCRL()
+        let (b2, _) = try second.pki.regenerateCRL()
+        #expect(CRLSetComparison.compare([a2], with: [a1]) == .newer)
+        #expect(CRLSetComparison.compare([a1], with: [a2]) == .older)
+        #expect(CRLSetComparison.compare([a2], with: [a2]) == .same)
+        #expect(CRLSetComparison.compare([a2, b1], with: [a1, b1]) == .newer)
+        #expect(CRLSetComparison.compare([a1], with: [a1, b1]) == .older, "missing an issuer in force")
+        #expect(CRLSetComparison.compare([a2], with: [a1, b1]) == .mixed, "newer for one, but would drop the other's")
+        #expect(CRLSetComparison.compare([a1, b1], with: [a1]) == .newer, "a new issuer's CRL")
+        #expect(CRLSetComparison.compare([a2, b1], with: [a1, b2]) == .mixed)
+        #expect(CRLSetComparison.compare([], with: []) == .same)
     }
 
     @Test("revoke writes a CRL OpenSSL accepts, and openssl verify -crl_check refuses the certificate with it")

@@ -46,6 +46,14 @@ final class ClusterLink: Sendable {
     /// The NATS subscriptions of each filter the gateway's sessions hold.
     private let filters = NIOLockedValueBox([String: [UInt64]]())
 
+    /// What the gateway does with CRLs the others announce, and when to announce its own.
+    struct CRLSharing: Sendable {
+        var subscription: UInt64
+        var received: @Sendable ([UInt8]) -> Void
+        var connected: @Sendable () -> Void
+    }
+    private let crlSharing = NIOLockedValueBox<CRLSharing?>(nil)
+
     init(
         mapping: SubjectMapping, settings: NATSConnection.Settings, eventLoop: any EventLoop, broker: Broker,
         metrics: ClusterMetrics, logger: Logger, audit: @escaping @Sendable (AuditRecord) -> Void
@@ -75,6 +83,24 @@ final class ClusterLink: Sendable {
 
     /// Why NATS is unreachable, or nil while it is connected.
     var unavailableReason: String? { outage.withLockedValue { $0.reason } }
+
+    // MARK: Revocation lists
+
+    /// Passes CRLs between the gateways: each announces its CRL file on a subject no topic maps to (when it changes,
+    /// and on every connection, so that a gateway that was away catches up); `received` gets the others' (every
+    /// gateway's, not one of a queue group), `connected` is called on every connection.
+    func shareCertificateRevocationLists(
+        received: @escaping @Sendable ([UInt8]) -> Void, connected: @escaping @Sendable () -> Void
+    ) {
+        let subscription = connection.subscribe(mapping.certificateRevocationListSubject, queueGroup: nil)
+        crlSharing.withLockedValue { $0 = CRLSharing(subscription: subscription, received: received, connected: connected) }
+    }
+
+    /// Sends this gateway's CRL file (PEM) to the others; false when NATS did not take it.
+    @discardableResult
+    func announceCRL(_ pem: [UInt8]) -> Bool {
+        connection.publish(subject: mapping.certificateRevocationListSubject, headers: [], payload: pem) == .sent
+    }
 
     // MARK: Subscriptions
 
@@ -133,7 +159,13 @@ final class ClusterLink: Sendable {
     /// all the messages of one read before the subscribers on other loops are woken.
     private func receive(_ messages: [NATSMessage]) {
         var publisher = Broker.Publisher()
+        let sharing = crlSharing.withLockedValue { $0 }
         for message in messages {
+            if message.subject == mapping.certificateRevocationListSubject {
+                // A `#` subscription's `PREFIX.>` brings it too: only the CRL subscription's copy is taken.
+                if message.sid == sharing?.subscription { sharing?.received(message.payload) }
+                continue
+            }
             guard let frame = frame(of: message) else {
                 metrics.messagesRefused.increment()
                 continue
@@ -196,6 +228,7 @@ final class ClusterLink: Sendable {
                 return outage.audited ? outage : nil
             }
             logger.notice("connected to NATS", metadata: ["nats.queue_group": "\(queueGroup)"])
+            crlSharing.withLockedValue { $0 }?.connected()
             guard let ended else { return }
             var record = AuditRecord(event: "nats_recovered")
             record.count = ended.refused
