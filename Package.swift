@@ -49,7 +49,7 @@ let package = Package(
         ),
         // Pure: NATS's client protocol and the mapping of topics to NATS subjects, for the shared broker.
         // Hand-written: the mirror has no NATS client.
-        .target(name: "PortcullisNATS", dependencies: ["PortcullisPolicy"], swiftSettings: fuzzInstrumented),
+        .target(name: "PortcullisNATS", dependencies: ["PortcullisPolicy", "PortcullisProtocol"], swiftSettings: fuzzInstrumented),
         // Pure + files: CA, issuance, CRL encoding and parsing, the client-certificate verifier.
         .target(
             name: "PortcullisPKI",
@@ -238,7 +238,7 @@ if fuzzing {
         fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisYAML"]),
         fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
         fuzzTarget("ProxyHeader", dependencies: ["FuzzDriver", "PortcullisAdmission"]),
-        fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisPolicy"]),
+        fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisPolicy", "PortcullisProtocol"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML", "PortcullisNATS"]),
         fuzzTarget(
             "UpgradeRequest",

@@ -155,7 +155,7 @@ struct NATSServerParserTests {
             "INFO {\"max_payload\":3000000000}\r\n", "INFO {\"headers\":1}\r\n", "INFO {\"headers\":true,\"headers\":false}\r\n",
             "INFO {\"a\":}\r\n", "INFO {\"a\":1}x\r\n", "INFO {\"a\":\"\\q\"}\r\n", "INFO {\"a\":\"\\ud800\"}\r\n",
             "INFO {\"a\":01}\r\n", "INFO\r\n", "INFO [1]\r\n",
-            "INFO {\"a\":" + String(repeating: "[", count: 40) + String(repeating: "]", count: 40) + "}\r\n",
+            "INFO {\"a\":" + String(repeating: "[", count: 70) + String(repeating: "]", count: 70) + "}\r\n",
         ])
     func brokenFraming(text: String) {
         #expect(Self.read(text).error != nil)
