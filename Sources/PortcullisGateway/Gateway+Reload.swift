@@ -61,7 +61,8 @@ extension Gateway {
         return await reload(trigger: trigger) { configuration }
     }
 
-    private func performReload(trigger: String, load: () throws -> GatewayConfiguration) async -> ReloadOutcome {
+    /// A reload, already in the queue (``reloads``): what ``reload(trigger:configuration:)`` runs.
+    func performReload(trigger: String, load: () throws -> GatewayConfiguration) async -> ReloadOutcome {
         let current = runtime
         let runtime: GatewayRuntime
         let notApplied: [String]

@@ -92,6 +92,18 @@ struct ClusterTests {
         String(decoding: gw.gateway.metricsExposition(), as: UTF8.self)
     }
 
+    @Test("The sender header keeps an identity's blanks, which NATS would trim into another identity; nothing else reads")
+    func senderHeader() {
+        for identity in ["demo-device", "alice ", " alice", "a%20b", "100%", "device 7"] {
+            let value = ClusterLink.senderHeaderValue(identity)
+            #expect(!value.hasPrefix(" ") && !value.hasSuffix(" "), "\(value)")
+            #expect(ClusterLink.identity(fromSenderHeader: value) == identity)
+        }
+        for forged in ["alice ", "a%41", "a%2", "%", "", "a\u{301}"] {
+            #expect(ClusterLink.identity(fromSenderHeader: forged) == nil, "\(forged)")
+        }
+    }
+
     @Test("A publish on one gateway reaches subscribers on the other exactly once, stamped with the sender's identity; a CRL from another CA is refused")
     func crossGateway() async throws {
         try await Self.withNATS { nats, join in

@@ -41,6 +41,7 @@ final class ClusterLink: Sendable {
         var refused = 0
         var audited = false
         var lastRefusalWarning: Date?
+        var lastServerErrorLog: Date?
     }
     private let outage = NIOLockedValueBox(Outage())
     /// The NATS subscriptions of each filter the gateway's sessions hold.
@@ -69,7 +70,8 @@ final class ClusterLink: Sendable {
         connection = NATSConnection(
             settings: settings, eventLoop: eventLoop,
             onMessages: { messages in link.value?.receive(messages) },
-            onStateChange: { state in link.value?.stateChanged(state) })
+            onStateChange: { state in link.value?.stateChanged(state) },
+            onServerError: { text in link.value?.serverError(text) })
         link.value = self
     }
 
@@ -127,7 +129,7 @@ final class ClusterLink: Sendable {
     /// Sends an admitted publish to the other gateways. `binary`: the payload is bytes, else one JSON value.
     func forward(topic: String, sender: String, binary: Bool, payload: some Collection<UInt8>) -> ForwardResult {
         let headers = [
-            NATSHeader(name: Self.senderHeader, value: sender),
+            NATSHeader(name: Self.senderHeader, value: Self.senderHeaderValue(sender)),
             NATSHeader(name: Self.formatHeader, value: binary ? "binary" : "json"),
         ]
         switch connection.publish(subject: mapping.subject(forTopic: topic), headers: headers, payload: payload) {
@@ -138,7 +140,8 @@ final class ClusterLink: Sendable {
         case .unavailable:
             metrics.publishesUnavailable.increment()
             let warn = outage.withLockedValue { outage -> Bool in
-                outage.refused += 1
+                // What the outage record counts; a backlog while connected is not an outage.
+                if outage.reason != nil { outage.refused += 1 }
                 let now = Date()
                 guard outage.lastRefusalWarning.map({ now.timeIntervalSince($0) >= 10 }) ?? true else { return false }
                 outage.lastRefusalWarning = now
@@ -184,8 +187,8 @@ final class ClusterLink: Sendable {
         for header in message.headers {
             switch header.name {
             case Self.senderHeader:
-                guard sender == nil else { return nil }
-                sender = header.value
+                guard sender == nil, let identity = Self.identity(fromSenderHeader: header.value) else { return nil }
+                sender = identity
             case Self.formatHeader:
                 guard format == nil else { return nil }
                 format = header.value
@@ -193,7 +196,7 @@ final class ClusterLink: Sendable {
                 continue
             }
         }
-        guard let sender, Identity.problem(withName: sender) == nil else { return nil }
+        guard let sender else { return nil }
         switch format {
         case "binary":
             var bytes = MessagingProtocol.binaryMessagePrefix(topic: topic, from: sender)
@@ -208,6 +211,47 @@ final class ClusterLink: Sendable {
         }
     }
 
+    /// The `Portcullis-Sender` value for `identity`: `%`, space and tab written as `%25`, `%20` and `%09`. A header
+    /// value loses the blanks around it on the way (`alice ` would arrive as `alice`, another identity); escaped,
+    /// every identity arrives as itself.
+    static func senderHeaderValue(_ identity: String) -> String {
+        guard identity.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == 0x20 || $0 == 0x09 }) else { return identity }
+        var value: [UInt8] = []
+        for byte in identity.utf8 {
+            switch byte {
+            case UInt8(ascii: "%"): value += Array("%25".utf8)
+            case 0x20: value += Array("%20".utf8)
+            case 0x09: value += Array("%09".utf8)
+            default: value.append(byte)
+            }
+        }
+        return String(decoding: value, as: UTF8.self)
+    }
+
+    /// The identity a `Portcullis-Sender` value names, or nil when it is not what ``senderHeaderValue(_:)`` writes.
+    static func identity(fromSenderHeader value: String) -> String? {
+        var bytes: [UInt8] = []
+        var rest = value.utf8[...]
+        while let byte = rest.popFirst() {
+            guard byte == UInt8(ascii: "%") else {
+                // A blank here was not written by a gateway.
+                guard byte != 0x20, byte != 0x09 else { return nil }
+                bytes.append(byte)
+                continue
+            }
+            switch (rest.popFirst(), rest.popFirst()) {
+            case (UInt8(ascii: "2"), UInt8(ascii: "5")): bytes.append(UInt8(ascii: "%"))
+            case (UInt8(ascii: "2"), UInt8(ascii: "0")): bytes.append(0x20)
+            case (UInt8(ascii: "0"), UInt8(ascii: "9")): bytes.append(0x09)
+            default: return nil
+            }
+        }
+        guard let identity = String(validating: bytes, as: UTF8.self), Identity.problem(withName: identity) == nil else {
+            return nil
+        }
+        return identity
+    }
+
     /// Whether `payload` is exactly one JSON value: it goes into the delivery as the publisher's payload, and
     /// `1,"from":"admin"` would put a second sender beside it.
     static func isOneJSONValue(_ payload: [UInt8]) -> Bool {
@@ -218,6 +262,19 @@ final class ClusterLink: Sendable {
     }
 
     // MARK: Outages
+
+    /// A `-ERR` from NATS: counted, and logged (at most every 10 s). A permissions violation leaves the connection
+    /// open but drops what it refused: the account does not grant the gateways the prefix (docs/cluster.md).
+    private func serverError(_ text: String) {
+        metrics.serverErrors.increment()
+        let log = outage.withLockedValue { outage -> Bool in
+            let now = Date()
+            guard outage.lastServerErrorLog.map({ now.timeIntervalSince($0) >= 10 }) ?? true else { return false }
+            outage.lastServerErrorLog = now
+            return true
+        }
+        if log { logger.error("NATS refused something the gateway sent", metadata: ["nats.error": "\(text)"]) }
+    }
 
     private func stateChanged(_ state: NATSConnection.State) {
         switch state {

@@ -7,6 +7,7 @@ struct ClusterMetrics: Sendable {
     let messagesIn: Counter
     let messagesRefused: Counter
     let publishesUnavailable: Counter
+    let serverErrors: Counter
 
     init(registry: PrometheusCollectorRegistry) {
         connected = registry.makeGauge(name: "portcullis_nats_connected", help: "1 while the shared broker's NATS connection is up.")
@@ -21,5 +22,8 @@ struct ClusterMetrics: Sendable {
         publishesUnavailable = registry.makeCounter(
             name: "portcullis_publishes_unavailable_total",
             help: "Publishes refused with 'unavailable': NATS unreachable, or too much waiting for it.")
+        serverErrors = registry.makeCounter(
+            name: "portcullis_nats_errors_total",
+            help: "-ERR answers from NATS (a permissions violation means the account does not grant the gateways the prefix).")
     }
 }

@@ -51,6 +51,9 @@ final class NATSConnection: Sendable {
         var subscriptions: [UInt64: (subject: String, queueGroup: String?)] = [:]
         var nextSID: UInt64 = 1
         var channel: (any Channel)?
+        /// The connection being made or in use; a report from any other (a losing Happy Eyeballs attempt) is
+        /// not about this one.
+        var current: ObjectIdentifier?
         var stopped = false
         var failures = 0
     }
@@ -62,15 +65,18 @@ final class NATSConnection: Sendable {
     private let onMessages: @Sendable ([NATSMessage]) -> Void
     /// Each change of state, on `eventLoop`.
     private let onStateChange: @Sendable (State) -> Void
+    /// Each `-ERR` the server sends (some, a permissions violation, leave the connection open), on `eventLoop`.
+    private let onServerError: @Sendable (String) -> Void
 
     init(
         settings: Settings, eventLoop: any EventLoop, onMessages: @escaping @Sendable ([NATSMessage]) -> Void,
-        onStateChange: @escaping @Sendable (State) -> Void
+        onStateChange: @escaping @Sendable (State) -> Void, onServerError: @escaping @Sendable (String) -> Void
     ) {
         self.settings = settings
         self.eventLoop = eventLoop
         self.onMessages = onMessages
         self.onStateChange = onStateChange
+        self.onServerError = onServerError
     }
 
     /// Connects, and keeps connecting until ``stop()``.
@@ -96,7 +102,9 @@ final class NATSConnection: Sendable {
             // Headers are a few dozen bytes: a bound on them, not their exact length, is checked first.
             let headerBytes = headers.reduce(12) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
             let size = payload.count + headerBytes
-            guard size <= shared.maximumPayload else { return (.tooLarge(limit: shared.maximumPayload), false) }
+            // Past what may wait to be written, a message could never be sent: too large, not unavailable.
+            let limit = min(shared.maximumPayload, settings.maximumPendingBytes / 2)
+            guard size <= limit else { return (.tooLarge(limit: limit), false) }
             guard shared.outbox.count + size + subject.utf8.count + 32 <= settings.maximumPendingBytes else {
                 return (.unavailable, false)
             }
@@ -168,14 +176,19 @@ final class NATSConnection: Sendable {
             }
             .connect(host: settings.host, port: settings.port)
             .whenComplete { result in
-                if case .failure(let error) = result { self.lost(reason: "cannot connect to \(self.settings.host):\(self.settings.port): \(error)") }
+                switch result {
+                case .success(let channel):
+                    self.shared.withLockedValue { $0.current = ObjectIdentifier(channel) }
+                case .failure(let error):
+                    self.lost(reason: "cannot connect to \(self.settings.host):\(self.settings.port): \(error)", channel: nil)
+                }
             }
     }
 
     /// The server answered our first `PING`: signed in. Every subscription is made again.
     fileprivate func established(channel: any Channel, maximumPayload: Int?) {
         let stopped = shared.withLockedValue { shared -> Bool in
-            guard !shared.stopped else { return true }
+            guard !shared.stopped, shared.current == ObjectIdentifier(channel) else { return true }
             shared.channel = channel
             shared.connected = true
             shared.failures = 0
@@ -200,8 +213,10 @@ final class NATSConnection: Sendable {
 
     /// The connection failed or ended: refuse publishes from now on, and connect again (at once the first time,
     /// then after a jittered backoff up to 2 s).
-    fileprivate func lost(reason: String) {
+    fileprivate func lost(reason: String, channel: (any Channel)?) {
         let (stopped, failures) = shared.withLockedValue { shared -> (Bool, Int) in
+            if let channel, shared.current != ObjectIdentifier(channel) { return (true, 0) }
+            shared.current = nil
             shared.connected = false
             shared.channel = nil
             shared.outbox.removeAll()
@@ -231,6 +246,10 @@ final class NATSConnection: Sendable {
 
     fileprivate func deliver(_ messages: [NATSMessage]) {
         onMessages(messages)
+    }
+
+    fileprivate func serverError(_ text: String) {
+        onServerError(text)
     }
 }
 
@@ -287,6 +306,10 @@ private final class NATSClientHandler: ChannelInboundHandler {
         case .info(let info):
             maximumPayload = info.maximumPayload
             guard phase == .awaitingInfo else { return }
+            guard info.supportsHeaders else {
+                fail("the NATS server does not support headers (nats-server 2.2 and later do): the sender's identity travels in them", context: context)
+                return
+            }
             if let tls = connection.tls {
                 phase = .securing
                 do {
@@ -317,7 +340,9 @@ private final class NATSClientHandler: ChannelInboundHandler {
             break
         case .error(let text):
             // Some errors (a permissions violation) leave the connection open; the server closes it for the rest.
-            lastError = "NATS said: \(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.map(String.init).joined())"
+            let printable = String(String.UnicodeScalarView(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(512)))
+            lastError = "NATS said: \(printable)"
+            connection.serverError(printable)
         }
     }
 
@@ -370,7 +395,7 @@ private final class NATSClientHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         deadline?.cancel()
         pings?.cancel()
-        connection.lost(reason: lastError ?? "NATS closed the connection")
+        connection.lost(reason: lastError ?? "NATS closed the connection", channel: context.channel)
         context.fireChannelInactive()
     }
 }

@@ -17,7 +17,7 @@ extension Gateway {
                 event: "connection_refused", decision: "deny", reason: refusal.rawValue,
                 detail: detail(of: refusal, capacity: capacity, limits: limits))
             record.peer = Self.describe(channel.remoteAddress)
-            auditUnauthenticated(record, address: address ?? record.peer ?? "unknown")
+            auditUnauthenticated(record, address: address ?? channel.remoteAddress?.ipAddress ?? "unknown")
             throw ConnectionRefusedAtAccept()
         }
         let counted = CountedAddress(address)
