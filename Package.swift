@@ -192,7 +192,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PortcullisPKITests",
-            dependencies: ["PortcullisPKI", .product(name: "X509", package: "swift-certificates")]
+            dependencies: ["PortcullisPKI", "PortcullisTestSupport", .product(name: "X509", package: "swift-certificates")]
         ),
         .testTarget(
             name: "PortcullisGatewayTests",

@@ -9,7 +9,10 @@ struct Portcullis: AsyncParsableCommand {
         discussion: """
             Devices connect over WSS with client certificates; a session is admitted only after the \
             certificate verifies, the Origin passes and the identity's policy grants the route.
+
+            Shell completions: portcullis --generate-completion-script bash|zsh|fish (see README.md).
             """,
+        version: portcullisVersion,
         subcommands: [Serve.self, PKICommand.self, AuditCommand.self, Bench.self]
     )
 }

@@ -658,7 +658,7 @@ enum HostileCertificates {
 
 /// `Tests/hostile_client.py`, running for the whole suite: one JSON request a line in, one JSON line out.
 final class HostileClient: @unchecked Sendable {
-    let process = Process()
+    let process = ChildProcess()
     private let input = Pipe()
     private let output = Pipe()
     private let errors = Pipe()

@@ -1,10 +1,11 @@
 import Foundation
+import PortcullisTestSupport
 import Testing
 
 /// Runs `portcullis ARGS` to completion in `directory`; standard output and error together. The blocking
 /// read runs on a Dispatch thread, so parallel runs stay parallel.
 func portcullis(_ arguments: [String], in directory: String) async throws -> (status: Int32?, output: String) {
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: try portcullisBinary())
     process.arguments = arguments
     process.currentDirectoryURL = URL(fileURLWithPath: directory)
@@ -14,7 +15,7 @@ func portcullis(_ arguments: [String], in directory: String) async throws -> (st
     try process.run()
     return await withCheckedContinuation { continuation in
         DispatchQueue.global().async {
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            let data = readToEnd(pipe.fileHandleForReading)
             process.waitUntilExit()
             continuation.resume(returning: (process.terminationStatus, String(decoding: data, as: UTF8.self)))
         }

@@ -22,7 +22,7 @@ var repositoryRoot: URL {
 
 /// A `portcullis` process started in a directory, its output gathered as it comes.
 final class RunningCommand: @unchecked Sendable {
-    let process = Process()
+    let process = ChildProcess()
     private let pipe = Pipe()
     private var reader: PipeReader?
 
@@ -64,7 +64,7 @@ final class RunningCommand: @unchecked Sendable {
 }
 
 func shell(_ command: String, in directory: String, timeout: Double = 30) async throws -> String {
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: "/bin/bash")
     process.arguments = ["-c", command]
     process.currentDirectoryURL = URL(fileURLWithPath: directory)
@@ -75,7 +75,7 @@ func shell(_ command: String, in directory: String, timeout: Double = 30) async 
     let deadline = Date().addingTimeInterval(timeout)
     while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
     if process.isRunning { process.terminate() }
-    return String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return String(decoding: readToEnd(pipe.fileHandleForReading), as: UTF8.self)
 }
 
 /// The shell pipeline that sends one WebSocket upgrade request for `path` through `openssl s_client` with a

@@ -219,10 +219,10 @@ extension ExternalTool {
 /// with a client certificate, verifying the gateway's against the test CA.
 final class Stunnel: @unchecked Sendable {
     let port: Int
-    private let process: Process
+    private let process: ChildProcess
     private let log: PipeReader
 
-    private init(port: Int, process: Process, log: PipeReader) {
+    private init(port: Int, process: ChildProcess, log: PipeReader) {
         self.port = port
         self.process = process
         self.log = log
@@ -256,7 +256,7 @@ final class Stunnel: @unchecked Sendable {
                 checkHost = localhost
 
                 """.write(toFile: configuration, atomically: true, encoding: .utf8)
-            let process = Process()
+            let process = ChildProcess()
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = [configuration]
             let stderr = Pipe()

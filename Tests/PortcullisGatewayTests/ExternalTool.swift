@@ -29,7 +29,7 @@ struct ExternalTool {
         _ arguments: [String], input: String = "", holdInput: Double = 0.2, timeout: Double = 60,
         environment: [String: String]? = nil
     ) async throws -> Result {
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }

@@ -45,7 +45,7 @@ struct MQTTTests {
 
     /// Mosquitto with one websockets listener on a free loopback port, anonymous (the gateway has admitted the
     /// device by then); stopped with the returned process.
-    static func startMosquitto(in directory: String) async throws -> (Process, Int) {
+    static func startMosquitto(in directory: String) async throws -> (ChildProcess, Int) {
         let executable = FileManager.default.isExecutableFile(atPath: "/usr/sbin/mosquitto")
             ? "/usr/sbin/mosquitto" : try ExternalTool("mosquitto").path
         for _ in 1...3 {
@@ -61,7 +61,7 @@ struct MQTTTests {
                 persistence false
 
                 """.write(toFile: configuration, atomically: true, encoding: .utf8)
-            let process = Process()
+            let process = ChildProcess()
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = ["-c", configuration]
             process.standardOutput = FileHandle.nullDevice

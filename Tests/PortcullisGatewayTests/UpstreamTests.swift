@@ -42,7 +42,7 @@ final class PythonBackend: @unchecked Sendable {
         asyncio.run(main())
         """#
 
-    let process = Process()
+    let process = ChildProcess()
     private let lock = NSLock()
     private var lines: [String] = []
     private var partial = ""
@@ -102,7 +102,11 @@ final class PythonBackend: @unchecked Sendable {
 /// Samples `progress` until it stops growing for `still` seconds or reaches `limit`, and returns its value then.
 /// A stall is what a bounded relay shows; on a loaded machine progress only slows, which cannot make a
 /// bounded relay look unbounded.
+/// The stall clock starts at the first progress (waited for up to 120 s): before the flow starts, a saturated
+/// machine can sit longer than `still` without any, which is no stall (CI saw 0 bytes "accepted" that way).
 func valueWhenStalled(limit: Int, still: Double = 3, _ progress: () -> Int) async throws -> Int {
+    let started = Date().addingTimeInterval(120)
+    while progress() == 0, Date() < started { try await Task.sleep(for: .milliseconds(50)) }
     var last = progress()
     var lastChange = Date()
     while last < limit, Date().timeIntervalSince(lastChange) < still {

@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisTestSupport
 import PortcullisPKI
 import Testing
 import X509
@@ -19,14 +20,14 @@ func run(_ tool: String, _ arguments: [String]) throws -> (status: Int32, output
     let path = try #require(
         directories.map { "\($0)/\(tool)" }.first { FileManager.default.isExecutableFile(atPath: $0) },
         "\(tool) is not installed; scripts/test installs it")
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: path)
     process.arguments = arguments
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = pipe
     try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    let data = readToEnd(pipe.fileHandleForReading)
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }

@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Reads a child process's pipe to its end with blocking reads on a thread of its own.
 ///
 /// Not `FileHandle.readabilityHandler`: on Linux that arms a libdispatch read source whose teardown races the
@@ -16,7 +20,7 @@ public final class PipeReader: @unchecked Sendable {
         let thread = Thread { [self] in
             while true {
                 // Blocks until some bytes or end of file (an empty result).
-                let chunk = handle.availableData
+                let chunk = readSome(handle)
                 if chunk.isEmpty { break }
                 lock.withLock { data.append(chunk) }
                 onData?(chunk)
@@ -40,5 +44,28 @@ public final class PipeReader: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(10))
         }
         return true
+    }
+}
+
+/// Up to 64 KiB from `handle`, blocking until some arrive; empty at end of file or on an error.
+///
+/// Not `availableData`, which is a `try!` around `read`: a signal interrupting the read (EINTR) ended the test
+/// process with a fatal error. Here an interrupted read is simply repeated.
+public func readSome(_ handle: FileHandle) -> Data {
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { read(handle.fileDescriptor, $0.baseAddress, $0.count) }
+        if count >= 0 { return Data(buffer[0..<count]) }
+        if errno != EINTR { return Data() }
+    }
+}
+
+/// Everything `handle` gives until end of file (``readSome(_:)`` repeated).
+public func readToEnd(_ handle: FileHandle) -> Data {
+    var data = Data()
+    while true {
+        let chunk = readSome(handle)
+        if chunk.isEmpty { return data }
+        data.append(chunk)
     }
 }

@@ -58,7 +58,7 @@ public func listens(pid: Int32, port: Int) -> Bool {
 
 /// Stops a child process: SIGTERM, then SIGKILL if it lingers past 5 s (some, like Mosquitto's websockets loop,
 /// sit out a SIGTERM). Polled: `waitUntilExit()` can wait forever on a concurrency thread.
-public func stopProcess(_ process: Process) {
+public func stopProcess(_ process: ChildProcess) {
     guard process.isRunning else { return }
     kill(process.processIdentifier, SIGTERM)
     var deadline = Date().addingTimeInterval(5)
@@ -78,11 +78,11 @@ public func installedProgram(_ name: String) -> String? {
 /// Starts `executable` with `arguments`, its output appended to the file `log` (a pipe nobody reads would stop
 /// it once full), and waits up to 120 s for it to listen on `port`. Nil when it exited or did not listen: the
 /// port may have been taken meanwhile, and the caller tries another.
-public func startListening(_ executable: String, _ arguments: [String], port: Int, log: String) async throws -> Process? {
+public func startListening(_ executable: String, _ arguments: [String], port: Int, log: String) async throws -> ChildProcess? {
     if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
     handle.seekToEndOfFile()
-    let process = Process()
+    let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     process.standardOutput = handle

@@ -9,7 +9,7 @@ public final class NATSServer: @unchecked Sendable {
 
     public let directory: String
     public let port: Int
-    private var process: Process?
+    private var process: ChildProcess?
 
     private init(directory: String, port: Int, maximumPayload: Int?) throws {
         self.directory = directory
@@ -67,7 +67,7 @@ public final class NATSServer: @unchecked Sendable {
 /// that takes it, so a test knows where a device lands, and to the next one once that gateway is gone.
 public struct HAProxy: Sendable {
     public let port: Int
-    private let process: Process
+    private let process: ChildProcess
 
     public static func start(in directory: String, source: String, gateways: [Int]) async throws -> HAProxy {
         guard let executable = installedProgram("haproxy") else {
