@@ -142,8 +142,10 @@ let package = Package(
         .executableTarget(
             name: "portcullis",
             dependencies: [
-                "PortcullisGateway", "PortcullisBench", "PortcullisYAML",
-                .product(name: "NIOPosix", package: "swift-nio"), "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisAudit",
+                "PortcullisGateway", "PortcullisBench", "PortcullisYAML", "PortcullisClient",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisAudit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

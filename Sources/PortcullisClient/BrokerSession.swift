@@ -43,6 +43,7 @@ public final class BrokerSession: Sendable {
         var nextID = 1
         var pending: [String: EventLoopPromise<Void>] = [:]
         var closed = false
+        var closeFrame: (code: Int?, reason: String)?
     }
 
     private let state = NIOLockedValueBox(State())
@@ -73,6 +74,9 @@ public final class BrokerSession: Sendable {
         (notices, noticesContinuation) = AsyncStream<BrokerError>.makeStream()
         Task { [self] in await pump() }
     }
+
+    /// The gateway's close frame (its code and reason) once the session has ended with one.
+    public var closeFrame: (code: Int?, reason: String)? { state.withLockedValue { $0.closeFrame } }
 
     public func subscribe(_ filter: String) async throws {
         try await request { id in .subscribe(topic: filter, id: id) }
@@ -135,6 +139,9 @@ public final class BrokerSession: Sendable {
                 event = Array(text.utf8).withUnsafeBytes { MessagingProtocol.decodeEvent(binary: false, bytes: $0) }
             case .binary(let bytes):
                 event = bytes.withUnsafeBytes { MessagingProtocol.decodeEvent(binary: true, bytes: $0) }
+            case .close(let code, let reason):
+                state.withLockedValue { $0.closeFrame = (code, reason) }
+                event = nil
             default:
                 event = nil
             }

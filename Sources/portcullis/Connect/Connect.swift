@@ -1,0 +1,335 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PortcullisClient
+
+/// `portcullis connect`: a WSS client for a terminal, with a client certificate (like websocat).
+struct Connect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "connect",
+        abstract: "Connect to a gateway with a client certificate: send lines, print messages; or publish and subscribe.",
+        discussion: """
+            portcullis connect wss://HOST:PORT/PATH --cert C --key K --ca CA sends each line of standard input as a \
+            text message and prints each message received; end of input closes the connection (1000). \
+            connect sub and connect pub speak the broker protocol (docs/protocol.md).
+
+            \(ConnectExit.table)
+            """,
+        subcommands: [ConnectLines.self, ConnectSubscribe.self, ConnectPublish.self],
+        defaultSubcommand: ConnectLines.self
+    )
+}
+
+/// The exit status of `connect` by the class of what happened, documented in every `--help`.
+enum ConnectExit: Int32 {
+    case success = 0
+    /// A file could not be read, or the TLS material is unusable.
+    case badInput = 1
+    /// Name resolution or the TCP connection failed.
+    case unreachable = 2
+    /// The TLS handshake failed: an alert from the gateway, or its certificate did not verify here.
+    case tlsRefused = 3
+    /// The gateway answered the upgrade with an HTTP refusal (401, 403, 404, 429, 503...).
+    case httpRefused = 4
+    /// The gateway closed the session (a close frame other than 1000, or the connection dropped).
+    case closedByGateway = 5
+    /// The broker answered a subscribe or publish with an error.
+    case brokerRefused = 6
+
+    static let table = """
+        Exit status: 0 success; 1 a file unreadable or unusable; 2 the gateway unreachable (name resolution, TCP); \
+        3 TLS refused (the gateway's alert, or its certificate did not verify); 4 HTTP refused (the status and the \
+        gateway's reason are printed); 5 closed by the gateway (its close code and reason are printed); 6 a subscribe \
+        or publish refused by the broker; 64 a usage error.
+        """
+}
+
+/// A failure of `connect`, with the exit status of its class.
+struct ConnectFailure: Error {
+    var exit: ConnectExit
+    var message: String
+}
+
+/// What every `connect` command takes.
+struct ConnectOptions: ParsableArguments {
+    @Argument(help: "The gateway's URL: wss://HOST[:PORT]/PATH.")
+    var url: String
+
+    @Option(help: "The client certificate (PEM, the chain after it if any).")
+    var cert: String
+
+    @Option(help: "The client certificate's private key (PEM).")
+    var key: String
+
+    @Option(help: "The CA bundle (PEM) that signs the gateway's certificate.")
+    var ca: String
+
+    @Option(help: "An Origin header to send (browsers send one; devices do not).")
+    var origin: String?
+
+    @Option(help: "The name to ask for (SNI) and to check the gateway's certificate against; the URL's host by default.")
+    var serverName: String?
+
+    @Flag(help: "One JSON object per line, for tools.")
+    var json = false
+
+    func validate() throws {
+        do { _ = try GatewayURL(parsing: url) } catch { throw ValidationError("\(error)") }
+    }
+
+    var gateway: GatewayURL { get throws { try GatewayURL(parsing: url) } }
+
+    /// Connects and upgrades, or fails with the class of the failure.
+    func open() async throws(ConnectFailure) -> WebSocketConnection {
+        let target: GatewayURL
+        let tls: GatewayClient.TLSOptions
+        do {
+            target = try gateway
+            for (file, what) in [(cert, "certificate"), (key, "key"), (ca, "CA bundle")] where !FileManager.default.isReadableFile(atPath: file) {
+                throw ConnectFailure(exit: .badInput, message: "cannot read the \(what) \(file)")
+            }
+            tls = try GatewayClient.TLSOptions(
+                certificateChain: cert, privateKey: key, trustRoots: ca, serverName: serverName ?? target.host
+            ).prepared()
+        } catch let failure as ConnectFailure {
+            throw failure
+        } catch {
+            throw ConnectFailure(exit: .badInput, message: "cannot use the TLS material: \(error)")
+        }
+        let outcome: GatewayClient.Outcome
+        do {
+            outcome = try await GatewayClient.connect(
+                host: target.host, port: target.port, path: target.path, origins: origin.map { [$0] } ?? [], tls: tls)
+        } catch {
+            throw Self.classify(error, target: target)
+        }
+        switch outcome {
+        case .upgraded(let connection):
+            return connection
+        case .refused(let status, _, let body):
+            let reason = body.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw ConnectFailure(exit: .httpRefused, message: "refused: HTTP \(status)\(reason.isEmpty ? "" : ": \(reason)")")
+        }
+    }
+
+    /// The class of a failure to connect: where it stopped, and the gateway's alert in plain words.
+    static func classify(_ error: any Error, target: GatewayURL) -> ConnectFailure {
+        let text = String(describing: error)
+        if let alert = TLSAlert.named(in: text) {
+            return ConnectFailure(exit: .tlsRefused, message: "TLS refused: the gateway sent \(alert): \(alert.explanation)")
+        }
+        switch error {
+        case let connection as NIOConnectionError:
+            if connection.connectionErrors.isEmpty {
+                return ConnectFailure(exit: .unreachable, message: "cannot resolve \(target.host)")
+            }
+            let reasons = connection.connectionErrors.map { "\($0.target): \($0.error)" }.joined(separator: "; ")
+            return ConnectFailure(exit: .unreachable, message: "cannot connect to \(target.host):\(target.port): \(reasons)")
+        case is IOError, is ChannelError:
+            return ConnectFailure(exit: .unreachable, message: "cannot connect to \(target.host):\(target.port): \(text)")
+        case is NIOSSLExtraError where text.contains("hostname") || text.contains("Hostname"):
+            return ConnectFailure(
+                exit: .tlsRefused,
+                message: "TLS refused here: the gateway's certificate does not name \(target.host) (try --server-name): \(text)")
+        case is NIOSSLError, is BoringSSLError, is NIOSSLExtraError:
+            if text.contains("CERTIFICATE_VERIFY_FAILED") {
+                return ConnectFailure(
+                    exit: .tlsRefused, message: "TLS refused here: the gateway's certificate does not verify against --ca: \(text)")
+            }
+            return ConnectFailure(exit: .tlsRefused, message: "TLS failed: \(text)")
+        default:
+            // The gateway refuses a certificate in the handshake; with TLS 1.3 that can reach the client as a
+            // connection closed before any HTTP answer.
+            return ConnectFailure(exit: .tlsRefused, message: "the gateway closed the connection without an HTTP answer: \(text)")
+        }
+    }
+}
+
+/// Prints `failure` and exits with its status.
+func finish(_ failure: ConnectFailure) -> Never {
+    FileHandle.standardError.write(Data("portcullis connect: \(failure.message)\n".utf8))
+    Foundation.exit(failure.exit.rawValue)
+}
+
+/// How the gateway's close is told: a close frame other than 1000 is a failure.
+func closeFailure(code: Int?, reason: String) -> ConnectFailure? {
+    guard code != 1000 else { return nil }
+    let codeText = code.map(String.init) ?? "no code"
+    return ConnectFailure(exit: .closedByGateway, message: "closed by the gateway: \(codeText)\(reason.isEmpty ? "" : " \(reason)")")
+}
+
+/// One line for a script: a JSON object with sorted keys.
+func printJSONLine(_ object: [String: Any]) {
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+    FileHandle.standardOutput.write(data + Data("\n".utf8))
+}
+
+/// `connect URL`: standard input's lines out as text messages, messages in printed.
+struct ConnectLines: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lines",
+        abstract: "Send each line of standard input as a text message; print each message received (the default).",
+        discussion: """
+            Text messages are printed as they are, one per line; binary ones as 'binary N bytes: HEX'. With --json each \
+            is {"type":"text","text":...} or {"type":"binary","base64":...}. End of input closes with 1000 and waits \
+            for the gateway's close.
+
+            \(ConnectExit.table)
+            """)
+
+    @OptionGroup var options: ConnectOptions
+
+    func run() async throws {
+        let connection: WebSocketConnection
+        do { connection = try await options.open() } catch { finish(error) }
+        let lines = StandardInputLines()
+        let sender = Task {
+            for await line in lines.stream {
+                try await connection.send(text: line)
+            }
+            await connection.close()
+        }
+        var failure: ConnectFailure?
+        var closed = false
+        for await message in connection.messages {
+            switch message {
+            case .text(let text):
+                if options.json { printJSONLine(["type": "text", "text": text]) } else { say(text) }
+            case .binary(let bytes):
+                if options.json {
+                    printJSONLine(["type": "binary", "base64": Data(bytes).base64EncodedString()])
+                } else {
+                    say("binary \(bytes.count) bytes: \(bytes.map { String(format: "%02x", $0) }.joined())")
+                }
+            case .pong:
+                break
+            case .close(let code, let reason):
+                closed = true
+                failure = closeFailure(code: code, reason: reason)
+            }
+        }
+        sender.cancel()
+        if !closed { failure = ConnectFailure(exit: .closedByGateway, message: "the connection dropped without a close frame") }
+        if let failure { finish(failure) }
+    }
+}
+
+/// Standard input's lines, read on a thread of its own (a blocking read must not hold a concurrency thread).
+final class StandardInputLines: Sendable {
+    let stream: AsyncStream<String>
+
+    init() {
+        let (stream, continuation) = AsyncStream<String>.makeStream()
+        self.stream = stream
+        let thread = Thread {
+            while let line = readLine(strippingNewline: true) { continuation.yield(line) }
+            continuation.finish()
+        }
+        thread.start()
+    }
+}
+
+/// `connect sub URL TOPIC...`: deliveries printed with their verified sender.
+struct ConnectSubscribe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sub",
+        abstract: "Subscribe to topic filters and print each delivery with its verified sender.",
+        discussion: """
+            Each delivery is printed as 'TOPIC FROM PAYLOAD' (PAYLOAD the JSON value as sent, or base64 for a binary \
+            one); with --json as {"topic":...,"from":...,"payload":...} or {"topic":...,"from":...,"base64":...}. \
+            Runs until the gateway closes the session or the process is interrupted.
+
+            \(ConnectExit.table)
+            """)
+
+    @OptionGroup var options: ConnectOptions
+
+    @Argument(help: "Topic filters (+ one level, # the rest).")
+    var topics: [String]
+
+    func validate() throws {
+        if topics.isEmpty { throw ValidationError("give at least one topic filter") }
+    }
+
+    func run() async throws {
+        let connection: WebSocketConnection
+        do { connection = try await options.open() } catch { finish(error) }
+        let session = BrokerSession(connection: connection)
+        for topic in topics {
+            do {
+                try await session.subscribe(topic)
+            } catch let error as BrokerError {
+                finish(ConnectFailure(exit: .brokerRefused, message: "subscribe \(topic) refused: \(error)"))
+            } catch {
+                finish(ConnectFailure(exit: .closedByGateway, message: "subscribe \(topic): \(error)"))
+            }
+            FileHandle.standardError.write(Data("subscribed to \(topic)\n".utf8))
+        }
+        for await delivery in session.deliveries {
+            switch delivery.payload {
+            case .json(let bytes):
+                let text = String(decoding: bytes, as: UTF8.self)
+                if options.json {
+                    let value = (try? JSONSerialization.jsonObject(with: Data(bytes), options: .fragmentsAllowed)) ?? text
+                    printJSONLine(["topic": delivery.topic, "from": delivery.from, "payload": value])
+                } else {
+                    say("\(delivery.topic) \(delivery.from) \(text)")
+                }
+            case .binary(let bytes):
+                let encoded = Data(bytes).base64EncodedString()
+                if options.json {
+                    printJSONLine(["topic": delivery.topic, "from": delivery.from, "base64": encoded])
+                } else {
+                    say("\(delivery.topic) \(delivery.from) \(encoded)")
+                }
+            }
+        }
+        let close = session.closeFrame
+        finish(close.flatMap { closeFailure(code: $0.code, reason: $0.reason) }
+            ?? ConnectFailure(exit: .closedByGateway, message: close == nil ? "the connection dropped without a close frame" : "closed by the gateway: 1000"))
+    }
+}
+
+/// `connect pub URL TOPIC PAYLOAD`: one publish, acknowledged.
+struct ConnectPublish: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pub",
+        abstract: "Publish one message and wait for the gateway's acknowledgement.",
+        discussion: """
+            PAYLOAD is a JSON value ({"t":21.5}, 42, "text"); anything that is not one is sent as a JSON string.
+
+            \(ConnectExit.table)
+            """)
+
+    @OptionGroup var options: ConnectOptions
+
+    @Argument(help: "The topic.")
+    var topic: String
+
+    @Argument(help: "The payload: a JSON value, or text sent as a JSON string.")
+    var payload: String
+
+    func run() async throws {
+        let connection: WebSocketConnection
+        do { connection = try await options.open() } catch { finish(error) }
+        let session = BrokerSession(connection: connection)
+        do {
+            try await session.publish(topic, json: Self.jsonValue(payload))
+        } catch let error as BrokerError {
+            finish(ConnectFailure(exit: .brokerRefused, message: "publish to \(topic) refused: \(error)"))
+        } catch {
+            finish(ConnectFailure(exit: .closedByGateway, message: "publish to \(topic): \(error)"))
+        }
+        if options.json { printJSONLine(["published": true, "topic": topic]) } else { say("published to \(topic)") }
+        await session.close()
+    }
+
+    /// `text` when it is one JSON value, else `text` as a JSON string.
+    static func jsonValue(_ text: String) -> String {
+        if (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) != nil { return text }
+        let quoted = try? JSONSerialization.data(withJSONObject: [text], options: .withoutEscapingSlashes)
+        return quoted.map { String(decoding: $0.dropFirst().dropLast(), as: UTF8.self) } ?? "\"\""
+    }
+}
