@@ -10,6 +10,6 @@ struct Portcullis: AsyncParsableCommand {
             Devices connect over WSS with client certificates; a session is admitted only after the \
             certificate verifies, the Origin passes and the identity's policy grants the route.
             """,
-        subcommands: [Serve.self, PKICommand.self, AuditCommand.self, Bench.self]
+        subcommands: [Serve.self, PKICommand.self, PolicyCommand.self, AuditCommand.self, Bench.self]
     )
 }
