@@ -74,6 +74,8 @@ public struct PolicyLint {
     func duplicateIdentities() -> [PolicyFinding] {
         var examples: [Pair: String] = [:]
         var order: [Pair] = []
+        var exampleOfPattern: [Int: Pair] = [:]
+        var othersOfPattern: [Int: Int] = [:]
         func note(_ first: Int, _ second: Int, _ name: String) {
             let pair = Pair(first: min(first, second), second: max(first, second))
             guard examples[pair] == nil, differentCertificates(pair, name: name) else { return }
@@ -86,7 +88,18 @@ public struct PolicyLint {
                 for second in indices[(position + 1)...] { note(first, second, name) }
             }
             for pattern in names.patterns where policies.mappings[pattern].fieldValue(giving: name) != nil {
-                for first in indices { note(first, pattern, name) }
+                for first in indices {
+                    let pair = Pair(first: min(first, pattern), second: max(first, pattern))
+                    guard differentCertificates(pair, name: name) else { continue }
+                    // A CN fallback after 100,000 pins can imitate every one of them: one finding says so, with
+                    // an example and a count, rather than 100,000.
+                    if exampleOfPattern[pattern] == nil {
+                        exampleOfPattern[pattern] = pair
+                        note(first, pattern, name)
+                    } else {
+                        othersOfPattern[pattern, default: 0] += 1
+                    }
+                }
             }
         }
         for (position, first) in names.patterns.enumerated() {
@@ -103,11 +116,14 @@ public struct PolicyLint {
             let name = examples[pair]!
             let first = policies.mappings[pair.first]
             let second = policies.mappings[pair.second]
+            let pattern = exampleOfPattern[pair.first] == pair ? pair.first : pair.second
+            let others = exampleOfPattern[pattern] == pair ? othersOfPattern[pattern] ?? 0 : 0
+            let more = others == 0 ? "" : " (and \(others) more mapping(s) whose identity it can give too)"
             return PolicyFinding(
                 code: .duplicateIdentity, location: second.location,
                 message: "identity mappings at \(first.location) and \(second.location) can give the same identity to "
                     + "different certificates: '\(name)' from \(describe(first, giving: name)) and from "
-                    + "\(describe(second, giving: name))")
+                    + "\(describe(second, giving: name))" + more)
         }
     }
 
