@@ -138,4 +138,42 @@ struct PolicyCommandTests {
         let changes = try #require(report["changes"] as? [[String: Any]])
         #expect(changes.contains { $0["aspect"] as? String == "publish" && $0["before"] as? String == "devices/demo-device/telemetry" })
     }
+
+    @Test("explain takes allowed_origins, routes and the policies directory from --config, and exits 2 on a bad one")
+    func explainWithConfiguration() async throws {
+        let directory = try workspace()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        #expect(try await portcullis(["pki", "init"], in: directory).status == 0)
+        #expect(try await portcullis(["pki", "issue", "client", "demo-device"], in: directory).status == 0)
+        let configuration = """
+            listen: 127.0.0.1:8443
+            tls:
+              certificate: pki/issued/server.crt
+              key: pki/private/server.key
+              client_ca: pki/ca.crt
+            allowed_origins: [https://console.example.com]
+            routes:
+              - path: /v1/echo
+                kind: echo
+            policies: policies
+            """
+        try configuration.write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
+        let explain = ["policy", "explain", "--config", "gateway.yaml", "--cert", "pki/issued/demo-device.crt", "--json"]
+
+        // The only route is the echo route, which demo-device-echo grants.
+        let admitted = try json(try await portcullis(explain, in: directory).output)
+        #expect(admitted["route"] as? String == "/v1/echo")
+        #expect(admitted["rule"] as? String == "demo-device-echo")
+        // The rule allows the development console's origin, but this gateway's list does not.
+        let origin = try json(try await portcullis(explain + ["--origin", "https://localhost:8443"], in: directory).output)
+        #expect(origin["reason"] as? String == "origin_not_allowed")
+        #expect(origin["rule"] == nil)
+        let route = try json(try await portcullis(explain + ["--path", "/v1/messages"], in: directory).output)
+        #expect(route["reason"] as? String == "unknown_route")
+
+        try (configuration + "\ncolour: blue\n").write(toFile: "\(directory)/gateway.yaml", atomically: true, encoding: .utf8)
+        let broken = try await portcullis(explain, in: directory)
+        #expect(broken.status == 2)
+        #expect(broken.output.contains("gateway.yaml:11:"), "\(broken.output)")
+    }
 }
