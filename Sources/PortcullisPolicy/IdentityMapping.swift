@@ -33,10 +33,10 @@ public struct IdentityMappingRule: Sendable, Hashable {
     public var groups: [String]
     /// Where the rule was written, for explanations (`policies/fleet.yaml:12`).
     public var location: String
-    private var glob: Glob?
+    private(set) var glob: Glob?
     /// `match` in the form certificate facts carry fingerprints, worked out once rather than per comparison.
     private var pinned: String?
-    private var template: Template
+    private(set) var template: Template
 
     static let variables: Set<String> = ["value", "*"]
 

@@ -12,7 +12,6 @@ struct Portcullis: AsyncParsableCommand {
 
             Shell completions: portcullis --generate-completion-script bash|zsh|fish (see README.md).
             """,
-        version: portcullisVersion,
-        subcommands: [Serve.self, PKICommand.self, AuditCommand.self, Connect.self, Bench.self]
+        subcommands: [Serve.self, PKICommand.self, PolicyCommand.self, AuditCommand.self, Connect.self, Bench.self]
     )
 }
