@@ -127,6 +127,15 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // `portcullis doctor`: a connection taken apart step by step, through the system's OpenSSL (loaded at run time).
+        .target(
+            name: "PortcullisDoctor",
+            dependencies: [
+                "PortcullisClient",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
+        ),
         // NIO: load generators (`portcullis bench`) speaking Portcullis's protocol or NATS's over WebSocket.
         .target(
             name: "PortcullisBench",
@@ -142,7 +151,7 @@ let package = Package(
         .executableTarget(
             name: "portcullis",
             dependencies: [
-                "PortcullisGateway", "PortcullisBench", "PortcullisYAML", "PortcullisClient",
+                "PortcullisGateway", "PortcullisBench", "PortcullisYAML", "PortcullisClient", "PortcullisDoctor",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisAudit",
@@ -165,6 +174,14 @@ let package = Package(
             dependencies: [
                 "portcullis", "PortcullisTestSupport", "PortcullisPKI", "PortcullisClient",
                 .product(name: "X509", package: "swift-certificates"),
+            ]
+        ),
+        .testTarget(
+            name: "PortcullisDoctorTests",
+            dependencies: [
+                "PortcullisDoctor",
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .testTarget(

@@ -31,7 +31,7 @@ final class AdmissionResponder: ChannelInboundHandler, RemovableChannelHandler {
 
     private func respond(_ refusal: Refusal, context: ChannelHandlerContext) {
         let body = context.channel.allocator.buffer(string: refusal.message + "\n")
-        var headers = HTTPHeaders()
+        var headers: HTTPHeaders = ["Date": HTTPDate.format()]
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.readableBytes))
         headers.add(name: "Connection", value: "close")

@@ -120,7 +120,7 @@ final class Connection: @unchecked Sendable {
 
     /// What the 101 answer says of the agreed extension and subprotocol.
     func upgradeAnswerHeaders(_ session: AdmittedSession) -> HTTPHeaders {
-        var headers = HTTPHeaders()
+        var headers: HTTPHeaders = ["Date": HTTPDate.format()]
         if let compression { headers.add(name: "Sec-WebSocket-Extensions", value: compression.responseHeader) }
         if case .chosen(let name) = session.subprotocol { headers.add(name: "Sec-WebSocket-Protocol", value: name) }
         return headers

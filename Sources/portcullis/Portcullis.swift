@@ -12,6 +12,6 @@ struct Portcullis: AsyncParsableCommand {
 
             Shell completions: portcullis --generate-completion-script bash|zsh|fish (see README.md).
             """,
-        subcommands: [Serve.self, PKICommand.self, PolicyCommand.self, AuditCommand.self, Connect.self, Bench.self]
+        subcommands: [Serve.self, PKICommand.self, PolicyCommand.self, AuditCommand.self, Connect.self, Doctor.self, Bench.self]
     )
 }
