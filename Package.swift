@@ -190,6 +190,11 @@ let package = Package(
             name: "PortcullisProtocolTests",
             dependencies: ["PortcullisProtocol"]
         ),
+        // The client's pure parts (backoff, refusal classification, offline queue, input checks): no sockets.
+        .testTarget(
+            name: "PortcullisClientTests",
+            dependencies: ["PortcullisClient", "PortcullisProtocol", "PortcullisTestSupport"]
+        ),
         .testTarget(
             name: "PortcullisPKITests",
             dependencies: ["PortcullisPKI", .product(name: "X509", package: "swift-certificates")]
