@@ -139,6 +139,12 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // The device program of `docs/examples/swift-device`, built so that CI keeps it compiling (not a product).
+        .executableTarget(
+            name: "portcullis-device-example",
+            dependencies: ["PortcullisClient"],
+            path: "docs/examples/swift-device"
+        ),
         .executableTarget(
             name: "portcullis",
             dependencies: [
