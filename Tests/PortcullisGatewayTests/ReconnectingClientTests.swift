@@ -121,6 +121,32 @@ struct ReconnectingClientTests {
         }
     }
 
+    @Test("A certificate refused in the handshake is retried with backoff, and the wait names what the gateway answered")
+    func handshakeRefusalIsRetried() async throws {
+        try await withGateway { gw in
+            // The gateway answers every refused certificate with the alert certificate_unknown (or, when the
+            // connection is torn down first, a reset): neither can tell a revocation from a stale CRL on the
+            // gateway, so the client keeps trying.
+            let client = try Self.client(gw, gw.revoked)
+            let run = Task { await client.run() }
+            var failure: ConnectionFailure?
+            try await waitUntil("a wait after the third attempt") {
+                let attempts = await client.connectionAttempts
+                if case .waiting(_, let after) = await client.state, attempts >= 3 { failure = after }
+                return failure != nil
+            }
+            switch failure {
+            case .tlsAlert("certificate_unknown"), .network, .connectionLost: break
+            default: Issue.record("unexpected failure: \(String(describing: failure))")
+            }
+            #expect(failure?.isPermanent == false)
+            let refusals = try await gw.auditRecords(atLeast: 2) { $0.event == "tls_refused" && $0.reason == "certificate_revoked" }
+            #expect(refusals.count >= 2)
+            await client.stop()
+            #expect(await run.value == .requested)
+        }
+    }
+
     @Test("Certificate files renewed while the client is offline are used by its next session")
     func renewedCertificateIsPickedUp() async throws {
         try await withGateway { gw in
