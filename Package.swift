@@ -199,7 +199,10 @@ let package = Package(
         // The client's pure parts (backoff, refusal classification, offline queue, input checks): no sockets.
         .testTarget(
             name: "PortcullisClientTests",
-            dependencies: ["PortcullisClient", "PortcullisProtocol", "PortcullisTestSupport"]
+            dependencies: [
+                "PortcullisClient", "PortcullisProtocol", "PortcullisTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "PortcullisPKITests",

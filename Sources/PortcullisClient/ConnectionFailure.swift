@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOPosix
 
 /// Why an attempt to reach the gateway, or a session with it, ended; and whether trying again can help.
 ///
@@ -122,8 +123,26 @@ extension ConnectionFailure {
         } else if let channelError = error as? ChannelError, case .connectTimeout = channelError {
             self = .timedOut("connecting")
         } else {
-            self = .network(Self.bounded(text))
+            self = .network(Self.bounded(Self.networkDetail(error)))
         }
+    }
+
+    /// An error from connecting as a person reads it: `Connection refused (errno 111) at 127.0.0.1:8443` rather
+    /// than NIO's nested descriptions.
+    static func networkDetail(_ error: any Error) -> String {
+        if let connectionError = error as? NIOConnectionError {
+            if let failure = connectionError.connectionErrors.first {
+                let target = "\(failure.target.ipAddress ?? connectionError.host):\(failure.target.port ?? connectionError.port)"
+                return "\(networkDetail(failure.error)) at \(target)"
+            }
+            if let dnsError = connectionError.dnsAError ?? connectionError.dnsAAAAError {
+                return "cannot resolve \(connectionError.host): \(dnsError)"
+            }
+        }
+        if let ioError = error as? IOError {
+            return "\(String(cString: strerror(ioError.errnoCode))) (errno \(ioError.errnoCode))"
+        }
+        return String(describing: error)
     }
 
     /// The name of the TLS alert a BoringSSL error description reports as received from the peer

@@ -1,3 +1,5 @@
+import Foundation
+import NIOCore
 @testable import PortcullisClient
 import Testing
 
@@ -93,6 +95,13 @@ struct ConnectionFailureTests {
         #expect(ConnectionFailure(connectError: Described(description: "refused")) == .network("refused"))
         let long = ConnectionFailure(connectError: Described(description: String(repeating: "x", count: 10_000)))
         #expect(long.description.count < 300)
+    }
+
+    @Test("A socket error reads as the system names it, with its errno")
+    func socketErrors() {
+        let refused = ConnectionFailure(connectError: IOError(errnoCode: ECONNREFUSED, reason: "connect"))
+        #expect(refused == .network("Connection refused (errno \(ECONNREFUSED))"))
+        #expect(!refused.isPermanent)
     }
 
     @Test("A refusal's reason is its first line, trimmed and bounded")

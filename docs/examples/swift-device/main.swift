@@ -27,7 +27,7 @@ struct Options {
         var remaining = arguments[...]
         while let flag = remaining.popFirst() {
             if flag == "--help" || flag == "-h" {
-                print(Self.usage)
+                say(Self.usage)
                 exit(0)
             }
             guard let value = remaining.popFirst() else { throw UsageError("\(flag) needs a value") }
@@ -47,6 +47,12 @@ struct Options {
             }
         }
     }
+}
+
+/// Writes a line at once: `print` buffers when the output is a pipe or a file, and a log of the device should
+/// show each state change when it happens.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
 struct UsageError: Error, CustomStringConvertible {
@@ -73,17 +79,17 @@ try await client.subscribe("devices/\(options.device)/commands/#")
 let reason = await withTaskGroup(of: StopReason?.self) { group in
     group.addTask { await client.run() }
     group.addTask {
-        for await state in client.states { print("state: \(state)") }
+        for await state in client.states { say("state: \(state)") }
         return nil
     }
     group.addTask {
         for await command in client.deliveries {
-            print("command on \(command.topic) from \(command.from): \(command.text)")
+            say("command on \(command.topic) from \(command.from): \(command.text)")
         }
         return nil
     }
     group.addTask {
-        for await notice in client.notices { print("gateway: \(notice)") }
+        for await notice in client.notices { say("gateway: \(notice)") }
         return nil
     }
     group.addTask {
@@ -93,10 +99,10 @@ let reason = await withTaskGroup(of: StopReason?.self) { group in
             do {
                 if case .queued(let dropped) = try await client.publish(telemetryTopic, json: reading) {
                     let lost = await client.droppedPublishes
-                    print("offline: reading \(sequence) queued (\(dropped) dropped to make room, \(lost) in all)")
+                    say("offline: reading \(sequence) queued (\(dropped) dropped to make room, \(lost) in all)")
                 }
             } catch {
-                print("publish: \(error)")
+                say("publish: \(error)")
                 return nil
             }
             sequence += 1
@@ -114,5 +120,5 @@ let reason = await withTaskGroup(of: StopReason?.self) { group in
     return StopReason.requested
 }
 
-print("stopped: \(reason)")
+say("stopped: \(reason)")
 if case .permanentRefusal = reason { exit(1) }
