@@ -80,7 +80,7 @@ public enum ConnectionFailure: Error, Sendable, Equatable, CustomStringConvertib
         case .tlsAlert(let alert):
             "the gateway ended the TLS handshake with the alert \(alert)"
         case .sessionClosed(let code?, let reason):
-            reason.isEmpty ? "the gateway closed the session with \(code)" : "the gateway closed the session with \(code) \(reason)"
+            "the gateway closed the session with \(code)" + (reason.isEmpty ? "" : " \(reason)")
         case .sessionClosed(nil, _):
             "the gateway closed the session"
         case .connectionLost:
@@ -132,8 +132,9 @@ extension ConnectionFailure {
     static func networkDetail(_ error: any Error) -> String {
         if let connectionError = error as? NIOConnectionError {
             if let failure = connectionError.connectionErrors.first {
-                let target = "\(failure.target.ipAddress ?? connectionError.host):\(failure.target.port ?? connectionError.port)"
-                return "\(networkDetail(failure.error)) at \(target)"
+                let host = failure.target.ipAddress ?? connectionError.host
+                let port = failure.target.port ?? connectionError.port
+                return "\(networkDetail(failure.error)) at \(host):\(port)"
             }
             if let dnsError = connectionError.dnsAError ?? connectionError.dnsAAAAError {
                 return "cannot resolve \(connectionError.host): \(dnsError)"

@@ -17,7 +17,8 @@ public enum ConnectionState: Sendable, Equatable, CustomStringConvertible {
         case .idle: "idle"
         case .connecting(let attempt): "connecting (attempt \(attempt))"
         case .connected(let details): "connected (certificate serial \(details.certificateSerial))"
-        case .waiting(let delay, let failure): "retrying in \((delay.inSeconds * 100).rounded() / 100) s after: \(failure)"
+        case .waiting(let delay, let failure):
+            "retrying in \((delay.inSeconds * 100).rounded() / 100) s after: \(failure)"
         case .stopped(let reason): "stopped: \(reason)"
         }
     }

@@ -12,18 +12,27 @@ struct DeviceCredentials {
     /// as the files held it at this instant; a renewal caught between its two writes gives a key that does not
     /// match, which BoringSSL refuses here (and the next attempt reads again).
     static func read(certificate: String, key: String, ca: String) throws -> DeviceCredentials {
-        let chain = try NIOSSLCertificate.fromPEMFile(certificate)
+        let chain = try reading(certificate) { try NIOSSLCertificate.fromPEMFile(certificate) }
         guard let leaf = chain.first else { throw CredentialError(description: "no certificate in \(certificate)") }
-        let privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
-        let roots = try NIOSSLCertificate.fromPEMFile(ca)
+        let privateKey = try reading(key) { try NIOSSLPrivateKey(file: key, format: .pem) }
+        let roots = try reading(ca) { try NIOSSLCertificate.fromPEMFile(ca) }
         guard !roots.isEmpty else { throw CredentialError(description: "no CA certificate in \(ca)") }
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv12
         configuration.trustRoots = .certificates(roots)
         configuration.certificateChain = chain.map { .certificate($0) }
         configuration.privateKey = .privateKey(privateKey)
-        let context = try NIOSSLContext(configuration: configuration)
+        let context = try reading("\(certificate) with \(key)") { try NIOSSLContext(configuration: configuration) }
         return DeviceCredentials(context: context, serial: Self.serialHex(leaf.serialNumber))
+    }
+
+    /// Runs `load`, naming `file` in its error: NIOSSL's errors (`failedToLoadCertificate`) do not say which file.
+    private static func reading<Value>(_ file: String, _ load: () throws -> Value) throws -> Value {
+        do {
+            return try load()
+        } catch {
+            throw CredentialError(description: "\(file): \(error)")
+        }
     }
 
     /// `magnitude` (BoringSSL's serial bytes, without sign) as DER's positive INTEGER content, in hex.

@@ -246,8 +246,8 @@ public actor ReconnectingBrokerClient {
                 try await withRequestDeadline(live) { try await live.broker.subscribe(filter) }
             } catch let refusal as BrokerError {
                 subscriptions.removeAll { $0 == filter }
-                noticesContinuation.yield(
-                    BrokerError(code: refusal.code, message: "renewing the subscription to '\(filter)': \(refusal.message)"))
+                let message = "renewing the subscription to '\(filter)': \(refusal.message)"
+                noticesContinuation.yield(BrokerError(code: refusal.code, message: message))
             } catch {
                 return false
             }
@@ -296,7 +296,8 @@ public actor ReconnectingBrokerClient {
     }
 
     private static func send(_ publish: PendingPublish, on broker: BrokerSession) {
-        let (binary, bytes) = MessagingProtocol.encode(.publish(topic: publish.topic, payload: publish.payload, id: nil))
+        let request = MessagingProtocol.Request.publish(topic: publish.topic, payload: publish.payload, id: nil)
+        let (binary, bytes) = MessagingProtocol.encode(request)
         broker.connection.enqueue(binary: binary, data: ByteBuffer(bytes: bytes))
     }
 
