@@ -148,6 +148,12 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // The device program of `docs/examples/swift-device`, built so that CI keeps it compiling (not a product).
+        .executableTarget(
+            name: "portcullis-device-example",
+            dependencies: ["PortcullisClient"],
+            path: "docs/examples/swift-device"
+        ),
         .executableTarget(
             name: "portcullis",
             dependencies: [
@@ -208,6 +214,14 @@ let package = Package(
         .testTarget(
             name: "PortcullisProtocolTests",
             dependencies: ["PortcullisProtocol"]
+        ),
+        // The client's pure parts (backoff, refusal classification, offline queue, input checks): no sockets.
+        .testTarget(
+            name: "PortcullisClientTests",
+            dependencies: [
+                "PortcullisClient", "PortcullisProtocol", "PortcullisTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "PortcullisPKITests",

@@ -43,8 +43,23 @@ public final class BrokerSession: Sendable {
         var nextID = 1
         var pending: [String: EventLoopPromise<Void>] = [:]
         var closed = false
-        var closeFrame: (code: Int?, reason: String)?
+        var closeFrame: CloseFrame?
+        var lastReceived = ContinuousClock.now
     }
+
+    /// A close frame: its status code (nil when it carried none) and reason.
+    public struct CloseFrame: Sendable, Equatable {
+        public var code: Int?
+        public var reason: String
+    }
+
+    /// The close frame the gateway sent, once it has (1008 with `certificate_revoked`, 1001 at shutdown, ...);
+    /// nil while the session is open, and when the connection ended without one.
+    public var peerCloseFrame: CloseFrame? { state.withLockedValue { $0.closeFrame } }
+
+    /// When the last frame of any kind (pongs included) arrived: a client that pings can tell a silent gateway
+    /// from a quiet one.
+    public var lastReceived: ContinuousClock.Instant { state.withLockedValue { $0.lastReceived } }
 
     private let state = NIOLockedValueBox(State())
     private let deliveriesContinuation: AsyncStream<Delivery>.Continuation
@@ -74,9 +89,6 @@ public final class BrokerSession: Sendable {
         (notices, noticesContinuation) = AsyncStream<BrokerError>.makeStream()
         Task { [self] in await pump() }
     }
-
-    /// The gateway's close frame (its code and reason) once the session has ended with one.
-    public var closeFrame: (code: Int?, reason: String)? { state.withLockedValue { $0.closeFrame } }
 
     public func subscribe(_ filter: String) async throws {
         try await request { id in .subscribe(topic: filter, id: id) }
@@ -133,6 +145,7 @@ public final class BrokerSession: Sendable {
 
     private func pump() async {
         for await message in connection.messages {
+            state.withLockedValue { $0.lastReceived = .now }
             let event: MessagingProtocol.Event?
             switch message {
             case .text(let text):
@@ -140,9 +153,9 @@ public final class BrokerSession: Sendable {
             case .binary(let bytes):
                 event = bytes.withUnsafeBytes { MessagingProtocol.decodeEvent(binary: true, bytes: $0) }
             case .close(let code, let reason):
-                state.withLockedValue { $0.closeFrame = (code, reason) }
+                state.withLockedValue { $0.closeFrame = CloseFrame(code: code, reason: reason) }
                 event = nil
-            default:
+            case .pong:
                 event = nil
             }
             switch event {

@@ -35,6 +35,13 @@ public enum GatewayClient {
             self.maximumVersion = maximumVersion
         }
 
+        /// Options around a context already built (from certificate and key bytes read once, say), so that what
+        /// the connection presents is exactly what the caller read.
+        init(context: NIOSSLContext, trustRoots: String, serverName: String?) {
+            self.init(certificateChain: nil, privateKey: nil, trustRoots: trustRoots, serverName: serverName)
+            preparedContext = context
+        }
+
         /// These options with their TLS context built now, so that connections made with them share it.
         public func prepared() throws -> TLSOptions {
             var options = self
@@ -86,6 +93,14 @@ public enum GatewayClient {
         public var description: String
     }
 
+    /// The gateway did not complete TCP, TLS and the upgrade within the `timeout` given to ``connect``.
+    public struct TimeoutError: Error, CustomStringConvertible {
+        public var timeout: TimeAmount
+        public var description: String {
+            "no answer to the upgrade within \(Double(timeout.nanoseconds) / 1e9) s"
+        }
+    }
+
     /// Connects to `host:port`, completes TLS, and asks to upgrade `path` to a WebSocket.
     ///
     /// - Parameters:
@@ -94,6 +109,9 @@ public enum GatewayClient {
     ///   - tls: the client certificate and trust roots; nil for plain `ws://`.
     ///   - localAddress: the address to connect from (a load generator spreads its sessions over loopback
     ///     addresses, since one source address has only some 28,000 ephemeral ports); nil lets the system choose.
+    ///   - timeout: how long TCP, TLS and the upgrade may take together before the attempt is abandoned with
+    ///     ``TimeoutError``; nil waits as long as the gateway keeps the connection open (and TCP's connect
+    ///     timeout).
     /// - Throws: when TCP or TLS fails, or the gateway closes the connection without an HTTP answer (as it
     ///   does when it refuses the certificate).
     public static func connect(
@@ -106,6 +124,7 @@ public enum GatewayClient {
         answerPings: Bool = true,
         frameHandler: FrameHandlerFactory? = nil,
         localAddress: SocketAddress? = nil,
+        timeout: TimeAmount? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> Outcome {
         // NIO's request encoder writes names and values as given: a CR or LF in one (a certificate name passed on
@@ -125,7 +144,7 @@ public enum GatewayClient {
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: requestHeaders)
         return try await exchange(
             host: host, port: port, head: head, key: key, tls: tls, answerPings: answerPings, frameHandler: frameHandler,
-            localAddress: localAddress, group: group)
+            localAddress: localAddress, timeout: timeout, group: group)
     }
 
     /// Sends an arbitrary request head (a plain GET, a POST, a request with broken upgrade headers) and returns
@@ -140,12 +159,12 @@ public enum GatewayClient {
         let key = head.headers["Sec-WebSocket-Key"].first ?? ""
         return try await exchange(
             host: host, port: port, head: head, key: key, tls: tls, answerPings: true, frameHandler: nil, localAddress: nil,
-            group: group)
+            timeout: nil, group: group)
     }
 
     private static func exchange(
         host: String, port: Int, head: HTTPRequestHead, key: String, tls: TLSOptions?, answerPings: Bool,
-        frameHandler: FrameHandlerFactory?, localAddress: SocketAddress?, group: any EventLoopGroup
+        frameHandler: FrameHandlerFactory?, localAddress: SocketAddress?, timeout: TimeAmount?, group: any EventLoopGroup
     ) async throws -> Outcome {
         // nil TLS options: a plain ws:// connection (an upstream backend on a private network).
         let context = try tls?.makeContext()
@@ -154,8 +173,18 @@ public enum GatewayClient {
         let serverName = tls?.serverName.flatMap { (try? SocketAddress(ipAddress: $0, port: 0)) == nil ? $0 : nil }
         var bootstrap = ClientBootstrap(group: group).channelOption(.socketOption(.tcp_nodelay), value: 1)
         if let localAddress { bootstrap = bootstrap.bind(to: localAddress) }
+        if let timeout { bootstrap = bootstrap.connectTimeout(timeout) }
         let channel = try await bootstrap.connect(host: host, port: port).get()
         let promise = channel.eventLoop.makePromise(of: Outcome.self)
+        if let timeout {
+            // A gateway (or a middlebox) that accepts TCP and then says nothing would hold the attempt forever:
+            // neither TLS nor the HTTP decoder has a deadline of its own.
+            let deadline = channel.eventLoop.scheduleTask(in: timeout) {
+                promise.fail(TimeoutError(timeout: timeout))
+                channel.close(promise: nil)
+            }
+            promise.futureResult.whenComplete { _ in deadline.cancel() }
+        }
         do {
             try await channel.eventLoop.submit {
                 let pipeline = channel.pipeline.syncOperations
@@ -199,6 +228,8 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
     private let answerPings: Bool
     private let frameHandler: GatewayClient.FrameHandlerFactory?
     private var refusal: (status: Int, headers: [(String, String)], body: ByteBuffer)?
+    /// The most of a refusal's body kept, in bytes.
+    static let maximumRefusalBody = 4096
     private var done = false
     private var switchingHead: HTTPResponseHead?
 
@@ -242,7 +273,12 @@ final class UpgradeResponseHandler: ChannelInboundHandler, RemovableChannelHandl
         case .head(let head):
             refusal = (Int(head.status.code), head.headers.map { ($0.name, $0.value) }, context.channel.allocator.buffer(capacity: 64))
         case .body(var part):
-            refusal?.body.writeBuffer(&part)
+            // A refusal's reason is a line of text; a gateway (or something posing as one) that sends more is
+            // not given the client's memory for it.
+            if let stored = refusal?.body.readableBytes, stored < Self.maximumRefusalBody {
+                var kept = part.readSlice(length: min(part.readableBytes, Self.maximumRefusalBody - stored)) ?? part
+                refusal?.body.writeBuffer(&kept)
+            }
         case .end:
             if let switchingHead {
                 upgrade(context: context, head: switchingHead)

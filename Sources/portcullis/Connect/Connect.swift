@@ -286,7 +286,7 @@ struct ConnectSubscribe: AsyncParsableCommand {
                 }
             }
         }
-        let close = session.closeFrame
+        let close = session.peerCloseFrame
         finish(close.flatMap { closeFailure(code: $0.code, reason: $0.reason) }
             ?? ConnectFailure(exit: .closedByGateway, message: close == nil ? "the connection dropped without a close frame" : "closed by the gateway: 1000"))
     }
