@@ -147,17 +147,10 @@ extension ConnectionFailure {
     }
 
     /// The name of the TLS alert a BoringSSL error description reports as received from the peer
-    /// (`…:SSLV3_ALERT_CERTIFICATE_REVOKED` → `certificate_revoked`, `TLSV1_ALERT_UNKNOWN_CA` → `unknown_ca`),
-    /// or nil. BoringSSL names a received alert `SSL_R_<version>_ALERT_<name>`; an alert it sends itself (after
-    /// refusing the gateway's certificate, say) is reported under another reason, such as
-    /// `CERTIFICATE_VERIFY_FAILED`.
+    /// (`…:SSLV3_ALERT_CERTIFICATE_REVOKED` → `certificate_revoked`), or nil (``TLSAlert/named(in:)``). An alert
+    /// BoringSSL sends itself (after refusing the gateway's certificate, say) is reported under another reason,
+    /// such as `CERTIFICATE_VERIFY_FAILED`.
     static func tlsAlertName(inErrorDescription text: String) -> String? {
-        for prefix in ["SSLV3_ALERT_", "TLSV13_ALERT_", "TLSV1_ALERT_"] {
-            guard let range = text.range(of: prefix) else { continue }
-            let name = text[range.upperBound...].prefix { $0.isASCII && ($0.isUppercase || $0.isNumber || $0 == "_") }
-            guard !name.isEmpty else { continue }
-            return name.lowercased()
-        }
-        return nil
+        TLSAlert.named(in: text)?.name
     }
 }

@@ -46,23 +46,15 @@ extension ReconnectingBrokerClient {
             self.caPath = caPath
         }
 
-        /// The host, port and path of a `wss://` URL. Only `wss`: the gateway speaks nothing but TLS, and a
-        /// client certificate must never be offered over plain TCP.
+        /// The host, port and path of a `wss://` URL (``GatewayURL``). Only `wss`: the gateway speaks nothing but
+        /// TLS, and a client certificate must never be offered over plain TCP.
         static func endpoint(fromURL url: String) throws -> (host: String, port: Int, path: String) {
-            guard let components = URLComponents(string: url), components.scheme?.lowercased() == "wss" else {
-                throw ConfigurationError(description: "not a wss:// URL: \(String(reflecting: url))")
+            do {
+                let parsed = try GatewayURL(parsing: url)
+                return (parsed.host, parsed.port, parsed.path)
+            } catch {
+                throw ConfigurationError(description: "\(error)")
             }
-            var host = components.host ?? ""
-            // An IPv6 literal may come back with its brackets.
-            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            guard !host.isEmpty else { throw ConfigurationError(description: "the URL has no host: \(url)") }
-            let port = components.port ?? 443
-            guard (1...65535).contains(port) else {
-                throw ConfigurationError(description: "the URL's port is not 1-65535: \(url)")
-            }
-            var path = components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath
-            if let query = components.percentEncodedQuery { path += "?" + query }
-            return (host, port, path)
         }
     }
 

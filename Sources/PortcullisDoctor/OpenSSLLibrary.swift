@@ -139,7 +139,7 @@ final class OpenSSLLibrary: @unchecked Sendable {
             if code == 0 { break }
             var buffer = [CChar](repeating: 0, count: 256)
             errorText(code, &buffer, buffer.count)
-            texts.append(String(cString: buffer))
+            texts.append(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
         return texts
     }

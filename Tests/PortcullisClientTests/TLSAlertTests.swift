@@ -1,4 +1,3 @@
-@testable import PortcullisGateway
 import PortcullisClient
 import Testing
 
@@ -26,15 +25,5 @@ struct TLSAlertTests {
         for bad in ["ws://h/", "https://h/", "wss:///x", "wss://h:0/", "wss://h:70000/", "not a url"] {
             #expect(throws: GatewayURL.Invalid.self, "\(bad)") { try GatewayURL(parsing: bad) }
         }
-    }
-}
-
-@Suite("The gateway's Date header")
-struct HTTPDateTests {
-    @Test("IMF-fixdate, as RFC 9110's example, whatever the locale")
-    func format() {
-        #expect(HTTPDate.format(784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")
-        #expect(HTTPDate.format(0) == "Thu, 01 Jan 1970 00:00:00 GMT")
-        #expect(HTTPDate.format(1_798_761_599) == "Thu, 31 Dec 2026 23:59:59 GMT")
     }
 }
