@@ -12,6 +12,7 @@ struct Portcullis: AsyncParsableCommand {
 
             Shell completions: portcullis --generate-completion-script bash|zsh|fish (see README.md).
             """,
+        version: portcullisVersion,
         subcommands: [Serve.self, PKICommand.self, PolicyCommand.self, AuditCommand.self, Connect.self, Doctor.self, Bench.self]
     )
 }
