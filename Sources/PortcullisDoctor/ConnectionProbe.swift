@@ -86,7 +86,9 @@ final class ConnectionProbe {
             withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(length))) }
             var text = [CChar](repeating: 0, count: Int(NI_MAXHOST))
             getnameinfo(address, length, &text, socklen_t(text.count), nil, 0, NI_NUMERICHOST)
-            let item = ResolvedAddress(family: entry.pointee.ai_family, text: String(cString: text), storage: storage, length: length)
+            let item = ResolvedAddress(
+                family: entry.pointee.ai_family, text: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                storage: storage, length: length)
             if !addresses.contains(where: { $0.text == item.text }) { addresses.append(item) }
         }
         return addresses
@@ -167,9 +169,10 @@ final class ConnectionProbe {
         }
         _ = openssl.control(ssl, OpenSSLLibrary.setMessageCallbackArgument, 0, Unmanaged.passUnretained(recorder).toOpaque())
 
-        if openssl.connect(ssl) != 1 {
-            let errors = openssl.drainErrors()
-            result.failure = errors.isEmpty ? "the connection closed during the handshake" : errors.joined(separator: "; ")
+        let connected = openssl.connect(ssl)
+        if connected != 1 {
+            // The error queue names TLS failures; a silent or closed peer leaves it empty (and says so in errno).
+            result.failure = readFailure(connected)
         }
         result.version = openssl.version(ssl).map { String(cString: $0) } ?? ""
         result.cipher = openssl.currentCipher(ssl).flatMap { openssl.cipherStandardName($0) }.map { String(cString: $0) } ?? ""
@@ -280,6 +283,7 @@ final class ConnectionProbe {
     }
 
     private func readFailure(_ result: Int32) -> String {
+        let systemError = errno
         guard let ssl else { return "no TLS connection" }
         let code = openssl.getError(ssl, result)
         let errors = openssl.drainErrors()
@@ -287,8 +291,9 @@ final class ConnectionProbe {
         switch code {
         case 6: return "the gateway closed the connection (TLS close_notify)"  // SSL_ERROR_ZERO_RETURN
         case 2, 3: return "no answer within \(Int(timeout)) s"  // WANT_READ / WANT_WRITE: the socket timed out
-        case 5: return errno == EAGAIN || errno == EWOULDBLOCK ? "no answer within \(Int(timeout)) s" : "the connection was closed or reset"
-        default: return errors.isEmpty ? "TLS error \(code)" : errors.joined(separator: "; ")
+        case _ where !errors.isEmpty: return errors.joined(separator: "; ")
+        case 5: return systemError == EAGAIN || systemError == EWOULDBLOCK ? "no answer within \(Int(timeout)) s" : "the connection was closed or reset"
+        default: return "TLS error \(code)"
         }
     }
 }

@@ -117,7 +117,7 @@ public enum Diagnosis {
         else { return false }
 
         // The certificate request.
-        let named = probe.namedCertificateAuthorities.compactMap { try? DistinguishedName(derEncoded: $0) }
+        let named = probe.namedCertificateAuthorities.compactMap { try? DistinguishedName(derEncoded: DER.parse($0)) }
         guard record(certificateRequestStep(requested: probe.recorder.certificateRequested, named: named)) else { return false }
 
         // The client certificate, locally.
@@ -164,6 +164,9 @@ public enum Diagnosis {
             return verdictStep(alert: alert, failure: handshake.failure ?? "", local: local, name: "TLS")
         }
         let failure = handshake.failure ?? "the handshake did not complete"
+        if failure.hasPrefix("no answer within") {
+            return DoctorStep("TLS", .failed, failure, advice: "the server took the TCP connection but did not answer TLS: is this the gateway's port, or a proxy that waits for something else (a PROXY protocol header)?")
+        }
         if failure.contains("wrong version number") || failure.contains("packet length too long") {
             return DoctorStep("TLS", .failed, failure, advice: "the server does not speak TLS on this port: is it plain HTTP, or another service?")
         }

@@ -132,6 +132,7 @@ final class OpenSSLLibrary: @unchecked Sendable {
     }
 
     /// OpenSSL's queued errors as text, oldest first; the queue is emptied.
+    @discardableResult
     func drainErrors() -> [String] {
         var texts: [String] = []
         while texts.count < 16 {

@@ -2,6 +2,10 @@ import Foundation
 import PortcullisTestSupport
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `portcullis connect ...` through bash (so that standard input can be given or held open), with its exit status
 /// and its output and errors together.
 func connectCommand(_ arguments: String, input: String = "", in directory: String) async throws -> (status: Int32?, output: String) {
@@ -62,7 +66,7 @@ struct ConnectCommandTests {
         #expect(refused.output.contains("refused: forbidden"), "\(refused.output)")
     }
 
-    @Test("Refusals exit by class: HTTP 404 (4), nothing listening (2), the gateway's TLS alert (3), an untrusted gateway (3)")
+    @Test("Refusals exit by class: HTTP 404 (4), nothing listening or answering (2), the gateway's TLS alert (3), an untrusted gateway (3)")
     func refusals() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -77,6 +81,12 @@ struct ConnectCommandTests {
         let unreachable = try await connectCommand("wss://127.0.0.1:\(closedPort)/v1/echo \(Self.device)", in: directory)
         #expect(unreachable.status == 2, "\(unreachable.output)")
         #expect(unreachable.output.contains("cannot connect to 127.0.0.1:\(closedPort)"), "\(unreachable.output)")
+
+        // A server that takes the connection and never answers: --timeout ends the wait.
+        let silent = try SilentListener()
+        let unanswered = try await connectCommand("wss://127.0.0.1:\(silent.port)/v1/echo \(Self.device) --timeout 2", in: directory)
+        #expect(unanswered.status == 2, "\(unanswered.output)")
+        #expect(unanswered.output.contains("no answer"), "\(unanswered.output)")
 
         // The server's own certificate is for serverAuth only: the gateway refuses it in the handshake.
         let serverAsClient = try await connectCommand(
@@ -109,4 +119,31 @@ struct ConnectCommandTests {
         #expect(try await session.waitFor("closed by the gateway: 1008 certificate_revoked"), "\(session.output)\n\(serve.output)")
         #expect(try await session.waitForExit(timeout: 120) == 5, "\(session.output)")
     }
+}
+
+/// A loopback listener that accepts connections into its backlog and never answers; closed when released.
+final class SilentListener {
+    let port: Int
+    private let descriptor: Int32
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, length) == 0 && listen(descriptor, 16) == 0 && getsockname(descriptor, $0, &length) == 0
+            }
+        }
+        guard bound else {
+            close(descriptor)
+            throw StartFailure(description: "silent listener: errno \(errno)")
+        }
+        self.descriptor = descriptor
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { close(descriptor) }
 }

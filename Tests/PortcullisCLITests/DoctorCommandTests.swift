@@ -61,7 +61,7 @@ struct DoctorCommandTests {
         }
     }
 
-    @Test("The network and the gateway's certificate: unresolvable, nothing listening, another CA, another name")
+    @Test("The network and the gateway's certificate: unresolvable, nothing listening, no TLS answer, another CA, another name")
     func networkAndServer() async throws {
         let directory = try scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -71,7 +71,9 @@ struct DoctorCommandTests {
         try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
         #expect(try await portcullis(["pki", "init"], in: other).status == 0)
         let closedPort = try freeLoopbackPort()
+        let silent = try SilentListener()
         let cases: [(arguments: [String], step: String, expected: String)] = [
+            (["wss://127.0.0.1:\(silent.port)/v1/echo", "--timeout", "2"] + Self.device, "TLS", "no answer within 2 s"),
             (["wss://nothing.invalid/v1/echo"] + Self.device, "name resolution", "nothing.invalid"),
             (["wss://127.0.0.1:\(closedPort)/v1/echo"] + Self.device, "TCP connect", "Connection refused"),
             (["wss://localhost:\(port)/v1/echo", "--cert", "pki/issued/demo-device.crt", "--key", "pki/private/demo-device.key",

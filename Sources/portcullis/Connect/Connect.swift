@@ -39,7 +39,7 @@ enum ConnectExit: Int32 {
     case brokerRefused = 6
 
     static let table = """
-        Exit status: 0 success; 1 a file unreadable or unusable; 2 the gateway unreachable (name resolution, TCP); \
+        Exit status: 0 success; 1 a file unreadable or unusable; 2 the gateway unreachable (name resolution, TCP, or no answer within --timeout); \
         3 TLS refused (the gateway's alert, or its certificate did not verify); 4 HTTP refused (the status and the \
         gateway's reason are printed); 5 closed by the gateway (its close code and reason are printed); 6 a subscribe \
         or publish refused by the broker; 64 a usage error.
@@ -75,8 +75,12 @@ struct ConnectOptions: ParsableArguments {
     @Flag(help: "One JSON object per line, for tools.")
     var json = false
 
+    @Option(help: "Seconds TCP, TLS and the upgrade may take together.")
+    var timeout: Double = 30
+
     func validate() throws {
         do { _ = try GatewayURL(parsing: url) } catch { throw ValidationError("\(error)") }
+        guard timeout > 0, timeout <= 600 else { throw ValidationError("--timeout must be between 0 and 600 seconds") }
     }
 
     var gateway: GatewayURL { get throws { try GatewayURL(parsing: url) } }
@@ -101,7 +105,8 @@ struct ConnectOptions: ParsableArguments {
         let outcome: GatewayClient.Outcome
         do {
             outcome = try await GatewayClient.connect(
-                host: target.host, port: target.port, path: target.path, origins: origin.map { [$0] } ?? [], tls: tls)
+                host: target.host, port: target.port, path: target.path, origins: origin.map { [$0] } ?? [], tls: tls,
+                timeout: .milliseconds(Int64(timeout * 1000)))
         } catch {
             throw Self.classify(error, target: target)
         }
@@ -121,6 +126,8 @@ struct ConnectOptions: ParsableArguments {
             return ConnectFailure(exit: .tlsRefused, message: "TLS refused: the gateway sent \(alert): \(alert.explanation)")
         }
         switch error {
+        case let timedOut as GatewayClient.TimeoutError:
+            return ConnectFailure(exit: .unreachable, message: "\(target.host):\(target.port): \(timedOut)")
         case let connection as NIOConnectionError:
             if connection.connectionErrors.isEmpty {
                 return ConnectFailure(exit: .unreachable, message: "cannot resolve \(target.host)")
