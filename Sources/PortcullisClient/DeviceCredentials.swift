@@ -35,10 +35,12 @@ struct DeviceCredentials {
         }
     }
 
-    /// `magnitude` (BoringSSL's serial bytes, without sign) as DER's positive INTEGER content, in hex.
+    /// `magnitude` (BoringSSL's serial bytes, without sign) in lowercase hex without leading zero bytes, as the
+    /// gateway's audit log, `portcullis pki` and swift-certificates write a serial (`9f01`, not DER's `009f01`).
     static func serialHex(_ magnitude: [UInt8]) -> String {
-        let der = (magnitude.first ?? 0x80) >= 0x80 ? [0] + magnitude : magnitude
-        return der.map { byte in
+        let significant = magnitude.drop { $0 == 0 }
+        guard !significant.isEmpty else { return "00" }
+        return significant.map { byte in
             let hex = String(byte, radix: 16)
             return byte < 0x10 ? "0" + hex : hex
         }.joined()

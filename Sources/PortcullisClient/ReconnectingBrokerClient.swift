@@ -71,7 +71,8 @@ public actor ReconnectingBrokerClient {
         (notices, noticesContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(64))
     }
 
-    /// Publishes dropped from the offline queue because it was full (or because one alone was larger than it).
+    /// Publishes dropped from the offline queue to make room for newer ones (one larger than the whole queue is
+    /// refused by ``publish(_:json:)`` with `message_too_large` instead, and not counted here).
     public var droppedPublishes: Int { offlineQueue.droppedCount }
     /// Publishes waiting for a session.
     public var queuedPublishes: Int { offlineQueue.count }
@@ -121,6 +122,11 @@ public actor ReconnectingBrokerClient {
             case .failure(let refusal):
                 failure = refusal
             case .success(let opened):
+                // stop() during the attempt found no session to close: this one is closed here instead.
+                if stopRequested || Task.isCancelled {
+                    await opened.broker.close()
+                    return .requested
+                }
                 let (ending, established) = await serve(opened)
                 // Backoff starts over after a session that got going, so that a device is back within
                 // `initialDelay` after an ordinary disconnection, however many failures came before it.
@@ -252,6 +258,16 @@ public actor ReconnectingBrokerClient {
                 return false
             }
             if stopRequested { return false }
+        }
+        // A filter let go while its renewal was on the way (unsubscribe sends nothing before `established`).
+        for filter in renewed where !subscriptions.contains(filter) {
+            do {
+                try await withRequestDeadline(live) { try await live.broker.unsubscribe(filter) }
+            } catch is BrokerError {
+                // Not subscribed after all (its renewal was refused): nothing to undo.
+            } catch {
+                return false
+            }
         }
         // No suspension from here to `established`: a publish made meanwhile cannot slip in ahead of the queue.
         guard live.broker.connection.isActive, !stopRequested else { return false }

@@ -104,7 +104,9 @@ final class ConnectionProbe {
                 continue
             }
             // Linux bounds a blocking connect by the send timeout too.
-            var limit = timeval(tv_sec: Int(timeout), tv_usec: 0)
+            // At least a millisecond: a zero timeval means no timeout at all.
+            let bounded = max(timeout, 0.001)
+            var limit = timeval(tv_sec: Int(bounded), tv_usec: Int((bounded - bounded.rounded(.down)) * 1_000_000))
             setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
             var storage = address.storage
@@ -282,6 +284,10 @@ final class ConnectionProbe {
         return Array(buffer[0..<Int(count)])
     }
 
+    static func seconds(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(format: "%.3g", value)
+    }
+
     private func readFailure(_ result: Int32) -> String {
         let systemError = errno
         guard let ssl else { return "no TLS connection" }
@@ -290,9 +296,9 @@ final class ConnectionProbe {
         if let alert = recorder.receivedAlert { return "the gateway sent the alert \(alert)" }
         switch code {
         case 6: return "the gateway closed the connection (TLS close_notify)"  // SSL_ERROR_ZERO_RETURN
-        case 2, 3: return "no answer within \(Int(timeout)) s"  // WANT_READ / WANT_WRITE: the socket timed out
+        case 2, 3: return "no answer within \(Self.seconds(timeout)) s"  // WANT_READ / WANT_WRITE: the socket timed out
         case _ where !errors.isEmpty: return errors.joined(separator: "; ")
-        case 5: return systemError == EAGAIN || systemError == EWOULDBLOCK ? "no answer within \(Int(timeout)) s" : "the connection was closed or reset"
+        case 5: return systemError == EAGAIN || systemError == EWOULDBLOCK ? "no answer within \(Self.seconds(timeout)) s" : "the connection was closed or reset"
         default: return "TLS error \(code)"
         }
     }

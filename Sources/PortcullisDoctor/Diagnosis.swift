@@ -58,6 +58,8 @@ public enum Diagnosis {
             if step.outcome == .failed { passed = false }
             return step.outcome != .failed
         }
+        // The probe writes to a plain socket: a gateway that resets the connection must be an error, not SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
         let openssl: OpenSSLLibrary
         do { openssl = try OpenSSLLibrary() } catch {
             _ = record(DoctorStep("TLS library", .failed, "\(error)", advice: "install OpenSSL 3 (Debian: apt-get install libssl3)"))
@@ -104,7 +106,9 @@ public enum Diagnosis {
         // TLS.
         let handshake = probe.handshake(
             serverName: serverName, caFile: request.caFile, certificateFile: request.certificateFile, keyFile: request.keyFile)
-        if handshake.version.isEmpty || (handshake.failure != nil && probe.recorder.receivedAlert == nil && handshake.serverChain.isEmpty) {
+        // A handshake that failed before the server's certificate arrived (an alert in answer to the ClientHello,
+        // a peer that does not speak TLS) has nothing more to show.
+        if handshake.failure != nil && handshake.serverChain.isEmpty {
             _ = record(tlsFailureStep(handshake, alert: probe.recorder.receivedAlert, local: local))
             return false
         }
@@ -129,7 +133,8 @@ public enum Diagnosis {
             : .failure(ConnectionProbe.Failure(description: handshake.failure ?? ""))
         let alert = probe.recorder.receivedAlert
         if alert != nil || handshake.failure != nil {
-            _ = record(verdictStep(alert: alert, failure: handshake.failure ?? (try? answer.get()).map { _ in "" } ?? "\(answer)", local: local))
+            _ = record(verdictStep(
+                alert: alert, failure: handshake.failure ?? (try? answer.get()).map { _ in "" } ?? "\(answer)", local: local, named: named))
             return false
         }
         switch answer {
@@ -161,7 +166,7 @@ public enum Diagnosis {
     /// A handshake that did not complete: the gateway's alert in plain words, or the local failure.
     static func tlsFailureStep(_ handshake: ConnectionProbe.Handshake, alert: UInt8?, local: LocalCertificate) -> DoctorStep {
         if let alert {
-            return verdictStep(alert: alert, failure: handshake.failure ?? "", local: local, name: "TLS")
+            return verdictStep(alert: alert, failure: handshake.failure ?? "", local: local, named: [], name: "TLS")
         }
         let failure = handshake.failure ?? "the handshake did not complete"
         if failure.hasPrefix("no answer within") {
@@ -238,14 +243,15 @@ public enum Diagnosis {
                 "your certificate", .failed, "\(subject) (serial \(serial)) expired on \(timestamp(certificate.notValidAfter))",
                 advice: "renew it: portcullis pki renew NAME (on the admin host), then install the new certificate and key")
         }
-        if !named.isEmpty, !named.contains(certificate.issuer) {
-            return DoctorStep(
-                "your certificate", .failed,
-                "\(subject) (serial \(serial)) is issued by \(certificate.issuer), a CA the gateway does not name: the gateway does not trust the CA that issued your certificate",
-                advice: "use a certificate from a CA the gateway trusts (\(named.map(\.description).joined(separator: "; "))), or ask its operator to add your CA to tls.client_ca")
-        }
         let days = Int(certificate.notValidAfter.timeIntervalSince(now) / 86_400)
         let detail = "\(subject) (serial \(serial)); clientAuth; the key matches; valid until \(day(certificate.notValidAfter)) (\(days) days)"
+        if !local.chainsTo(named) {
+            // Not a failure yet: a gateway that holds the intermediate (tls.client_intermediates) names only the root.
+            return DoctorStep(
+                "your certificate", .warning,
+                "\(detail); issued by \(certificate.issuer), which is not among the CAs the gateway names",
+                advice: "unless the gateway holds this intermediate, it does not trust the CA that issued your certificate")
+        }
         if days < 7 {
             return DoctorStep("your certificate", .warning, detail, advice: "renew it soon: portcullis pki renew NAME")
         }
@@ -254,13 +260,20 @@ public enum Diagnosis {
 
     /// The gateway's refusal in the handshake, in plain words, sharpened by what is known locally: the alert it
     /// sends for a failed verification is the same whatever the reason.
-    static func verdictStep(alert: UInt8?, failure: String, local: LocalCertificate, name: String = "gateway's verdict") -> DoctorStep {
+    static func verdictStep(
+        alert: UInt8?, failure: String, local: LocalCertificate, named: [DistinguishedName], name: String = "gateway's verdict"
+    ) -> DoctorStep {
         guard let alert else {
             return DoctorStep(name, .failed, failure.isEmpty ? "the gateway ended the connection" : failure, advice: "look for a tls_refused record in the gateway's audit log")
         }
         let tlsAlert = TLSAlert.code(alert)
         let serial = local.certificate == nil ? "" : " --serial \(local.serial)"
         switch alert {
+        case 46 where !local.chainsTo(named):
+            return DoctorStep(
+                name, .failed,
+                "the gateway refused your certificate (\(tlsAlert)): the gateway does not trust the CA that issued your certificate (\(local.certificate?.issuer.description ?? "unknown"))",
+                advice: "use a certificate from a CA the gateway trusts (\(named.map(\.description).joined(separator: "; "))), or ask its operator to add your CA to tls.client_ca")
         case 46, 44, 42:
             // Everything checked here passed (or the doctor would have stopped): what is left is what only the
             // gateway knows.
@@ -282,7 +295,7 @@ public enum Diagnosis {
         let reason = firstLine.isEmpty ? answer.reason : firstLine
         let advice: String
         switch answer.status {
-        case 403 where reason.contains("origin"):
+        case 403 where reason.lowercased().contains("origin"):
             advice = "the Origin is not allowed for this route: devices send none; browsers' origins go in allowed_origins"
         case 403:
             advice = "the policy does not grant this identity this route: portcullis policy explain --cert YOUR_CERT --path \(path) shows which rule decides"
@@ -345,12 +358,21 @@ public enum Diagnosis {
 /// The device's certificate and key as read from its files.
 public struct LocalCertificate: Sendable {
     public var certificate: Certificate?
+    /// The certificates after the first in the file (intermediates the device sends with it).
+    public var intermediates: [Certificate] = []
     /// What is wrong with the files (unreadable, not PEM, the key not the certificate's); nil when nothing.
     public var problem: String?
 
     public init(certificate: Certificate?, problem: String?) {
         self.certificate = certificate
         self.problem = problem
+    }
+
+    /// Whether the certificate, or an intermediate sent with it, is issued by one of `named` (true when the
+    /// server named none: it decides itself).
+    public func chainsTo(_ named: [DistinguishedName]) -> Bool {
+        guard let certificate, !named.isEmpty else { return true }
+        return ([certificate] + intermediates).contains { named.contains($0.issuer) }
     }
 
     /// The serial in hex, as `portcullis pki` and the audit log write it.
@@ -364,10 +386,12 @@ public struct LocalCertificate: Sendable {
             return LocalCertificate(certificate: nil, problem: "cannot read \(certificateFile)")
         }
         let certificate: Certificate
+        let intermediates: [Certificate]
         do {
             let documents = try PEMDocument.parseMultiple(pemString: certificateText).filter { $0.discriminator == "CERTIFICATE" }
             guard let first = documents.first else { return LocalCertificate(certificate: nil, problem: "\(certificateFile) holds no certificate") }
             certificate = try Certificate(derEncoded: first.derBytes)
+            intermediates = documents.dropFirst().prefix(8).compactMap { try? Certificate(derEncoded: $0.derBytes) }
         } catch {
             return LocalCertificate(certificate: nil, problem: "\(certificateFile) is not a PEM certificate: \(error)")
         }
@@ -380,6 +404,8 @@ public struct LocalCertificate: Sendable {
         guard key.publicKey == certificate.publicKey else {
             return LocalCertificate(certificate: certificate, problem: "the key \(keyFile) is not this certificate's key")
         }
-        return LocalCertificate(certificate: certificate, problem: nil)
+        var local = LocalCertificate(certificate: certificate, problem: nil)
+        local.intermediates = intermediates
+        return local
     }
 }

@@ -45,10 +45,11 @@ struct ClientInputTests {
         }
     }
 
-    @Test("Serials are written as the audit log writes them: DER's positive integer, lowercase hex")
+    @Test("Serials are written as the audit log writes them: lowercase hex, no leading zero bytes")
     func serials() {
         #expect(DeviceCredentials.serialHex([0x4f, 0x2a]) == "4f2a")
-        #expect(DeviceCredentials.serialHex([0x9f, 0x01]) == "009f01")
+        #expect(DeviceCredentials.serialHex([0x9f, 0x01]) == "9f01")
+        #expect(DeviceCredentials.serialHex([0x00, 0x9f, 0x01]) == "9f01")
         #expect(DeviceCredentials.serialHex([0x01, 0x0a]) == "010a")
         #expect(DeviceCredentials.serialHex([]) == "00")
     }

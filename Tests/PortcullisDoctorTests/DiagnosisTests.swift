@@ -36,8 +36,17 @@ struct DiagnosisTests {
         #expect(early.outcome == .failed && early.detail.contains("not valid before") && early.advice?.contains("clock") == true)
         let serverOnly = step(try Self.certificate(usages: [.serverAuth]))
         #expect(serverOnly.outcome == .failed && serverOnly.detail.contains("lacks clientAuth"))
-        let foreign = step(try Self.certificate(issuer: try DistinguishedName { CommonName("Other CA") }))
-        #expect(foreign.outcome == .failed && foreign.detail.contains("does not trust the CA that issued your certificate"))
+        // Another issuer is a warning here (the gateway may hold the intermediate); the verdict tells.
+        let foreignCertificate = try Self.certificate(issuer: try DistinguishedName { CommonName("Other CA") })
+        let foreign = step(foreignCertificate)
+        #expect(foreign.outcome == .warning && foreign.detail.contains("not among the CAs the gateway names"))
+        let refused = Diagnosis.verdictStep(
+            alert: 46, failure: "", local: LocalCertificate(certificate: foreignCertificate, problem: nil), named: [Self.caName])
+        #expect(refused.outcome == .failed && refused.detail.contains("the gateway does not trust the CA that issued your certificate"))
+        // An intermediate sent with the certificate, issued by a CA the gateway names, is enough.
+        var chained = LocalCertificate(certificate: foreignCertificate, problem: nil)
+        chained.intermediates = [try Self.certificate()]
+        #expect(Diagnosis.clientCertificateStep(chained, named: [Self.caName], now: Self.now).outcome == .passed)
         #expect(step(try Self.certificate(), named: []).outcome == .passed, "a server that names no CA decides itself")
         let wrongKey = step(try Self.certificate(), problem: "the key k.pem is not this certificate's key")
         #expect(wrongKey.outcome == .failed && wrongKey.detail.contains("not this certificate's key"))
@@ -73,9 +82,9 @@ struct DiagnosisTests {
 
     @Test("The gateway's answers: alerts in plain words, refusals with advice, a server that asks for no certificate")
     func answers() {
-        let revoked = Diagnosis.verdictStep(alert: 46, failure: "", local: LocalCertificate(certificate: nil, problem: nil))
+        let revoked = Diagnosis.verdictStep(alert: 46, failure: "", local: LocalCertificate(certificate: nil, problem: nil), named: [])
         #expect(revoked.outcome == .failed && revoked.advice?.contains("revoked") == true)
-        let required = Diagnosis.verdictStep(alert: 116, failure: "", local: LocalCertificate(certificate: nil, problem: nil))
+        let required = Diagnosis.verdictStep(alert: 116, failure: "", local: LocalCertificate(certificate: nil, problem: nil), named: [])
         #expect(required.detail.contains("requires a client certificate"))
         let forbidden = Diagnosis.upgradeStep(.init(status: 403, reason: "Forbidden", headers: [], body: "no rule grants this route"), path: "/v1/x")
         #expect(forbidden.advice?.contains("policy explain") == true)

@@ -33,7 +33,7 @@ enum ConnectExit: Int32 {
     case tlsRefused = 3
     /// The gateway answered the upgrade with an HTTP refusal (401, 403, 404, 429, 503...).
     case httpRefused = 4
-    /// The gateway closed the session (a close frame other than 1000, or the connection dropped).
+    /// The gateway ended the session (its close frame, or the connection dropped) before this side did.
     case closedByGateway = 5
     /// The broker answered a subscribe or publish with an error.
     case brokerRefused = 6
@@ -41,7 +41,8 @@ enum ConnectExit: Int32 {
     static let table = """
         Exit status: 0 success; 1 a file unreadable or unusable; 2 the gateway unreachable (name resolution, TCP, or no answer within --timeout); \
         3 TLS refused (the gateway's alert, or its certificate did not verify); 4 HTTP refused (the status and the \
-        gateway's reason are printed); 5 closed by the gateway (its close code and reason are printed); 6 a subscribe \
+        gateway's reason are printed); 5 the gateway ended the session before this side did (its close code and reason \
+        are printed); 6 a subscribe \
         or publish refused by the broker; 64 a usage error.
         """
 }
@@ -119,6 +120,16 @@ struct ConnectOptions: ParsableArguments {
         }
     }
 
+    /// Ends the process (exit 2) unless cancelled within `timeout`: the gateway's acknowledgement is a future
+    /// that no cancellation ends.
+    func acknowledgementDeadline(_ what: String) -> Task<Void, Never> {
+        let seconds = timeout
+        return Task {
+            guard (try? await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))) != nil else { return }
+            finish(ConnectFailure(exit: .unreachable, message: "no acknowledgement of the \(what) within \(seconds) s"))
+        }
+    }
+
     /// The class of a failure to connect: where it stopped, and the gateway's alert in plain words.
     static func classify(_ error: any Error, target: GatewayURL) -> ConnectFailure {
         let text = String(describing: error)
@@ -160,11 +171,9 @@ func finish(_ failure: ConnectFailure) -> Never {
     Foundation.exit(failure.exit.rawValue)
 }
 
-/// How the gateway's close is told: a close frame other than 1000 is a failure.
-func closeFailure(code: Int?, reason: String) -> ConnectFailure? {
-    guard code != 1000 else { return nil }
-    let codeText = code.map(String.init) ?? "no code"
-    return ConnectFailure(exit: .closedByGateway, message: "closed by the gateway: \(codeText)\(reason.isEmpty ? "" : " \(reason)")")
+/// The gateway's close as told: its code and reason.
+func closeMessage(code: Int?, reason: String) -> String {
+    "closed by the gateway: \(code.map(String.init) ?? "no code")\(reason.isEmpty ? "" : " \(reason)")"
 }
 
 /// One line for a script: a JSON object with sorted keys.
@@ -192,10 +201,13 @@ struct ConnectLines: AsyncParsableCommand {
         let connection: WebSocketConnection
         do { connection = try await options.open() } catch { finish(error) }
         let lines = StandardInputLines()
+        let inputEnded = OnceFlag()
         let sender = Task {
             for await line in lines.stream {
                 try await connection.send(text: line)
+                lines.taken()
             }
+            inputEnded.set()
             await connection.close()
         }
         var failure: ConnectFailure?
@@ -214,7 +226,11 @@ struct ConnectLines: AsyncParsableCommand {
                 break
             case .close(let code, let reason):
                 closed = true
-                failure = closeFailure(code: code, reason: reason)
+                // The answer to this side's close (end of input) is the normal end; any close the gateway starts
+                // is the gateway ending the session, 1000 included.
+                if !inputEnded.isSet || code != 1000 {
+                    failure = ConnectFailure(exit: .closedByGateway, message: closeMessage(code: code, reason: reason))
+                }
             }
         }
         sender.cancel()
@@ -223,19 +239,37 @@ struct ConnectLines: AsyncParsableCommand {
     }
 }
 
-/// Standard input's lines, read on a thread of its own (a blocking read must not hold a concurrency thread).
+/// Standard input's lines, read on a thread of its own (a blocking read must not hold a concurrency thread),
+/// at most `window` ahead of the sends: `cat huge.log | portcullis connect` must not hold the file in memory.
 final class StandardInputLines: Sendable {
     let stream: AsyncStream<String>
+    private let window: DispatchSemaphore
 
-    init() {
+    init(window: Int = 16) {
         let (stream, continuation) = AsyncStream<String>.makeStream()
+        let window = DispatchSemaphore(value: window)
         self.stream = stream
+        self.window = window
         let thread = Thread {
-            while let line = readLine(strippingNewline: true) { continuation.yield(line) }
+            while let line = readLine(strippingNewline: true) {
+                window.wait()
+                continuation.yield(line)
+            }
             continuation.finish()
         }
         thread.start()
     }
+
+    /// A line was sent: the reader may read one more.
+    func taken() { window.signal() }
+}
+
+/// A flag set once, read from another task.
+final class OnceFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.withLock { value } }
+    func set() { lock.withLock { value = true } }
 }
 
 /// `connect sub URL TOPIC...`: deliveries printed with their verified sender.
@@ -264,6 +298,8 @@ struct ConnectSubscribe: AsyncParsableCommand {
         let connection: WebSocketConnection
         do { connection = try await options.open() } catch { finish(error) }
         let session = BrokerSession(connection: connection)
+        let deadline = options.acknowledgementDeadline("subscribe")
+        defer { deadline.cancel() }
         for topic in topics {
             do {
                 try await session.subscribe(topic)
@@ -293,9 +329,11 @@ struct ConnectSubscribe: AsyncParsableCommand {
                 }
             }
         }
+        // A subscriber runs until interrupted: any end of the session is the gateway's.
         let close = session.peerCloseFrame
-        finish(close.flatMap { closeFailure(code: $0.code, reason: $0.reason) }
-            ?? ConnectFailure(exit: .closedByGateway, message: close == nil ? "the connection dropped without a close frame" : "closed by the gateway: 1000"))
+        finish(ConnectFailure(
+            exit: .closedByGateway,
+            message: close.map { closeMessage(code: $0.code, reason: $0.reason) } ?? "the connection dropped without a close frame"))
     }
 }
 
@@ -322,7 +360,9 @@ struct ConnectPublish: AsyncParsableCommand {
         let connection: WebSocketConnection
         do { connection = try await options.open() } catch { finish(error) }
         let session = BrokerSession(connection: connection)
+        let deadline = options.acknowledgementDeadline("publish")
         do {
+            defer { deadline.cancel() }
             try await session.publish(topic, json: Self.jsonValue(payload))
         } catch let error as BrokerError {
             finish(ConnectFailure(exit: .brokerRefused, message: "publish to \(topic) refused: \(error)"))

@@ -5,7 +5,7 @@
 //   swift run portcullis-device-example --url wss://127.0.0.1:8443/v1/messages \
 //       --cert pki/issued/demo-device.crt --key pki/private/demo-device.key --ca pki/ca.crt --device demo-device
 //
-// Exit status: 0 when stopped, 1 when the gateway refused the device for good, 2 for a usage error.
+// Runs until interrupted (Ctrl-C). Exit status: 1 when the gateway refused the device for good, 2 for a usage error.
 import Foundation
 import PortcullisClient
 
