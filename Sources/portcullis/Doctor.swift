@@ -14,42 +14,19 @@ struct Doctor: ParsableCommand {
             asked for a client certificate and which CAs it named; your certificate, checked here (readable, the key \
             matches, clientAuth, valid now, from a CA the gateway names); the gateway's verdict on it (a TLS alert in plain \
             words); the WebSocket upgrade (status and the gateway's reason); this device's clock against the gateway's; \
-            a ping round trip. The TLS steps use the system's OpenSSL 3 (libssl.so.3).
+            a ping round trip. Each network step waits at most --timeout seconds. The TLS steps use the system's OpenSSL 3 \
+            (libssl.so.3).
 
             Exit status: 0 when every step passes (warnings pass: a certificate that expires soon, a clock a few minutes \
             off); 1 when a step fails; 64 for a usage error.
             """)
 
-    @Argument(help: "The gateway's URL: wss://HOST[:PORT]/PATH.")
-    var url: String
-
-    @Option(help: "The client certificate (PEM).")
-    var cert: String
-
-    @Option(help: "The client certificate's private key (PEM).")
-    var key: String
-
-    @Option(help: "The CA bundle (PEM) that signs the gateway's certificate.")
-    var ca: String
-
-    @Option(help: "The name to ask for (SNI) and to check the gateway's certificate against; the URL's host by default.")
-    var serverName: String?
-
-    @Option(help: "An Origin header to send (browsers send one; devices do not).")
-    var origin: String?
-
-    @Option(help: "Seconds each network step may take.")
-    var timeout: Double = 10
-
-    func validate() throws {
-        do { _ = try GatewayURL(parsing: url) } catch { throw ValidationError("\(error)") }
-        guard timeout > 0, timeout <= 600 else { throw ValidationError("--timeout must be between 0 and 600 seconds") }
-    }
+    @OptionGroup var device: DeviceOptions
 
     func run() throws {
         let request = DoctorRequest(
-            url: try GatewayURL(parsing: url), certificateFile: cert, keyFile: key, caFile: ca, serverName: serverName, origin: origin,
-            timeout: timeout)
+            url: try device.gateway, certificateFile: device.cert, keyFile: device.key, caFile: device.ca,
+            serverName: device.serverName, origin: device.origin, timeout: device.timeout)
         say("portcullis doctor \(request.url)")
         let passed = Diagnosis.run(request) { step in
             say("[\(step.outcome.rawValue)] \(step.name): \(step.detail)")

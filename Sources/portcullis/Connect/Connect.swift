@@ -55,48 +55,22 @@ struct ConnectFailure: Error {
 
 /// What every `connect` command takes.
 struct ConnectOptions: ParsableArguments {
-    @Argument(help: "The gateway's URL: wss://HOST[:PORT]/PATH.")
-    var url: String
-
-    @Option(help: "The client certificate (PEM, the chain after it if any).")
-    var cert: String
-
-    @Option(help: "The client certificate's private key (PEM).")
-    var key: String
-
-    @Option(help: "The CA bundle (PEM) that signs the gateway's certificate.")
-    var ca: String
-
-    @Option(help: "An Origin header to send (browsers send one; devices do not).")
-    var origin: String?
-
-    @Option(help: "The name to ask for (SNI) and to check the gateway's certificate against; the URL's host by default.")
-    var serverName: String?
+    @OptionGroup var device: DeviceOptions
 
     @Flag(help: "One JSON object per line, for tools.")
     var json = false
-
-    @Option(help: "Seconds TCP, TLS and the upgrade may take together.")
-    var timeout: Double = 30
-
-    func validate() throws {
-        do { _ = try GatewayURL(parsing: url) } catch { throw ValidationError("\(error)") }
-        guard timeout > 0, timeout <= 600 else { throw ValidationError("--timeout must be between 0 and 600 seconds") }
-    }
-
-    var gateway: GatewayURL { get throws { try GatewayURL(parsing: url) } }
 
     /// Connects and upgrades, or fails with the class of the failure.
     func open() async throws(ConnectFailure) -> WebSocketConnection {
         let target: GatewayURL
         let tls: GatewayClient.TLSOptions
         do {
-            target = try gateway
-            for (file, what) in [(cert, "certificate"), (key, "key"), (ca, "CA bundle")] where !FileManager.default.isReadableFile(atPath: file) {
+            target = try device.gateway
+            for (file, what) in [(device.cert, "certificate"), (device.key, "key"), (device.ca, "CA bundle")] where !FileManager.default.isReadableFile(atPath: file) {
                 throw ConnectFailure(exit: .badInput, message: "cannot read the \(what) \(file)")
             }
             tls = try GatewayClient.TLSOptions(
-                certificateChain: cert, privateKey: key, trustRoots: ca, serverName: serverName ?? target.host
+                certificateChain: device.cert, privateKey: device.key, trustRoots: device.ca, serverName: device.serverName ?? target.host
             ).prepared()
         } catch let failure as ConnectFailure {
             throw failure
@@ -106,8 +80,8 @@ struct ConnectOptions: ParsableArguments {
         let outcome: GatewayClient.Outcome
         do {
             outcome = try await GatewayClient.connect(
-                host: target.host, port: target.port, path: target.path, origins: origin.map { [$0] } ?? [], tls: tls,
-                timeout: .milliseconds(Int64(timeout * 1000)))
+                host: target.host, port: target.port, path: target.path, origins: device.origin.map { [$0] } ?? [], tls: tls,
+                timeout: .milliseconds(Int64(device.timeout * 1000)))
         } catch {
             throw Self.classify(error, target: target)
         }
@@ -123,7 +97,7 @@ struct ConnectOptions: ParsableArguments {
     /// Ends the process (exit 2) unless cancelled within `timeout`: the gateway's acknowledgement is a future
     /// that no cancellation ends.
     func acknowledgementDeadline(_ what: String) -> Task<Void, Never> {
-        let seconds = timeout
+        let seconds = device.timeout
         return Task {
             guard (try? await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))) != nil else { return }
             finish(ConnectFailure(exit: .unreachable, message: "no acknowledgement of the \(what) within \(seconds) s"))
