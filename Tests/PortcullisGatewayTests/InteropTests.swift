@@ -43,7 +43,7 @@ struct InteropTests {
 
     @Test("A valid device certificate is admitted", arguments: Stack.allCases)
     func validCertificateIsAdmitted(stack: Stack) async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let result = try await Self.exchange(stack, gw, credential: gw.device, request: upgradeRequest())
             #expect(result.output.contains("HTTP/1.1 101 Switching Protocols"), "\(result.all)")
             #expect(result.output.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
@@ -60,7 +60,7 @@ struct InteropTests {
             ("revoked", "certificate_revoked"),
         ])
     func badCertificatesAreRefused(stack: Stack, scenario: (String, String)) async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let result = try await Self.exchange(
                 stack, gw, credential: Self.credential(scenario.0, in: gw), request: upgradeRequest())
             #expect(!result.output.contains("101 Switching Protocols"), "\(result.all)")
@@ -72,7 +72,7 @@ struct InteropTests {
 
     @Test("HTTP refusals reach third-party clients with their status", arguments: Stack.allCases)
     func httpRefusals(stack: Stack) async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let origin = try await Self.exchange(
                 stack, gw, credential: gw.device, request: upgradeRequest(origin: "https://evil.example"))
             #expect(origin.output.contains("HTTP/1.1 403 Forbidden"), "\(origin.all)")
@@ -92,7 +92,7 @@ struct InteropTests {
 
     @Test("TLS 1.2 is accepted with ECDHE and AEAD only; weaker suites and versions are refused")
     func tlsParameters() async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let tls12 = try await Self.exchange(
                 .openssl, gw, credential: gw.device, request: upgradeRequest(), extra: ["-tls1_2"])
             #expect(tls12.output.contains("101 Switching Protocols"), "\(tls12.all)")
@@ -108,7 +108,7 @@ struct InteropTests {
             #expect(refused.count == 2)
             #expect(refused.allSatisfy { $0.reason == "no_shared_cipher" })
         }
-        try await withGateway(minimumTLS: .v1_3) { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, minimumTLS: .v1_3) { gw in
             let tls12 = try await Self.exchange(
                 .openssl, gw, credential: gw.device, request: upgradeRequest(), extra: ["-tls1_2"])
             #expect(!tls12.output.contains("101"))
@@ -119,7 +119,7 @@ struct InteropTests {
 
     @Test("tls.key_exchange limits the key-exchange groups a client may use")
     func keyExchangeGroups() async throws {
-        try await withGateway(adjust: { $0.tls.keyExchange = [.p256] }) { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, adjust: { $0.tls.keyExchange = [.p256] }) { gw in
             let p256 = try await Self.exchange(
                 .openssl, gw, credential: gw.device, request: upgradeRequest(), extra: ["-groups", "P-256"])
             #expect(p256.output.contains("101 Switching Protocols"), "\(p256.all)")
@@ -132,7 +132,7 @@ struct InteropTests {
 
     @Test("A resumed TLS session still goes through admission: policy and revocation are checked again")
     func resumedSessionsAreRechecked() async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let session = "\(gw.pki.directory)/session.pem"
             let first = try await Self.exchange(
                 .openssl, gw, credential: gw.device, request: upgradeRequest(), extra: ["-sess_out", session])
@@ -167,7 +167,7 @@ struct InteropTests {
 
     @Test("A resumed session is re-checked over its whole chain: an intermediate revoked by a CRL-only reload is seen")
     func resumedSessionsCheckTheWholeChain() async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let intermediate = try gw.pki.authority.makeIntermediate(name: "Issuing CA", key: try KeyAlgorithm.p256.generate())
             let (credential, leaf) = try gw.pki.client("demo-device", by: intermediate)
             let chain = try leaf.serializeAsPEM().pemString + "\n" + intermediate.certificate.serializeAsPEM().pemString + "\n"
@@ -239,7 +239,7 @@ struct InteropTests {
 
     @Test("Python websockets with an SSL context: echo when admitted, the status when refused")
     func pythonWebsockets() async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let echo = try await Self.python(gw, gw.device, origin: "https://console.example.test")
             #expect(echo["result"] as? String == "echo")
             #expect(echo["text"] as? String == "hello from python")
@@ -287,7 +287,7 @@ struct InteropTests {
 
     @Test("Python websockets negotiates permessage-deflate where a route enables it, and messages round-trip compressed")
     func pythonCompression() async throws {
-        try await withGateway(adjust: { $0.compression = .perMessageDeflate }) { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout, adjust: { $0.compression = .perMessageDeflate }) { gw in
             let script = "\(gw.pki.directory)/compression.py"
             try Self.pythonCompression.write(toFile: script, atomically: true, encoding: .utf8)
             let result = try await ExternalTool("python3").run(
@@ -329,7 +329,7 @@ struct InteropTests {
 
     @Test("A Python websockets client publishes and another Python client receives, stamped with the sender")
     func pythonPublishSubscribe() async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let script = "\(gw.pki.directory)/broker.py"
             try Self.pythonBroker.write(toFile: script, atomically: true, encoding: .utf8)
             let python = try ExternalTool("python3")

@@ -72,7 +72,8 @@ struct MQTTTests {
                 if listens(pid: process.processIdentifier, port: port) { return (process, port) }
                 try await Task.sleep(for: .milliseconds(50))
             }
-            if process.isRunning { process.terminate() }
+            // Mosquitto may sit out a SIGTERM: stopProcess follows with SIGKILL.
+            stopProcess(process)
         }
         throw StartFailure(description: "mosquitto did not start")
     }

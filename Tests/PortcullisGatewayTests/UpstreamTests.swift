@@ -93,6 +93,8 @@ final class PythonBackend: @unchecked Sendable {
     /// Stops the backend (SIGKILL: asyncio may sit out a SIGTERM). Polls rather than `waitUntilExit()`,
     /// which can wait forever on a concurrency thread.
     func stop() {
+        // Never kill(0, …): that is this test process's own group.
+        guard process.processIdentifier > 0 else { return }
         kill(process.processIdentifier, SIGKILL)
         let deadline = Date().addingTimeInterval(5)
         while process.isRunning && Date() < deadline { usleep(10_000) }

@@ -41,17 +41,24 @@ public final class ChildProcess: @unchecked Sendable {
         defer { posix_spawn_file_actions_destroy(&actions) }
         var closeInParent: [Int32: FileHandle] = [:]
         for (stream, target) in [(standardInput, STDIN_FILENO), (standardOutput, STDOUT_FILENO), (standardError, STDERR_FILENO)] {
+            let result: Int32
             switch stream {
             case let pipe as Pipe:
                 // The child's end goes to the child; the parent keeps only its own end, so that end of file arrives.
                 let childEnd = target == STDIN_FILENO ? pipe.fileHandleForReading : pipe.fileHandleForWriting
-                posix_spawn_file_actions_adddup2(&actions, childEnd.fileDescriptor, target)
+                result = posix_spawn_file_actions_adddup2(&actions, childEnd.fileDescriptor, target)
                 closeInParent[childEnd.fileDescriptor] = childEnd
+            case let handle as FileHandle where handle.fileDescriptor < 0:
+                // `FileHandle.nullDevice` has no descriptor (-1): the child gets /dev/null. Left alone, the child
+                // inherited the test process's own output, and a server that outlived its test (Mosquitto) held
+                // swift-test's pipe open: the run never ended.
+                result = posix_spawn_file_actions_addopen(&actions, target, "/dev/null", O_RDWR, 0)
             case let handle as FileHandle:
-                posix_spawn_file_actions_adddup2(&actions, handle.fileDescriptor, target)
+                result = posix_spawn_file_actions_adddup2(&actions, handle.fileDescriptor, target)
             default:
-                break
+                result = 0
             }
+            guard result == 0 else { throw StartFailure(description: "spawn file action for descriptor \(target): \(String(cString: strerror(result)))") }
         }
         // After the dup2s: the originals, and everything else this process holds, stay out of the child.
         guard GlibcSpawn.addClosefrom(&actions, 3) == 0 else { throw StartFailure(description: "addclosefrom_np failed") }
