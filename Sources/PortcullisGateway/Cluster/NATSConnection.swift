@@ -180,7 +180,9 @@ final class NATSConnection: Sendable {
                 case .success(let channel):
                     self.shared.withLockedValue { $0.current = ObjectIdentifier(channel) }
                 case .failure(let error):
-                    self.lost(reason: "cannot connect to \(self.settings.host):\(self.settings.port): \(error)", channel: nil)
+                    self.lost(
+                        reason: NATSFailureReason.connecting(host: self.settings.host, port: self.settings.port, error),
+                        channel: nil)
                 }
             }
     }
@@ -234,6 +236,7 @@ final class NATSConnection: Sendable {
     fileprivate var handshakeTimeout: TimeAmount { settings.handshakeTimeout }
     fileprivate var pingInterval: TimeAmount { settings.pingInterval }
     fileprivate var tls: NIOSSLContext? { settings.tls }
+    fileprivate var host: String { settings.host }
     fileprivate var serverName: String? {
         (try? SocketAddress(ipAddress: settings.host, port: 0)) == nil ? settings.host : nil
     }
@@ -276,7 +279,7 @@ private final class NATSClientHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         let channel = context.channel
-        deadline = context.eventLoop.scheduleTask(in: connection.handshakeTimeout) { [weak self] in
+        deadline = context.eventLoop.assumeIsolated().scheduleTask(in: connection.handshakeTimeout) { [weak self] in
             self?.lastError = "no answer from NATS within the handshake deadline"
             channel.close(promise: nil)
         }
@@ -341,7 +344,7 @@ private final class NATSClientHandler: ChannelInboundHandler {
         case .error(let text):
             // Some errors (a permissions violation) leave the connection open; the server closes it for the rest.
             let printable = String(String.UnicodeScalarView(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(512)))
-            lastError = "NATS said: \(printable)"
+            lastError = NATSFailureReason.server(printable)
             connection.serverError(printable)
         }
     }
@@ -361,16 +364,22 @@ private final class NATSClientHandler: ChannelInboundHandler {
     private func startPings(context: ChannelHandlerContext) {
         let channel = context.channel
         let interval = connection.pingInterval
-        pings = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
-            guard let self else { return }
-            if pingsOutstanding >= 2 {
-                lastError = "NATS did not answer two pings"
-                channel.close(promise: nil)
-                return
-            }
-            pingsOutstanding += 1
-            channel.writeAndFlush(channel.allocator.buffer(bytes: NATSClientCommand.ping), promise: nil)
+        // Bound to the channel's loop, where the task runs; cancelled when the channel goes inactive.
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        pings = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            handler.value.ping(channel)
         }
+    }
+
+    /// A ping on the interval; the connection is given up when two went unanswered.
+    private func ping(_ channel: Channel) {
+        if pingsOutstanding >= 2 {
+            lastError = "NATS did not answer two pings"
+            channel.close(promise: nil)
+            return
+        }
+        pingsOutstanding += 1
+        channel.writeAndFlush(channel.allocator.buffer(bytes: NATSClientCommand.ping), promise: nil)
     }
 
     private func write(_ bytes: [UInt8], context: ChannelHandlerContext) {
@@ -388,7 +397,7 @@ private final class NATSClientHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if lastError == nil { lastError = "\(error)" }
+        if lastError == nil { lastError = NATSFailureReason.connection(error, host: connection.host) }
         context.close(promise: nil)
     }
 
