@@ -114,7 +114,7 @@ struct BenchOptions: ParsableArguments {
             result = try await scenario(target, group)
         } catch {
             try? await group.shutdownGracefully()
-            FileHandle.standardError.write(Data("portcullis: bench: \(error)\n".utf8))
+            StandardStreams.error("portcullis: bench: \(error)\n")
             throw ExitCode(1)
         }
         try await group.shutdownGracefully()
@@ -345,7 +345,7 @@ struct BenchFleet: ParsableCommand {
                 // reads it to tell which phase the gateway's event-loop lag belongs to.
                 progress: true)
         } catch {
-            FileHandle.standardError.write(Data("portcullis: bench: \(error)\n".utf8))
+            StandardStreams.error("portcullis: bench: \(error)\n")
             throw ExitCode(1)
         }
         if options.json {

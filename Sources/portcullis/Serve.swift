@@ -225,11 +225,11 @@ struct Serve: AsyncParsableCommand {
 
     /// Writes to standard output unbuffered, so the banner shows at once even when piped.
     private func emit(_ text: String) {
-        FileHandle.standardOutput.write(Data(text.utf8))
+        StandardStreams.serverOutput(text)
     }
 
     private func fail(_ lines: [String]) -> Never {
-        FileHandle.standardError.write(Data(lines.map { "portcullis: \($0)" }.joined(separator: "\n").utf8 + [10]))
+        StandardStreams.error(lines.map { "portcullis: \($0)" }.joined(separator: "\n") + "\n")
         Foundation.exit(1)
     }
 }

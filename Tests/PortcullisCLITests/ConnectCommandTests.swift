@@ -66,6 +66,39 @@ struct ConnectCommandTests {
         #expect(refused.output.contains("refused: forbidden"), "\(refused.output)")
     }
 
+    @Test("A subscriber outlives its --timeout once subscribed, and ends quietly with 141 when its reader has gone")
+    func subscriberLifetime() async throws {
+        let directory = try scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let (serve, port) = try await startDevGateway(in: directory)
+        defer { serve.process.terminate() }
+        let url = "wss://localhost:\(port)/v1/messages"
+        let binary = try portcullisBinary()
+        // Its messages go to fd 3 (the test's view); what it prints goes to `head`, which ends after one line.
+        let subscriber = try RunningCommand(
+            [
+                "-c",
+                "{ '\(binary)' connect sub \(url) 'devices/+/telemetry' \(Self.operatorCredentials) --timeout 1 2>&3 < <(sleep 600) | head -n 1; echo \"status=${PIPESTATUS[0]}\"; } 3>&1",
+            ],
+            in: directory, executable: "/bin/bash")
+        defer { subscriber.process.terminate() }
+        #expect(try await subscriber.waitFor("subscribed to devices/+/telemetry"), "\(subscriber.output)")
+        // Past the acknowledgement deadline: the subscriber must still be there (it once ended here, exit 2).
+        try await Task.sleep(for: .seconds(2.5))
+        var count = 0
+        let deadline = Date().addingTimeInterval(120)
+        while !subscriber.output.contains("status="), Date() < deadline {
+            count += 1
+            let published = try await connectCommand(
+                #"pub \#(url) devices/demo-device/telemetry '{"n":\#(count)}' \#(Self.device)"#, in: directory)
+            #expect(published.status == 0, "\(published.output)")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(subscriber.output.contains(#"devices/demo-device/telemetry demo-device {"n":1}"#), "\(subscriber.output)")
+        #expect(subscriber.output.contains("status=141"), "\(subscriber.output)")
+        #expect(!subscriber.output.contains("Fatal error") && !subscriber.output.contains("acknowledgement"), "\(subscriber.output)")
+    }
+
     @Test("Refusals exit by class: HTTP 404 (4), nothing listening or answering (2), the gateway's TLS alert (3), an untrusted gateway (3)")
     func refusals() async throws {
         let directory = try scratchDirectory()

@@ -224,7 +224,7 @@ struct BufferedOutput {
 
     mutating func flush() {
         guard !buffer.isEmpty else { return }
-        FileHandle.standardOutput.write(Data(buffer))
+        StandardStreams.output(buffer)
         buffer.removeAll(keepingCapacity: true)
     }
 }

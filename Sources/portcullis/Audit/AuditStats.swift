@@ -78,7 +78,7 @@ struct AuditStats: ParsableCommand {
         section("Most refused identities", summary.refusedIdentities, limit: top)
         section("Most refused origins", summary.refusedOrigins, limit: top)
         section("Most refused peers", summary.refusedPeers, limit: top)
-        FileHandle.standardOutput.write(Data(out.utf8))
+        StandardStreams.output(out)
     }
 
     /// `10.0.0.7:51234` → `10.0.0.7`, `[::1]:443` → `::1`: a client reconnects from a new port each time.

@@ -141,7 +141,7 @@ struct ConnectOptions: ParsableArguments {
 
 /// Prints `failure` and exits with its status.
 func finish(_ failure: ConnectFailure) -> Never {
-    FileHandle.standardError.write(Data("portcullis connect: \(failure.message)\n".utf8))
+    StandardStreams.error("portcullis connect: \(failure.message)\n")
     Foundation.exit(failure.exit.rawValue)
 }
 
@@ -153,6 +153,6 @@ func closeMessage(code: Int?, reason: String) -> String {
 /// One line for a script: a JSON object with sorted keys.
 func printJSONLine(_ object: [String: Any]) {
     guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
-    FileHandle.standardOutput.write(data + Data("\n".utf8))
+    StandardStreams.output(Array(data) + [10])
 }
 

@@ -29,7 +29,6 @@ struct ConnectSubscribe: AsyncParsableCommand {
         do { connection = try await options.open() } catch { finish(error) }
         let session = BrokerSession(connection: connection)
         let deadline = options.acknowledgementDeadline("subscribe")
-        defer { deadline.cancel() }
         for topic in topics {
             do {
                 try await session.subscribe(topic)
@@ -38,8 +37,10 @@ struct ConnectSubscribe: AsyncParsableCommand {
             } catch {
                 finish(ConnectFailure(exit: .closedByGateway, message: "subscribe \(topic): \(error)"))
             }
-            FileHandle.standardError.write(Data("subscribed to \(topic)\n".utf8))
+            StandardStreams.error("subscribed to \(topic)\n")
         }
+        // Acknowledged: from here the subscriber runs until the gateway or the user ends it.
+        deadline.cancel()
         for await delivery in session.deliveries {
             switch delivery.payload {
             case .json(let bytes):

@@ -63,7 +63,7 @@ struct PKIOptions: ParsableArguments {
 }
 
 func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("portcullis: \(message)\n".utf8))
+    StandardStreams.error("portcullis: \(message)\n")
     Foundation.exit(2)
 }
 
@@ -173,11 +173,11 @@ func printJSON<T: Encodable>(_ value: T) {
     encoder.dateEncodingStrategy = .iso8601
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     let data = (try? encoder.encode(value)) ?? Data("null".utf8)
-    FileHandle.standardOutput.write(data + Data("\n".utf8))
+    StandardStreams.output(Array(data) + [10])
 }
 
 func say(_ text: String) {
-    FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    StandardStreams.output(text + "\n")
 }
 
 func day(_ date: Date) -> String {

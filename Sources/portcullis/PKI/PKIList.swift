@@ -37,7 +37,7 @@ struct PKIList: ParsableCommand {
         let rows = [["NAME", "SERIAL", "PROFILE", "NOT AFTER", "DAYS", "STATUS"]] + entries.map {
             [$0.name, $0.serial, $0.profile, day($0.notAfter), String($0.daysLeft(at: now)), $0.status(at: now).rawValue]
         }
-        FileHandle.standardOutput.write(Data(table(rows).utf8))
+        StandardStreams.output(table(rows))
         if entries.isEmpty { say("(no certificates)") }
     }
 }

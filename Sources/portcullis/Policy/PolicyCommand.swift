@@ -33,6 +33,6 @@ struct DiagnosticView: Encodable {
 /// Prints `lines` on stderr, each prefixed `portcullis: `, and exits with `status`: for inputs a command cannot
 /// work with (an unreadable certificate, a configuration or policy set the gateway would refuse).
 func failure(_ lines: [String], status: Int32) -> Never {
-    FileHandle.standardError.write(Data(lines.map { "portcullis: \($0)\n" }.joined().utf8))
+    StandardStreams.error(lines.map { "portcullis: \($0)\n" }.joined())
     Foundation.exit(status)
 }

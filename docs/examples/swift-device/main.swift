@@ -50,9 +50,10 @@ struct Options {
 }
 
 /// Writes a line at once: `print` buffers when the output is a pipe or a file, and a log of the device should
-/// show each state change when it happens.
+/// show each state change when it happens. (Not `FileHandle.write`: it traps when the reader has gone.)
 func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    print(line)
+    fflush(nil)  // every output stream: `stdout` itself is a global Swift 6 will not let a function touch
 }
 
 struct UsageError: Error, CustomStringConvertible {
