@@ -48,7 +48,7 @@ struct ConnectCommandTests {
         let url = "wss://localhost:\(port)/v1/messages"
         let binary = try portcullisBinary()
         let subscriber = try RunningCommand(
-            ["-c", "exec '\(binary)' connect sub \(url) 'devices/+/telemetry' \(Self.operatorCredentials) --json < <(sleep 600)"],
+            ["-c", "exec '\(binary)' connect sub \(url) 'devices/+/telemetry' \(Self.operatorCredentials) --json"],
             in: directory, executable: "/bin/bash")
         defer { subscriber.process.terminate() }
         #expect(try await subscriber.waitFor("subscribed to devices/+/telemetry"), "\(subscriber.output)")
@@ -78,7 +78,7 @@ struct ConnectCommandTests {
         let subscriber = try RunningCommand(
             [
                 "-c",
-                "{ '\(binary)' connect sub \(url) 'devices/+/telemetry' \(Self.operatorCredentials) --timeout 1 2>&3 < <(sleep 600) | head -n 1; echo \"status=${PIPESTATUS[0]}\"; } 3>&1",
+                "{ '\(binary)' connect sub \(url) 'devices/+/telemetry' \(Self.operatorCredentials) --timeout 1 2>&3 | head -n 1; echo \"status=${PIPESTATUS[0]}\"; } 3>&1",
             ],
             in: directory, executable: "/bin/bash")
         defer { subscriber.process.terminate() }
@@ -142,11 +142,10 @@ struct ConnectCommandTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let (serve, port) = try await startDevGateway(in: directory)
         defer { serve.process.terminate() }
-        let binary = try portcullisBinary()
         let session = try RunningCommand(
-            ["-c", "exec '\(binary)' connect wss://localhost:\(port)/v1/echo \(Self.device) < <(echo ready; sleep 600)"],
-            in: directory, executable: "/bin/bash")
+            ["connect", "wss://localhost:\(port)/v1/echo"] + Self.device.split(separator: " ").map(String.init), in: directory)
         defer { session.process.terminate() }
+        try session.send("ready\n")
         #expect(try await session.waitFor("ready"), "\(session.output)")
         #expect(try await portcullis(["pki", "revoke", "demo-device"], in: directory).status == 0)
         #expect(try await session.waitFor("closed by the gateway: 1008 certificate_revoked"), "\(session.output)\n\(serve.output)")

@@ -20,10 +20,13 @@ var repositoryRoot: URL {
     URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 }
 
-/// A `portcullis` process started in a directory, its output gathered as it comes.
+/// A `portcullis` process started in a directory, its output gathered as it comes. Its standard input is a pipe
+/// held open for as long as this object lives (``send(_:)`` writes to it): a command that reads its input waits
+/// there instead of seeing the end of the test runner's.
 final class RunningCommand: @unchecked Sendable {
     let process = ChildProcess()
     private let pipe = Pipe()
+    private let input = Pipe()
     private var reader: PipeReader?
 
     init(_ arguments: [String], in directory: String, executable: String? = nil, environment: [String: String] = [:]) throws {
@@ -31,10 +34,16 @@ final class RunningCommand: @unchecked Sendable {
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardInput = input
         process.standardOutput = pipe
         process.standardError = pipe
         try process.run()
         reader = PipeReader(pipe.fileHandleForReading)
+    }
+
+    /// Writes `text` to the command's standard input.
+    func send(_ text: String) throws {
+        try input.fileHandleForWriting.write(contentsOf: Data(text.utf8))
     }
 
     var output: String { String(decoding: reader?.collected ?? Data(), as: UTF8.self) }
