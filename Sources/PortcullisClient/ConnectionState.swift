@@ -55,7 +55,8 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
 public enum PublishDisposition: Sendable, Equatable {
     /// Handed to the open session. At most once: if the connection is lost before the gateway read it, it is lost.
     case sent
-    /// No session is open: it waits in the offline queue, which dropped `droppedToMakeRoom` older publishes (or
-    /// this one, when it alone is larger than the queue) to take it.
+    /// No session is open, or the open one is not taking what is sent (more than 64 KiB unwritten): it waits in
+    /// the offline queue, which dropped `droppedToMakeRoom` older publishes (or this one, when it alone is larger
+    /// than the queue) to take it.
     case queued(droppedToMakeRoom: Int)
 }

@@ -15,8 +15,10 @@ import PortcullisProtocol
 ///   untrusted certificate, HTTP 401/403, ...) and says which in ``ConnectionState/stopped(_:)``.
 /// - Publishes made while no session is open wait in a bounded queue (``OfflinePublishQueue``: the oldest are
 ///   dropped when it is full, and counted in ``droppedPublishes``), and are sent in order, after the
-///   subscriptions, once a session is open. Delivery is at most once: a publish handed to a connection that then
-///   breaks is not sent again.
+///   subscriptions, once a session is open. They wait there too while an open connection is not taking what is
+///   sent (a stalled gateway or network: more than 64 KiB unwritten), so a stall costs at most the queue's
+///   bound, and leave as the connection drains. Delivery is at most once: a publish handed to a connection that
+///   then breaks is not sent again.
 ///
 /// Concurrency: an actor. ``run()`` drives the connection loop and returns when the client stops; every other
 /// method may be called from any task meanwhile (they are serialised with the loop, which gives up the actor
@@ -54,6 +56,10 @@ public actor ReconnectingBrokerClient {
     /// Whether `session` has its subscriptions renewed and the queue flushed: from then on publishes go to it
     /// directly.
     private var sessionEstablished = false
+    /// The write of the last publish handed to `session`: once it is done, everything before it has left.
+    private var lastPublishWrite: EventLoopFuture<Void>?
+    /// Whether a task waits for `session` to drain before sending the queue's publishes to it.
+    private var draining = false
     private var stopRequested = false
     private var running = false
     private var stopReason: StopReason?
@@ -232,6 +238,7 @@ public actor ReconnectingBrokerClient {
             return established
         }
         session = nil
+        lastPublishWrite = nil
         sessionEstablished = false
         if let timeout = live.timeout.withLockedValue({ $0 }) { return (.timedOut(timeout), established) }
         if let close = broker.peerCloseFrame {
@@ -272,7 +279,7 @@ public actor ReconnectingBrokerClient {
         // No suspension from here to `established`: a publish made meanwhile cannot slip in ahead of the queue.
         guard live.broker.connection.isActive, !stopRequested else { return false }
         while let publish = offlineQueue.popFirst() {
-            Self.send(publish, on: live.broker)
+            lastPublishWrite = Self.send(publish, on: live.broker)
         }
         sessionEstablished = true
         setState(.connected(live.details))
@@ -311,10 +318,32 @@ public actor ReconnectingBrokerClient {
         }
     }
 
-    private static func send(_ publish: PendingPublish, on broker: BrokerSession) {
+    private static func send(_ publish: PendingPublish, on broker: BrokerSession) -> EventLoopFuture<Void> {
         let request = MessagingProtocol.Request.publish(topic: publish.topic, payload: publish.payload, id: nil)
         let (binary, bytes) = MessagingProtocol.encode(request)
-        broker.connection.enqueue(binary: binary, data: ByteBuffer(bytes: bytes))
+        return broker.connection.enqueue(binary: binary, data: ByteBuffer(bytes: bytes))
+    }
+
+    /// Sends the queue's publishes to `live` once what it was last given has been written, as many as it takes
+    /// before its buffer is full again; then waits again while any are left.
+    private func drainWhenWritten(_ live: LiveSession) {
+        guard !draining else { return }
+        draining = true
+        let written = lastPublishWrite
+        Task {
+            // A failed write means the connection closed: the session's end is handled by `run()`.
+            try? await written?.get()
+            self.drain(live)
+        }
+    }
+
+    private func drain(_ live: LiveSession) {
+        draining = false
+        guard let session, session === live, sessionEstablished, live.broker.connection.isActive else { return }
+        while live.broker.connection.isWritable, let publish = offlineQueue.popFirst() {
+            lastPublishWrite = Self.send(publish, on: live.broker)
+        }
+        if !offlineQueue.isEmpty { drainWhenWritten(live) }
     }
 
     // MARK: Publish and subscribe
@@ -352,11 +381,18 @@ public actor ReconnectingBrokerClient {
             throw BrokerError(code: "client_stopped", message: "the client has stopped: \(state)")
         }
         // A connection that just closed, before its session ended here, would swallow the publish: queue it.
-        if let session, sessionEstablished, session.broker.connection.isActive {
-            Self.send(publish, on: session.broker)
+        guard let session, sessionEstablished, session.broker.connection.isActive else {
+            return .queued(droppedToMakeRoom: offlineQueue.append(publish))
+        }
+        if offlineQueue.isEmpty, session.broker.connection.isWritable {
+            lastPublishWrite = Self.send(publish, on: session.broker)
             return .sent
         }
-        return .queued(droppedToMakeRoom: offlineQueue.append(publish))
+        // The connection is not taking what it was given (or older publishes still wait for it): in the bounded
+        // queue, not in the connection's unbounded buffer.
+        let dropped = offlineQueue.append(publish)
+        drainWhenWritten(session)
+        return .queued(droppedToMakeRoom: dropped)
     }
 
     /// Holds `filter` and subscribes to it: now if a session is open (returning once the gateway acknowledged

@@ -38,9 +38,16 @@ public final class WebSocketConnection: Sendable {
 
     /// Queues a masked data frame without waiting: frames queued this way leave in call order (a burst that a
     /// loaded machine cannot spread out).
-    public func enqueue(binary: Bool, data: ByteBuffer) {
-        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: binary ? .binary : .text, maskKey: .random(), data: data), promise: nil)
+    /// - Returns: a future that succeeds once the frame has been written to the socket (then so have all frames
+    ///   queued before it), and fails if the connection closes first.
+    @discardableResult
+    public func enqueue(binary: Bool, data: ByteBuffer) -> EventLoopFuture<Void> {
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: binary ? .binary : .text, maskKey: .random(), data: data))
     }
+
+    /// False while more is waiting to be written than the channel's high-water mark (64 KiB by default): the
+    /// peer or the network is not taking what is sent.
+    public var isWritable: Bool { channel.isWritable }
 
     /// Sends a frame exactly as given (tests use it for unmasked or malformed frames).
     public func send(frame: WebSocketFrame) async throws {
