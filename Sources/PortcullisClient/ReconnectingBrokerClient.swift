@@ -324,8 +324,9 @@ public actor ReconnectingBrokerClient {
         return broker.connection.enqueue(binary: binary, data: ByteBuffer(bytes: bytes))
     }
 
-    /// Sends the queue's publishes to `live` once what it was last given has been written, as many as it takes
-    /// before its buffer is full again; then waits again while any are left.
+    /// Sends the queue's publishes to `live` once what it was last given has been written (its buffer is empty
+    /// then); waits again if it stops taking them before the queue is empty. Writability is read off the event
+    /// loop, so one turn may hand it the whole queue: at most the queue's bound.
     private func drainWhenWritten(_ live: LiveSession) {
         guard !draining else { return }
         draining = true
