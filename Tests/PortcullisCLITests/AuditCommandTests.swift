@@ -224,8 +224,8 @@ struct AuditCommandTests {
             async def main():
                 tls = ssl.create_default_context(cafile="pki/ca.crt")
                 tls.load_cert_chain("pki/issued/demo-operator.crt", "pki/private/demo-operator.key")
-                a = await websockets.connect("wss://localhost:\(port)/v1/messages", ssl=tls, local_addr=("127.0.0.1", 0))
-                b = await websockets.connect("wss://localhost:\(port)/v1/messages", ssl=tls, local_addr=("127.0.0.2", 0))
+                a = await websockets.connect("wss://localhost:\(port)/v1/messages", ssl=tls, local_addr=("127.0.0.1", 0), open_timeout=300)
+                b = await websockets.connect("wss://localhost:\(port)/v1/messages", ssl=tls, local_addr=("127.0.0.2", 0), open_timeout=300)
                 # Both stay open a moment: the gateway may record the second opening on another event loop later.
                 await asyncio.sleep(0.5); await a.close(); await b.close(); print("both open")
             asyncio.run(main())' 2>&1

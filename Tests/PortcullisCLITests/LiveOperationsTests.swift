@@ -10,7 +10,7 @@ import Glibc
 func heldSession(port: String, in directory: String, certificate: String = "demo-device") throws -> RunningCommand {
     try RunningCommand(
         ["-c", opensslUpgrade(
-            port: port, certificate: "pki/issued/\(certificate).crt", key: "pki/private/\(certificate).key", hold: "60")],
+            port: port, certificate: "pki/issued/\(certificate).crt", key: "pki/private/\(certificate).key", hold: "600")],
         in: directory, executable: "/bin/bash")
 }
 
@@ -134,7 +134,7 @@ struct LiveOperationsTests {
 
         async def long_lived(n):
             try:
-                async with websockets.connect(url, ssl=context(), open_timeout=20) as ws:
+                async with websockets.connect(url, ssl=context(), open_timeout=300) as ws:
                     while not os.path.exists(stop):
                         await ws.send(f"long-lived {n}")
                         assert await ws.recv() == f"long-lived {n}"
@@ -147,7 +147,7 @@ struct LiveOperationsTests {
             while not os.path.exists(stop):
                 try:
                     # A new context each time: no session ticket, a full handshake against the current certificate.
-                    async with websockets.connect(url, ssl=context(), open_timeout=20) as ws:
+                    async with websockets.connect(url, ssl=context(), open_timeout=300) as ws:
                         serial = "%x" % int(ws.transport.get_extra_info("ssl_object").getpeercert()["serialNumber"], 16)
                         if not result["serials"] or result["serials"][-1] != serial:
                             result["serials"].append(serial)

@@ -203,7 +203,7 @@ struct InteropTests {
                 tls.load_cert_chain(cert, key)
             try:
                 async with websockets.connect(f"wss://localhost:{port}/v1/echo", ssl=tls,
-                                              origin=origin or None, open_timeout=20) as ws:
+                                              origin=origin or None, open_timeout=300) as ws:
                     await ws.send("hello from python")
                     text = await ws.recv()
                     await ws.send(b"\x00\x01\xff")
@@ -272,7 +272,7 @@ struct InteropTests {
             tls = ssl.create_default_context(cafile=ca)
             tls.load_cert_chain(cert, key)
             # websockets offers "permessage-deflate; client_max_window_bits" by default, as browsers do.
-            async with websockets.connect(f"wss://localhost:{port}/v1/echo", ssl=tls, open_timeout=20,
+            async with websockets.connect(f"wss://localhost:{port}/v1/echo", ssl=tls, open_timeout=300,
                                           max_size=2**22) as ws:
                 text = "telemetry " * 5000  # 50,000 bytes: under the test gateway's 64 KiB limit once inflated
                 await ws.send(text)
@@ -310,7 +310,7 @@ struct InteropTests {
         async def main(role, port, ca, cert, key, count, ready):
             tls = ssl.create_default_context(cafile=ca)
             tls.load_cert_chain(cert, key)
-            async with websockets.connect(f"wss://localhost:{port}/v1/messages", ssl=tls) as ws:
+            async with websockets.connect(f"wss://localhost:{port}/v1/messages", ssl=tls, open_timeout=300) as ws:
                 if role == "subscribe":
                     await ws.send(json.dumps({"type": "subscribe", "topic": "devices/+/telemetry", "id": "s"}))
                     print(await ws.recv(), flush=True)

@@ -105,10 +105,12 @@ public final class ChildProcess: @unchecked Sendable {
         while isRunning { usleep(5_000) }
     }
 
-    /// SIGTERM.
+    /// SIGTERM to the child's process group (its own, see `run()`), while the child runs: what a shell it runs
+    /// started goes too (an `openssl` holding a session, its `sleep`). Not once the child has exited: its number
+    /// may name another group by then.
     public func terminate() {
         let child = processIdentifier
-        if child > 0, isRunning { kill(child, SIGTERM) }
+        if child > 0, isRunning { kill(-child, SIGTERM) }
     }
 
     /// The exit code, or the signal that ended the child; -1 while it runs.
