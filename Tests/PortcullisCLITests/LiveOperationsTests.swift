@@ -6,11 +6,25 @@ import Testing
 import Glibc
 #endif
 
+/// A session on /v1/echo held by `portcullis connect` until killed, once it is open (it echoed a line): it
+/// answers the gateway's pings, so it stays however long a loaded machine stretches the test (an openssl session
+/// does not, and was closed by the ping timeout); what ends it is printed as `closed by the gateway: CODE REASON`.
+func echoSession(port: String, in directory: String) async throws -> RunningCommand {
+    let session = try RunningCommand(
+        ["connect", "wss://localhost:\(port)/v1/echo", "--cert", "pki/issued/demo-device.crt", "--key", "pki/private/demo-device.key",
+         "--ca", "pki/ca.crt", "--timeout", "300"],
+        in: directory)
+    try session.send("open\n")
+    #expect(try await session.waitFor("open\n"), "\(session.output)")
+    return session
+}
+
 /// The session held open by `openssl s_client` on /v1/echo until killed; its output shows the gateway's frames.
-func heldSession(port: String, in directory: String, certificate: String = "demo-device") throws -> RunningCommand {
+/// It answers nothing (pings, the close): for tests of a peer that does not.
+func heldSession(port: String, in directory: String) throws -> RunningCommand {
     try RunningCommand(
         ["-c", opensslUpgrade(
-            port: port, certificate: "pki/issued/\(certificate).crt", key: "pki/private/\(certificate).key", hold: "600")],
+            port: port, certificate: "pki/issued/demo-device.crt", key: "pki/private/demo-device.key", hold: "600")],
         in: directory, executable: "/bin/bash")
 }
 
@@ -47,9 +61,8 @@ struct LiveOperationsTests {
         let (serve, port) = try await startDevGateway(in: directory)
         defer { serve.process.terminate() }
         #expect(!FileManager.default.fileExists(atPath: "\(directory)/pki/crl.pem"))
-        let session = try heldSession(port: port, in: directory)
+        let session = try await echoSession(port: port, in: directory)
         defer { session.process.terminate() }
-        #expect(try await session.waitFor("101 Switching Protocols"), "\(session.output)")
 
         #expect(try await portcullis(["pki", "revoke", "demo-device"], in: directory).status == 0)
         // The close frame (1008) carries the reason; openssl prints the frame's bytes.
@@ -69,9 +82,8 @@ struct LiveOperationsTests {
         let (serve, port) = try await startConfiguredGateway(
             in: directory, extra: "reload: {watch_interval: off}\n", arguments: ["--admin-listen", "off"])
         defer { serve.process.terminate() }
-        let session = try heldSession(port: port, in: directory)
+        let session = try await echoSession(port: port, in: directory)
         defer { session.process.terminate() }
-        #expect(try await session.waitFor("101 Switching Protocols"), "\(session.output)")
 
         try "rules:\n  - name: typo\n    identities: [demo-device]\n    routez: [/v1/echo]\n".write(
             toFile: "\(directory)/policies/typo.yaml", atomically: true, encoding: .utf8)
@@ -223,9 +235,8 @@ struct LiveOperationsTests {
         let (serve, port) = try await startDevGateway(in: directory)
         defer { serve.process.terminate() }
         let admin = try adminURL(serve)
-        let session = try heldSession(port: port, in: directory)
+        let session = try await echoSession(port: port, in: directory)
         defer { session.process.terminate() }
-        #expect(try await session.waitFor("101 Switching Protocols"), "\(session.output)")
         // A refusal: the operator certificate on a path no route serves (404 unknown_route).
         _ = try await upgrade("demo-operator", path: "/v1/nowhere", port: port, in: directory)
 

@@ -211,9 +211,9 @@ struct AdmissionTests {
 
     @Test("A client that stalls before TLS or before the upgrade is cut off at the handshake deadline")
     func stalledClientsAreDisconnected() async throws {
-        // 10 s, the default: a TLS handshake on a loaded 2-core machine finishes well within it. Both clients
-        // stall at once, so the test waits for the deadline once.
-        try await withGateway(handshakeTimeout: 10) { gw in
+        // 30 s: the second client's TLS handshake must end before it, and a full run beside two builds on 2 cores
+        // stretched one past the default 10 s. Both clients stall at once, so the test waits for the deadline once.
+        try await withGateway(handshakeTimeout: 30) { gw in
             // Stalls before sending anything: the TLS handshake never starts.
             let silent = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connect(host: "127.0.0.1", port: gw.port).get()

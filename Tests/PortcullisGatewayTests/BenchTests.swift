@@ -162,7 +162,7 @@ struct BenchTests {
 
     @Test("connect --resume resumes TLS sessions with the system's OpenSSL, and each one is admitted again")
     func resumedSessions() async throws {
-        try await withGateway { gw in
+        try await withGateway(handshakeTimeout: upstreamHandshakeTimeout) { gw in
             let result = try await ConnectBenchmark.run(
                 try Self.target(gw, path: "/v1/echo"), duration: 2, warmup: 0.5, concurrency: 2, resume: true,
                 progress: false, group: MultiThreadedEventLoopGroup.singleton)

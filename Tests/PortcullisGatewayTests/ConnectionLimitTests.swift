@@ -175,14 +175,22 @@ struct ConnectionLimitGatewayTests {
 
     @Test("Past limits.per_address.connections, and over its new_per_second, one address is refused; others are not")
     func perAddress() async throws {
-        try await withGateway(adjust: { $0.limits.perAddressConnections = 1 }) { gw in
+        // Plain TCP connections that never start TLS: the handshake deadline must not close them first.
+        try await withGateway(adjust: {
+            $0.limits.perAddressConnections = 1
+            $0.handshakeTimeout = 600
+        }) { gw in
             let held = try await connect(gw)
             let refused = try await connect(gw)
             try await refused.closeFuture.get()
             #expect(try await gw.auditRecord { $0.reason == "per_address_connections" } != nil)
+            #expect(held.isActive, "the connection within the limit was closed")
             try await held.close()
         }
-        try await withGateway(adjust: { $0.limits.perAddressNewPerSecond = 1 }) { gw in
+        try await withGateway(adjust: {
+            $0.limits.perAddressNewPerSecond = 1
+            $0.handshakeTimeout = 600
+        }) { gw in
             // 20 connections would take 19 s to pass at 1 a second: some are refused however slow the machine.
             var channels: [any Channel] = []
             for _ in 0..<20 { channels.append(try await connect(gw)) }

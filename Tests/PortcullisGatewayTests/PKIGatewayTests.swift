@@ -11,10 +11,12 @@ import Testing
 @Suite("PKI-issued certificates at the gateway")
 struct PKIGatewayTests {
     static func startGateway(pki: PKIDirectory, root: String) async throws -> Gateway {
-        let configuration = GatewayConfiguration(
+        var configuration = GatewayConfiguration(
             listenHost: "127.0.0.1", listenPort: 0, tls: GatewayConfiguration.tls(fromPKI: pki.path),
             routes: [.init(path: "/v1/echo", kind: .echo)], policiesDirectory: "\(root)/policies",
             auditDirectory: "\(root)/audit")
+        // openssl and gnutls-cli start as processes: on a loaded machine their handshakes outlast the default.
+        configuration.handshakeTimeout = upstreamHandshakeTimeout
         let gateway = try Gateway(configuration: configuration, logger: Logger(label: "test"), threads: 1)
         try await gateway.start()
         return gateway
