@@ -12,10 +12,7 @@ extension Gateway {
     /// - Throws: ``GatewayStartupError`` naming the address or the file.
     @discardableResult
     public func startAdmin(_ admin: GatewayConfiguration.Admin) async throws -> SocketAddress {
-        var sslContext: NIOSSLContext?
-        if let clientCA = admin.clientCA {
-            sslContext = try Self.adminSSLContext(tls: runtime.configuration.tls, clientCA: clientCA)
-        }
+        let sslContext = try admin.clientCA.map { try Self.adminSSLContext(tls: runtime.configuration.tls, clientCA: $0) }
         let bootstrap = ServerBootstrap(group: adminGroup)
             .serverChannelOption(.backlog, value: 16)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

@@ -151,3 +151,14 @@ struct NATSFailureReasonTests {
         #expect(NATSFailureReason.server("Maximum Connections Exceeded") == "NATS said: Maximum Connections Exceeded")
     }
 }
+
+@Suite("NATS failures in the log, throttled")
+struct LogThrottleTests {
+    @Test("One line, then none for 10 s, then one again")
+    func throttle() {
+        var throttle = ClusterLink.LogThrottle()
+        let start = Date()
+        let answers = [0, 9.9, 10, 10.5].map { throttle.allows(now: start.addingTimeInterval($0)) }
+        #expect(answers == [true, false, true, false])
+    }
+}

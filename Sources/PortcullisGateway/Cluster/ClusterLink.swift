@@ -40,8 +40,20 @@ final class ClusterLink: Sendable {
         /// Publishes refused `unavailable` during this outage.
         var refused = 0
         var audited = false
-        var lastRefusalWarning: Date?
-        var lastServerErrorLog: Date?
+        var refusalWarnings = LogThrottle()
+        var serverErrorLogs = LogThrottle()
+    }
+
+    /// At most one log line every 10 s for a failure that can repeat on every message.
+    struct LogThrottle {
+        private var last: Date?
+
+        /// True, and the 10 s start again, when the last line allowed was 10 s ago or more.
+        mutating func allows(now: Date = Date()) -> Bool {
+            if let last, now.timeIntervalSince(last) < 10 { return false }
+            last = now
+            return true
+        }
     }
     private let outage = NIOLockedValueBox(Outage())
     /// The NATS subscriptions of each filter the gateway's sessions hold.
@@ -142,10 +154,7 @@ final class ClusterLink: Sendable {
             let warn = outage.withLockedValue { outage -> Bool in
                 // What the outage record counts; a backlog while connected is not an outage.
                 if outage.reason != nil { outage.refused += 1 }
-                let now = Date()
-                guard outage.lastRefusalWarning.map({ now.timeIntervalSince($0) >= 10 }) ?? true else { return false }
-                outage.lastRefusalWarning = now
-                return true
+                return outage.refusalWarnings.allows()
             }
             if warn {
                 logger.warning(
@@ -267,12 +276,7 @@ final class ClusterLink: Sendable {
     /// open but drops what it refused: the account does not grant the gateways the prefix (docs/cluster.md).
     private func serverError(_ text: String) {
         metrics.serverErrors.increment()
-        let log = outage.withLockedValue { outage -> Bool in
-            let now = Date()
-            guard outage.lastServerErrorLog.map({ now.timeIntervalSince($0) >= 10 }) ?? true else { return false }
-            outage.lastServerErrorLog = now
-            return true
-        }
+        let log = outage.withLockedValue { $0.serverErrorLogs.allows() }
         if log { logger.error("NATS refused something the gateway sent", metadata: ["nats.error": "\(text)"]) }
     }
 
