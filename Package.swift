@@ -49,7 +49,11 @@ let package = Package(
         ),
         // Pure: NATS's client protocol and the mapping of topics to NATS subjects, for the shared broker.
         // Hand-written: the mirror has no NATS client.
-        .target(name: "PortcullisNATS", dependencies: ["PortcullisPolicy", "PortcullisProtocol"], swiftSettings: fuzzInstrumented),
+        // Its NKeys (Ed25519) sign the server's nonce when the gateway signs in with an NKey or a user JWT.
+        .target(
+            name: "PortcullisNATS",
+            dependencies: ["PortcullisPolicy", "PortcullisProtocol", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: fuzzInstrumented),
         // Pure + files: CA, issuance, CRL encoding and parsing, the client-certificate verifier.
         .target(
             name: "PortcullisPKI",
@@ -272,6 +276,7 @@ if fuzzing {
         fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
         fuzzTarget("ProxyHeader", dependencies: ["FuzzDriver", "PortcullisAdmission"]),
         fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisPolicy", "PortcullisProtocol"]),
+        fuzzTarget("NATSCredentials", dependencies: ["FuzzDriver", "PortcullisNATS"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML", "PortcullisNATS"]),
         fuzzTarget(
             "UpgradeRequest",

@@ -9,10 +9,12 @@ public enum NATSClientCommand {
     /// `PONG`: the answer to the server's `PING`.
     public static let pong: [UInt8] = Array("PONG\r\n".utf8)
 
-    /// `CONNECT {…}`: the client's options and credentials, sent once after `INFO`.
+    /// `CONNECT {…}`: the client's options and credentials, sent once after `INFO`. `signature` is the server's
+    /// nonce signed by the key of `nkey` or of the user `jwt` (``NATSSignIn`` makes it).
     public static func connect(
-        name: String, user: String? = nil, password: String? = nil, headers: Bool = true, echo: Bool = false,
-        verbose: Bool = false, pedantic: Bool = false, tlsRequired: Bool, version: String = "1.0.0"
+        name: String, user: String? = nil, password: String? = nil, nkey: String? = nil, jwt: String? = nil,
+        signature: String? = nil, headers: Bool = true, echo: Bool = false, verbose: Bool = false,
+        pedantic: Bool = false, tlsRequired: Bool, version: String = "1.0.0"
     ) -> [UInt8] {
         var json: [UInt8] = Array(#"CONNECT {"verbose":"#.utf8)
         json += Array((verbose ? "true" : "false").utf8)
@@ -27,6 +29,18 @@ public enum NATSClientCommand {
         if let password {
             json += Array(#","pass":"#.utf8)
             appendJSONString(password, to: &json)
+        }
+        if let nkey {
+            json += Array(#","nkey":"#.utf8)
+            appendJSONString(nkey, to: &json)
+        }
+        if let jwt {
+            json += Array(#","jwt":"#.utf8)
+            appendJSONString(jwt, to: &json)
+        }
+        if let signature {
+            json += Array(#","sig":"#.utf8)
+            appendJSONString(signature, to: &json)
         }
         json += Array(#","lang":"swift","version":"#.utf8)
         appendJSONString(version, to: &json)

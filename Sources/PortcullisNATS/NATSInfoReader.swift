@@ -32,6 +32,12 @@ enum NATSInfoReader {
                     throw NATSProtocolError("INFO's 'server_id' must be a string")
                 }
                 info.serverID = text
+            case "nonce":
+                // nats-server's is 11 random bytes in base64url; anything printable and short is signed as it is.
+                guard let text = JSONObjectScanner.string(in: bytes, at: member.value), (1...256).contains(text.utf8.count),
+                    text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
+                else { throw NATSProtocolError("INFO's 'nonce' must be a string of 1 to 256 printable ASCII characters") }
+                info.nonce = text
             case "max_payload": info.maximumPayload = try maximumPayload(raw)
             case "headers": info.supportsHeaders = try boolean()
             case "tls_required": info.tlsRequired = try boolean()

@@ -26,16 +26,19 @@ public struct NATSServerInfo: Sendable, Equatable {
     public var tlsRequired: Bool
     /// Whether the server insists on credentials in `CONNECT`.
     public var authRequired: Bool
+    /// The text an NKey or JWT user signs in `CONNECT` (`nonce`), sent by a server that has such users.
+    public var nonce: String?
 
     public init(
         serverID: String? = nil, maximumPayload: Int? = nil, supportsHeaders: Bool = false, tlsRequired: Bool = false,
-        authRequired: Bool = false
+        authRequired: Bool = false, nonce: String? = nil
     ) {
         self.serverID = serverID
         self.maximumPayload = maximumPayload
         self.supportsHeaders = supportsHeaders
         self.tlsRequired = tlsRequired
         self.authRequired = authRequired
+        self.nonce = nonce
     }
 }
 
