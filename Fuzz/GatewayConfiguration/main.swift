@@ -40,8 +40,11 @@ func checkLoaded(_ configuration: GatewayConfiguration) {
         + configuration.routes.compactMap(\.upstream).flatMap { [$0.certificate, $0.key, $0.trustRoots].compactMap { $0 } }
         + [configuration.nats?.certificate, configuration.nats?.key, configuration.nats?.ca, configuration.nats?.passwordFile]
         .compactMap { $0 }
+        + [configuration.nats?.credentialsFile, configuration.nats?.nkeySeedFile].compactMap { $0 }
     if let nats = configuration.nats {
         require((1...65535).contains(nats.port) && !nats.host.isEmpty, "nats url \(nats.url) has no host or port")
+        let ways = [nats.user != nil || nats.passwordFile != nil, nats.credentialsFile != nil, nats.nkeySeedFile != nil]
+        require(ways.filter { $0 }.count <= 1, "nats with more than one way to sign in loaded")
         require(SubjectMapping(prefix: nats.subjectPrefix) != nil, "nats.subject_prefix \(nats.subjectPrefix) loaded")
     }
     if let proxy = configuration.proxyProtocol {

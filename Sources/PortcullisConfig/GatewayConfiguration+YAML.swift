@@ -291,7 +291,8 @@ extension GatewayConfiguration {
     private static func parseNATS(_ value: YAMLValue, reader: YAMLReader, resolve: (String) -> String) -> NATS? {
         guard
             let fields = reader.mapping(
-                value, what: "nats", allowed: ["url", "tls", "user", "password_file", "subject_prefix", "name"])
+                value, what: "nats",
+                allowed: ["url", "tls", "user", "password_file", "credentials", "nkey_seed_file", "subject_prefix", "name"])
         else { return nil }
         guard let urlField = fields["url"], let text = reader.string(urlField.value, what: "nats.url") else {
             reader.report(line: value.line, "nats needs url: nats://HOST:PORT (or tls://HOST:PORT)")
@@ -319,6 +320,21 @@ extension GatewayConfiguration {
         nats.passwordFile = fields["password_file"].flatMap { reader.string($0.value, what: "nats.password_file") }.map(resolve)
         if (nats.user == nil) != (nats.passwordFile == nil) {
             reader.report(line: value.line, "nats needs both user and password_file (or neither)")
+        }
+        nats.credentialsFile = fields["credentials"].flatMap { reader.string($0.value, what: "nats.credentials") }.map(resolve)
+        nats.nkeySeedFile = fields["nkey_seed_file"].flatMap { reader.string($0.value, what: "nats.nkey_seed_file") }.map(resolve)
+        // One way to sign in: NATS takes one user per connection. Reported at the line of each key past the first.
+        let ways = [("user", "user/password_file"), ("password_file", "user/password_file"),
+                    ("credentials", "credentials"), ("nkey_seed_file", "nkey_seed_file")]
+            .compactMap { key, way in fields[key].map { (way, key, $0.line) } }
+            .sorted { $0.2 < $1.2 }
+        if let first = ways.first {
+            for (way, key, line) in ways.dropFirst() where way != first.0 {
+                reader.report(
+                    line: line,
+                    "nats.\(key): give one way to sign in to NATS: user and password_file, credentials, or nkey_seed_file "
+                        + "(\(first.0) is given already)")
+            }
         }
         if let field = fields["subject_prefix"], let prefix = reader.string(field.value, what: "nats.subject_prefix") {
             if let problem = SubjectMapping.problem(withPrefix: prefix) {

@@ -274,6 +274,12 @@ public struct GatewayConfiguration: Sendable, Equatable {
         public var user: String?
         /// A file holding the password of `user` (kept out of the configuration, which is often world-readable).
         public var passwordFile: String?
+        /// A NATS `.creds` file (`credentials`): a user JWT and the user's NKey seed, as `nsc` writes it, for a
+        /// nats-server in operator mode. Exclusive with `user` and `nkeySeedFile`.
+        public var credentialsFile: String?
+        /// A file holding a user NKey seed (`SU…`; `nkey_seed_file`), for an `nkey:` user of nats-server's
+        /// configuration. Exclusive with `user` and `credentialsFile`.
+        public var nkeySeedFile: String?
         /// The subject tokens every topic is published under (`portcullis.devices.42.telemetry`).
         public var subjectPrefix = "portcullis"
         /// The connection's name in nats-server's monitoring; the host name by default.

@@ -330,6 +330,46 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("nats: a .creds file or an NKey seed file, resolved against the configuration's directory; one way to sign in")
+    func natsCredentials() throws {
+        let base = "tls: {certificate: a, key: b, client_ca: c}\nroutes: [{path: /e, kind: echo}]\n"
+        let creds = try #require(
+            try GatewayConfiguration.parse(
+                base + "nats:\n  url: tls://nats.internal\n  tls: {ca: ca.crt}\n  credentials: nats/gw.creds\n",
+                file: "g.yaml", baseDirectory: "/etc/portcullis"
+            ).nats)
+        #expect(creds.credentialsFile == "/etc/portcullis/nats/gw.creds" && creds.nkeySeedFile == nil && creds.user == nil)
+        let seed = try #require(
+            try GatewayConfiguration.parse(
+                base + "nats: {url: 'nats://127.0.0.1', nkey_seed_file: /secrets/gw.nk}\n", file: "g.yaml",
+                baseDirectory: "/etc/portcullis"
+            ).nats)
+        #expect(seed.nkeySeedFile == "/secrets/gw.nk" && seed.credentialsFile == nil)
+        do {
+            _ = try GatewayConfiguration.parse(
+                base + "nats:\n  url: nats://127.0.0.1\n  user: gateway\n  password_file: secret\n"
+                    + "  credentials: gw.creds\n  nkey_seed_file: gw.nk\n",
+                file: "g.yaml", baseDirectory: ".")
+            Issue.record("three ways to sign in were accepted")
+        } catch let error as DiagnosticsError {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("g.yaml:7: nats.credentials: give one way to sign in to NATS: user and password_file, credentials, or nkey_seed_file (user/password_file is given already)") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:8: nats.nkey_seed_file: give one way to sign in to NATS") }, "\(lines)")
+            #expect(lines.count == 2, "\(lines)")
+        }
+        do {
+            _ = try GatewayConfiguration.parse(
+                base + "nats:\n  url: nats://127.0.0.1\n  nkey_seed_file: gw.nk\n  credentials: [a]\n  user: gateway\n",
+                file: "g.yaml", baseDirectory: ".")
+            Issue.record("a bad nats section was accepted")
+        } catch let error as DiagnosticsError {
+            let lines = error.diagnostics.map(\.description)
+            #expect(lines.contains { $0.hasPrefix("g.yaml:6: nats.credentials") && $0.contains("string") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:7: nats.user: give one way to sign in to NATS") && $0.contains("(nkey_seed_file is given already)") }, "\(lines)")
+            #expect(lines.contains { $0.hasPrefix("g.yaml:4: nats needs both user and password_file") }, "\(lines)")
+        }
+    }
+
     @Test("Durations and listen addresses parse as operators write them")
     func smallParsers() {
         #expect(parseDuration("500ms") == 0.5)
