@@ -173,8 +173,12 @@ let package = Package(
             name: "PortcullisPolicyTests",
             dependencies: ["PortcullisPolicy", "PortcullisYAML", "PortcullisTestSupport"]
         ),
-        // Helpers shared by the test targets: running other processes, a seeded random generator.
-        .target(name: "PortcullisTestSupport", path: "Tests/PortcullisTestSupport"),
+        // Helpers shared by the test targets: running other processes, a seeded random generator, the servers the
+        // tests drive (nats-server with the NATS operator, account and user JWTs it mints).
+        .target(
+            name: "PortcullisTestSupport",
+            dependencies: ["PortcullisNATS", .product(name: "Crypto", package: "swift-crypto")],
+            path: "Tests/PortcullisTestSupport"),
         // Runs the built `portcullis` binary as an operator would (PortcullisClient as the devices of a cluster of
         // gateways). PortcullisPKI and X509 mint the certificates
         // the hostile-input suite presents that `portcullis pki` rightly refuses to make (expired, self-signed, a

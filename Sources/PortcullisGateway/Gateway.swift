@@ -77,7 +77,9 @@ public final class Gateway: Sendable {
         }
         let natsSettings: NATSConnection.Settings?
         do {
-            natsSettings = try configuration.nats.map(NATSConnection.Settings.init)
+            var warnings: [String] = []
+            natsSettings = try configuration.nats.map { try NATSConnection.Settings($0, warnings: &warnings) }
+            for warning in warnings { logger.warning("\(warning)") }
         } catch {
             auditLog.close()
             throw error

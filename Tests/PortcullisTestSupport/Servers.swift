@@ -1,37 +1,64 @@
 import Foundation
 
-/// nats-server (Debian's `nats-server`) on a loopback port, with two users: `gateway` may publish and subscribe
-/// under `portcullis.>`, `device` may do nothing (what docs/cluster.md asks of a NATS account). Stopped with
-/// ``stop()``; ``restart()`` starts it again on the same port.
+/// nats-server (Debian's `nats-server`) on a loopback port. By default with two users: `gateway` may publish and
+/// subscribe under `portcullis.>`, `device` may do nothing (what docs/cluster.md asks of a NATS account); or with
+/// NKey users, or in operator mode (``Authorization``). Stopped with ``stop()``; ``restart()`` starts it again on
+/// the same port.
 public final class NATSServer: @unchecked Sendable {
     public static let gatewayPassword = "gateway-secret"
     public static let devicePassword = "device-secret"
+
+    /// Who may sign in.
+    public enum Authorization: Sendable {
+        /// The users `gateway` and `device`, with passwords.
+        case passwords
+        /// NKey users (their public keys), each allowed to publish and subscribe under `portcullis.>`.
+        case nkeys([String])
+        /// Operator mode: the chain's accounts preloaded in a memory resolver; users sign in with JWTs.
+        case trustChain(NATSTrustChain)
+    }
 
     public let directory: String
     public let port: Int
     private var process: ChildProcess?
 
-    private init(directory: String, port: Int, maximumPayload: Int?) throws {
+    private init(directory: String, port: Int, maximumPayload: Int?, authorization: Authorization) throws {
         self.directory = directory
         self.port = port
+        let users: String
+        switch authorization {
+        case .passwords:
+            users = """
+                authorization {
+                  users = [
+                    {user: gateway, password: "\(Self.gatewayPassword)", permissions: {publish: "portcullis.>", subscribe: "portcullis.>"}}
+                    {user: device, password: "\(Self.devicePassword)", permissions: {publish: {deny: ">"}, subscribe: {deny: ">"}}}
+                  ]
+                }
+                """
+        case .nkeys(let keys):
+            let lines = keys.map { #"    {nkey: \#($0), permissions: {publish: "portcullis.>", subscribe: "portcullis.>"}}"# }
+            users = "authorization {\n  users = [\n" + lines.joined(separator: "\n") + "\n  ]\n}"
+        case .trustChain(let chain):
+            users = try chain.serverConfiguration(directory: directory)
+        }
         try """
             listen: "127.0.0.1:\(port)"
             \(maximumPayload.map { "max_payload: \($0)" } ?? "")
-            authorization {
-              users = [
-                {user: gateway, password: "\(Self.gatewayPassword)", permissions: {publish: "portcullis.>", subscribe: "portcullis.>"}}
-                {user: device, password: "\(Self.devicePassword)", permissions: {publish: {deny: ">"}, subscribe: {deny: ">"}}}
-              ]
-            }
+            \(users)
 
             """.write(toFile: "\(directory)/nats.conf", atomically: true, encoding: .utf8)
     }
 
     /// Starts nats-server on a free port, its configuration and log in `directory`; `maximumPayload` sets its
-    /// `max_payload`.
-    public static func start(in directory: String, maximumPayload: Int? = nil) async throws -> NATSServer {
+    /// `max_payload`, `authorization` who may sign in.
+    public static func start(
+        in directory: String, maximumPayload: Int? = nil, authorization: Authorization = .passwords
+    ) async throws -> NATSServer {
         for _ in 1...3 {
-            let server = try NATSServer(directory: directory, port: try freeLoopbackPort(), maximumPayload: maximumPayload)
+            let server = try NATSServer(
+                directory: directory, port: try freeLoopbackPort(), maximumPayload: maximumPayload,
+                authorization: authorization)
             if try await server.restart() { return server }
         }
         throw StartFailure(description: "nats-server did not start; its log: \(directory)/nats.log")

@@ -4,17 +4,35 @@ import PortcullisConfig
 import PortcullisNATS
 
 extension NATSConnection.Settings {
-    /// What `nats` in the configuration asks for, with its files read: the password, and the TLS certificate,
-    /// key and CA. Throws ``GatewayStartupError`` with every problem found.
-    init(_ nats: GatewayConfiguration.NATS) throws {
+    /// What `nats` in the configuration asks for, with its files read: the password, the credentials or NKey seed,
+    /// and the TLS certificate, key and CA. Throws ``GatewayStartupError`` with every problem found; a problem
+    /// names the file and what is wrong with it, never the secret. `warnings` gets what should be fixed but does
+    /// not stop the start (a secret file others may read).
+    init(_ nats: GatewayConfiguration.NATS, warnings: inout [String]) throws {
         var problems: [String] = []
-        var password: String?
-        if let file = nats.passwordFile {
+        var signIn = NATSSignIn.anonymous
+        if let user = nats.user, let file = nats.passwordFile {
             do {
                 // One line; the newline an editor adds is not part of it.
-                password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .newlines)
+                let password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .newlines)
+                signIn = .password(user: user, password: password)
             } catch {
                 problems.append("nats.password_file \(file): cannot read it (\(error.localizedDescription))")
+            }
+        }
+        if let file = nats.credentialsFile {
+            do {
+                let (jwt, key) = try NATSCredentials.parseCredentialsFile(try Self.readSecret(file, warnings: &warnings))
+                signIn = .userJWT(jwt, key)
+            } catch {
+                problems.append("nats.credentials \(file): \(error)")
+            }
+        }
+        if let file = nats.nkeySeedFile {
+            do {
+                signIn = .nkey(try NATSCredentials.parseSeedFile(try Self.readSecret(file, warnings: &warnings)))
+            } catch {
+                problems.append("nats.nkey_seed_file \(file): \(error)")
             }
         }
         var tls: NIOSSLContext?
@@ -34,6 +52,34 @@ extension NATSConnection.Settings {
         guard problems.isEmpty else { throw GatewayStartupError(problems: problems) }
         self.init(
             host: nats.host, port: nats.port, tls: tls, name: nats.name ?? ProcessInfo.processInfo.hostName,
-            user: nats.user, password: password)
+            signIn: signIn)
+    }
+
+    /// The bytes of a file holding a secret, read up to what a credentials file can be; a warning when its mode
+    /// lets the group or others read it (the project writes private keys 0600, and reads them whatever their
+    /// mode, as it reads TLS keys: an operator may have reasons, such as a group the gateway runs in).
+    static func readSecret(_ path: String, warnings: inout [String]) throws(NKeyError) -> [UInt8] {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            let reason = FileManager.default.fileExists(atPath: path) ? "it is not readable by the gateway" : "there is no such file"
+            throw NKeyError("cannot read it (\(reason))")
+        }
+        defer { try? handle.close() }
+        let data: Data
+        do {
+            data = try handle.read(upToCount: NATSCredentials.maximumFileSize + 1) ?? Data()
+        } catch {
+            throw NKeyError("cannot read it (\(error.localizedDescription))")
+        }
+        guard data.count <= NATSCredentials.maximumFileSize else {
+            throw NKeyError("larger than \(NATSCredentials.maximumFileSize) bytes: not a credentials or seed file")
+        }
+        if let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.intValue,
+            mode & 0o044 != 0
+        {
+            warnings.append(
+                "\(path) holds a secret key and is readable by its group or others (mode \(String(mode & 0o777, radix: 8))): "
+                    + "chmod 600 it, owned by the user the gateway runs as")
+        }
+        return Array(data)
     }
 }

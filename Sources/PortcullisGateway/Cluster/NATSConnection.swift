@@ -19,8 +19,8 @@ final class NATSConnection: Sendable {
         /// TLS to NATS (a `tls://` URL), mutual when the context holds a certificate.
         var tls: NIOSSLContext?
         var name: String
-        var user: String?
-        var password: String?
+        /// What `CONNECT` carries: a password, an NKey or a user JWT (these two sign the server's nonce), or nothing.
+        var signIn: NATSSignIn = .anonymous
         /// The most waiting to be written; past it publishes are refused `unavailable` rather than held.
         var maximumPendingBytes = 8 << 20
         /// How long a connection may take from TCP connect to the server's first `PONG`.
@@ -241,10 +241,12 @@ final class NATSConnection: Sendable {
         (try? SocketAddress(ipAddress: settings.host, port: 0)) == nil ? settings.host : nil
     }
 
-    fileprivate func connectCommand() -> [UInt8] {
-        NATSClientCommand.connect(
-            name: settings.name, user: settings.user, password: settings.password, headers: true, echo: false,
-            tlsRequired: settings.tls != nil)
+    fileprivate var signIn: NATSSignIn { settings.signIn }
+
+    /// The `CONNECT` for a server that sent `info` (an NKey or a JWT signs its nonce); throws when it cannot be
+    /// made (no nonce), with the reason.
+    fileprivate func connectCommand(info: NATSServerInfo) throws(NATSProtocolError) -> [UInt8] {
+        try settings.signIn.connect(name: settings.name, tlsRequired: settings.tls != nil, info: info)
     }
 
     fileprivate func deliver(_ messages: [NATSMessage]) {
@@ -267,6 +269,8 @@ private final class NATSClientHandler: ChannelInboundHandler {
     private enum Phase { case awaitingInfo, securing, signingIn, connected }
     private var phase = Phase.awaitingInfo
     private var maximumPayload: Int?
+    /// The first `INFO`, whose nonce `CONNECT` signs.
+    private var info: NATSServerInfo?
     private var lastError: String?
     private var deadline: Scheduled<Void>?
     private var pings: RepeatedTask?
@@ -309,6 +313,7 @@ private final class NATSClientHandler: ChannelInboundHandler {
         case .info(let info):
             maximumPayload = info.maximumPayload
             guard phase == .awaitingInfo else { return }
+            self.info = info
             guard info.supportsHeaders else {
                 fail("the NATS server does not support headers (nats-server 2.2 and later do): the sender's identity travels in them", context: context)
                 return
@@ -344,7 +349,9 @@ private final class NATSClientHandler: ChannelInboundHandler {
         case .error(let text):
             // Some errors (a permissions violation) leave the connection open; the server closes it for the rest.
             let printable = String(String.UnicodeScalarView(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(512)))
-            lastError = NATSFailureReason.server(printable)
+            // nats-server answers CONNECT with credentials it does not take by 'Authorization Violation' and closes:
+            // the reason names how the gateway signed in (an NKey's or a JWT user's public key), never its secret.
+            lastError = NATSFailureReason.server(printable, signIn: connection.signIn)
             connection.serverError(printable)
         }
     }
@@ -357,8 +364,15 @@ private final class NATSClientHandler: ChannelInboundHandler {
     }
 
     private func signIn(context: ChannelHandlerContext) {
+        let command: [UInt8]
+        do {
+            command = try connection.connectCommand(info: info ?? NATSServerInfo())
+        } catch {
+            fail("\(error)", context: context)
+            return
+        }
         phase = .signingIn
-        write(connection.connectCommand() + NATSClientCommand.ping, context: context)
+        write(command + NATSClientCommand.ping, context: context)
     }
 
     private func startPings(context: ChannelHandlerContext) {

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PortcullisNATS
 
 /// Why the connection to NATS failed, in words an operator can act on. `/readyz`, the log and the
 /// `nats_unavailable` audit record carry it; the libraries' own descriptions name error numbers and their source
@@ -48,10 +49,19 @@ enum NATSFailureReason {
         return text
     }
 
-    /// A `-ERR` the server sent (already made printable).
-    static func server(_ text: String) -> String {
+    /// A `-ERR` the server sent (already made printable); `signIn` is how the gateway signs in.
+    static func server(_ text: String, signIn: NATSSignIn = .anonymous) -> String {
         if text.localizedCaseInsensitiveContains("Authorization Violation") {
-            return "NATS refused the sign-in (Authorization Violation): check nats.user and password_file, or that nats-server maps the gateway's certificate to a user"
+            switch signIn {
+            case .nkey(let key):
+                return "NATS refused the sign-in with the NKey \(key.publicKey) (Authorization Violation): check nats.nkey_seed_file, "
+                    + "and that nats-server's authorization has that public key as an nkey user"
+            case .userJWT(_, let key):
+                return "NATS refused the sign-in with the user JWT of \(key.publicKey) (Authorization Violation): check nats.credentials: "
+                    + "its account must be one nats-server's resolver knows, issued by its operator, and the JWT unexpired"
+            case .password, .anonymous:
+                return "NATS refused the sign-in (Authorization Violation): check nats.user and password_file, or that nats-server maps the gateway's certificate to a user"
+            }
         }
         return "NATS said: \(text)"
     }
