@@ -79,7 +79,7 @@ public func installedProgram(_ name: String) -> String? {
 /// it once full), and waits up to 120 s for it to listen on `port`. Nil when it exited or did not listen: the
 /// port may have been taken meanwhile, and the caller tries another.
 public func startListening(_ executable: String, _ arguments: [String], port: Int, log: String) async throws -> ChildProcess? {
-    if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
+    if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
     handle.seekToEndOfFile()
     let process = ChildProcess()
