@@ -223,12 +223,14 @@ let package = Package(
             name: "PortcullisProtocolTests",
             dependencies: ["PortcullisProtocol"]
         ),
-        // The client's pure parts (backoff, refusal classification, offline queue, input checks): no sockets.
+        // The client's pure parts (backoff, refusal and connect-error classification, offline queue, input checks): no
+        // sockets.
         .testTarget(
             name: "PortcullisClientTests",
             dependencies: [
                 "PortcullisClient", "PortcullisProtocol", "PortcullisTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         .testTarget(

@@ -111,18 +111,17 @@ extension ConnectionFailure {
         return String(text.prefix(maximumDetailLength)) + "…"
     }
 
-    /// The failure an error from connecting (TCP, TLS, the upgrade) stands for.
+    /// The failure an error from connecting (TCP, TLS, the upgrade) stands for: a timeout, the gateway's TLS
+    /// alert, or else the network (``ConnectErrorClass``).
     init(connectError error: any Error) {
-        if let timeout = error as? GatewayClient.TimeoutError {
-            self = .timedOut(timeout.description)
-            return
-        }
-        let text = String(describing: error)
-        if let alert = Self.tlsAlertName(inErrorDescription: text) {
-            self = .tlsAlert(alert)
-        } else if let channelError = error as? ChannelError, case .connectTimeout = channelError {
+        switch ConnectErrorClass(error) {
+        case .upgradeTimedOut:
+            self = .timedOut(String(describing: error))
+        case .tlsAlert(let alert):
+            self = .tlsAlert(alert.name)
+        case .connectTimedOut:
             self = .timedOut("connecting")
-        } else {
+        case .unresolved, .unreachable, .hostnameMismatch, .gatewayUntrusted, .tlsFailed, .closedWithoutAnswer:
             self = .network(Self.bounded(Self.networkDetail(error)))
         }
     }

@@ -1,8 +1,6 @@
 import ArgumentParser
 import Foundation
 import NIOCore
-import NIOPosix
-import NIOSSL
 import PortcullisClient
 
 /// `portcullis connect`: a WSS client for a terminal, with a client certificate (like websocat).
@@ -104,36 +102,32 @@ struct ConnectOptions: ParsableArguments {
         }
     }
 
-    /// The class of a failure to connect: where it stopped, and the gateway's alert in plain words.
+    /// The class of a failure to connect (``ConnectErrorClass``, as the reconnecting client reads it too) as an
+    /// exit status: where it stopped, and the gateway's alert in plain words.
     static func classify(_ error: any Error, target: GatewayURL) -> ConnectFailure {
         let text = String(describing: error)
-        if let alert = TLSAlert.named(in: text) {
+        let place = "\(target.host):\(target.port)"
+        switch ConnectErrorClass(error) {
+        case .tlsAlert(let alert):
             return ConnectFailure(exit: .tlsRefused, message: "TLS refused: the gateway sent \(alert): \(alert.explanation)")
-        }
-        switch error {
-        case let timedOut as GatewayClient.TimeoutError:
-            return ConnectFailure(exit: .unreachable, message: "\(target.host):\(target.port): \(timedOut)")
-        case let connection as NIOConnectionError:
-            if connection.connectionErrors.isEmpty {
-                return ConnectFailure(exit: .unreachable, message: "cannot resolve \(target.host)")
-            }
-            let reasons = connection.connectionErrors.map { "\($0.target): \($0.error)" }.joined(separator: "; ")
-            return ConnectFailure(exit: .unreachable, message: "cannot connect to \(target.host):\(target.port): \(reasons)")
-        case is IOError, is ChannelError:
-            return ConnectFailure(exit: .unreachable, message: "cannot connect to \(target.host):\(target.port): \(text)")
-        case is NIOSSLExtraError where text.contains("hostname") || text.contains("Hostname"):
+        case .upgradeTimedOut:
+            return ConnectFailure(exit: .unreachable, message: "\(place): \(text)")
+        case .unresolved:
+            return ConnectFailure(exit: .unreachable, message: "cannot resolve \(target.host)")
+        case .unreachable(let attempts) where !attempts.isEmpty:
+            return ConnectFailure(exit: .unreachable, message: "cannot connect to \(place): \(attempts.joined(separator: "; "))")
+        case .unreachable, .connectTimedOut:
+            return ConnectFailure(exit: .unreachable, message: "cannot connect to \(place): \(text)")
+        case .hostnameMismatch:
             return ConnectFailure(
                 exit: .tlsRefused,
                 message: "TLS refused here: the gateway's certificate does not name \(target.host) (try --server-name): \(text)")
-        case is NIOSSLError, is BoringSSLError, is NIOSSLExtraError:
-            if text.contains("CERTIFICATE_VERIFY_FAILED") {
-                return ConnectFailure(
-                    exit: .tlsRefused, message: "TLS refused here: the gateway's certificate does not verify against --ca: \(text)")
-            }
+        case .gatewayUntrusted:
+            return ConnectFailure(
+                exit: .tlsRefused, message: "TLS refused here: the gateway's certificate does not verify against --ca: \(text)")
+        case .tlsFailed:
             return ConnectFailure(exit: .tlsRefused, message: "TLS failed: \(text)")
-        default:
-            // The gateway refuses a certificate in the handshake; with TLS 1.3 that can reach the client as a
-            // connection closed before any HTTP answer.
+        case .closedWithoutAnswer:
             return ConnectFailure(exit: .tlsRefused, message: "the gateway closed the connection without an HTTP answer: \(text)")
         }
     }
