@@ -35,13 +35,14 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")],
             swiftSettings: fuzzInstrumented
         ),
-        // Pure: the broker's wire protocol (JSON objects and the binary envelope), shared by gateway and client.
+        // Pure: the broker's wire protocol (JSON objects and the binary envelope) and its topics (validation and
+        // matching), shared by gateway, policy and client.
         .target(name: "PortcullisProtocol", swiftSettings: fuzzInstrumented),
         // Pure: identity mapping, policy model and decisions, origin matching. No NIO.
         .target(
             name: "PortcullisPolicy",
             dependencies: [
-                "PortcullisYAML",
+                "PortcullisYAML", "PortcullisProtocol",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -52,7 +53,7 @@ let package = Package(
         // Its NKeys (Ed25519) sign the server's nonce when the gateway signs in with an NKey or a user JWT.
         .target(
             name: "PortcullisNATS",
-            dependencies: ["PortcullisPolicy", "PortcullisProtocol", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["PortcullisProtocol", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: fuzzInstrumented),
         // Pure + files: CA, issuance, CRL encoding and parsing, the client-certificate verifier.
         .target(
@@ -164,14 +165,14 @@ let package = Package(
                 "PortcullisGateway", "PortcullisBench", "PortcullisYAML", "PortcullisClient", "PortcullisDoctor",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisAudit",
+                "PortcullisPKI", "PortcullisConfig", "PortcullisPolicy", "PortcullisProtocol", "PortcullisAudit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
             name: "PortcullisPolicyTests",
-            dependencies: ["PortcullisPolicy", "PortcullisYAML", "PortcullisTestSupport"]
+            dependencies: ["PortcullisPolicy", "PortcullisProtocol", "PortcullisYAML", "PortcullisTestSupport"]
         ),
         // Helpers shared by the test targets: running other processes, a seeded random generator, the servers the
         // tests drive (nats-server with the NATS operator, account and user JWTs it mints).
@@ -200,7 +201,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PortcullisNATSTests",
-            dependencies: ["PortcullisNATS", "PortcullisPolicy", "PortcullisTestSupport"]
+            dependencies: ["PortcullisNATS", "PortcullisProtocol", "PortcullisTestSupport"]
         ),
         .testTarget(
             name: "PortcullisConfigTests",
@@ -221,7 +222,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PortcullisProtocolTests",
-            dependencies: ["PortcullisProtocol"]
+            dependencies: ["PortcullisProtocol", "PortcullisTestSupport"]
         ),
         // The client's pure parts (backoff, refusal and connect-error classification, offline queue, input checks): no
         // sockets.
@@ -278,10 +279,10 @@ if fuzzing {
         fuzzTarget(
             "CertificateIdentity",
             dependencies: ["FuzzDriver", "PortcullisPolicy", .product(name: "X509", package: "swift-certificates")]),
-        fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisYAML"]),
-        fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy"]),
+        fuzzTarget("PolicySet", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisProtocol", "PortcullisYAML"]),
+        fuzzTarget("TopicTrie", dependencies: ["FuzzDriver", "PortcullisPolicy", "PortcullisProtocol"]),
         fuzzTarget("ProxyHeader", dependencies: ["FuzzDriver", "PortcullisAdmission"]),
-        fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisPolicy", "PortcullisProtocol"]),
+        fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisProtocol"]),
         fuzzTarget("NATSCredentials", dependencies: ["FuzzDriver", "PortcullisNATS"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML", "PortcullisNATS"]),
         fuzzTarget(

@@ -2,7 +2,7 @@ import FuzzDriver
 import FuzzSupport
 import Glibc
 import PortcullisNATS
-import PortcullisPolicy
+import PortcullisProtocol
 
 /// What a NATS server sends, through the client's parser in chunks the input's first byte decides; and the
 /// input as a topic and as a subject through the subject mapping. Any stream may be refused; what is read must

@@ -2,6 +2,7 @@ import FuzzDriver
 import FuzzSupport
 import Glibc
 import PortcullisPolicy
+import PortcullisProtocol
 import PortcullisYAML
 
 /// The policy loader (`PolicySet.parse`, behind `PolicySet.load` at start and on every reload) on YAML text.

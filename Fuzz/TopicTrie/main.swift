@@ -2,6 +2,7 @@ import FuzzDriver
 import FuzzSupport
 import Glibc
 import PortcullisPolicy
+import PortcullisProtocol
 
 /// The broker's tries against the plain matcher they replace: the input is a script of subscribes,
 /// unsubscribes, topic resolutions and filter removals over a small alphabet of levels (so that topics

@@ -1,4 +1,4 @@
-import PortcullisPolicy
+import PortcullisProtocol
 
 /// How the shared broker's topics and filters become NATS subjects, and back.
 ///

@@ -1,3 +1,5 @@
+import PortcullisProtocol
+
 /// What one session may do with messages: its publish and subscribe grants and denials, with the identity
 /// variables (`{identity}`, `{cn}`) already substituted, plus its limits.
 public struct MessagePermissions: Sendable, Equatable {

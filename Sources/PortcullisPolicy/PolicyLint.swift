@@ -1,3 +1,5 @@
+import PortcullisProtocol
+
 /// A warning of `portcullis policy check`: something the gateway loads without complaint but that is
 /// probably not what the author meant.
 public struct PolicyFinding: Sendable, Hashable, Encodable, CustomStringConvertible {

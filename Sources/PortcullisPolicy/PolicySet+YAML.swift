@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisProtocol
 import PortcullisYAML
 
 extension PolicySet {

@@ -1,5 +1,5 @@
 import PortcullisNATS
-import PortcullisPolicy
+import PortcullisProtocol
 import PortcullisTestSupport
 import Testing
 

@@ -1,4 +1,5 @@
 import PortcullisPolicy
+import PortcullisProtocol
 import Testing
 
 @Suite("Policy hardening: identity names, templates, grants and denials")

@@ -1,13 +1,13 @@
 import PortcullisPolicy
+import PortcullisProtocol
+import PortcullisTestSupport
 import Testing
 
 @Suite("Topic tries: the subscription index and resolved topics")
 struct TopicTrieTests {
-    typealias SplitMix64 = TopicTests.SplitMix64
-
     /// Filters of the random kind plus the edge cases a random draw rarely gives.
     static func filters(_ rng: inout SplitMix64, count: Int) -> [String] {
-        ["#", "+", "a/#", "+/+/+/+", "c"] + (0..<count).map { _ in TopicTests.randomFilter(&rng) }
+        ["#", "+", "a/#", "+/+/+/+", "c"] + (0..<count).map { _ in TopicSamples.randomFilter(&rng) }
     }
 
     @Test("The index finds exactly the filters Topic.matches accepts, before and after removals", arguments: [1, 2, 3] as [UInt64])
@@ -17,7 +17,7 @@ struct TopicTrieTests {
         var index = SubscriptionIndex<Int, String>()
         for (key, filter) in filters.enumerated() { index.insert(filter, key: key, member: filter) }
         func check(_ live: [Int: String]) {
-            for topic in TopicTests.universe {
+            for topic in TopicSamples.universe {
                 var found: [Int] = []
                 index.forEachMatch(of: topic) { members in found += members.keys }
                 let expected = live.filter { Topic.matches(filter: $0.value, topic: topic) }.keys
@@ -40,13 +40,13 @@ struct TopicTrieTests {
         var rng = SplitMix64(state: seed)
         for filter in Self.filters(&rng, count: 40) {
             var map = TopicMap<String>()
-            for topic in TopicTests.universe { map[topic] = topic }
-            #expect(map.count == TopicTests.universe.count)
+            for topic in TopicSamples.universe { map[topic] = topic }
+            #expect(map.count == TopicSamples.universe.count)
             let removed = map.removeAll(matching: filter)
-            let expected = TopicTests.universe.filter { Topic.matches(filter: filter, topic: $0) }
+            let expected = TopicSamples.universe.filter { Topic.matches(filter: filter, topic: $0) }
             #expect(removed.sorted() == expected.sorted(), "\(filter)")
-            #expect(map.count == TopicTests.universe.count - expected.count)
-            for topic in TopicTests.universe {
+            #expect(map.count == TopicSamples.universe.count - expected.count)
+            for topic in TopicSamples.universe {
                 #expect((map[topic] != nil) != expected.contains(topic))
             }
         }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PortcullisConfig
 import PortcullisPolicy
+import PortcullisProtocol
 import PortcullisYAML
 import SwiftASN1
 import X509

@@ -1,20 +1,23 @@
 /// MQTT-style topics: `/`-separated levels; in filters `+` stands for one level and `#` (last) for the rest,
 /// including none (`devices/#` matches `devices`). Pure functions, as nats-server's `sublist.go` keeps its
 /// subject matching; written here because no mirrored library implements MQTT topic semantics.
+///
+/// Part of the protocol (`docs/protocol.md`): the gateway's broker, the policy's grants, the NATS subject mapping
+/// and the client's checks before sending all read topics by these rules.
 public enum Topic {
     /// Longest topic or filter accepted, in UTF-8 bytes.
     public static let maximumLength = 1024
 
     /// Why `topic` cannot be published to, or nil when it can.
     public static func problem(withName topic: String) -> String? {
-        if let problem = commonProblem(topic) { return problem }
+        if let problem = problem(withTopicOrFilter: topic) { return problem }
         if topic.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) { return "wildcards '+' and '#' are for subscriptions, not topics" }
         return nil
     }
 
     /// Why `filter` cannot be subscribed to, or nil when it can.
     public static func problem(withFilter filter: String) -> String? {
-        if let problem = commonProblem(filter) { return problem }
+        if let problem = problem(withTopicOrFilter: filter) { return problem }
         let filterLevels = levels(filter)
         for (index, level) in filterLevels.enumerated() {
             if level.contains(UInt8(ascii: "#")) && (!isLevel(level, "#") || index != filterLevels.count - 1) {
@@ -25,7 +28,9 @@ public enum Topic {
         return nil
     }
 
-    private static func commonProblem(_ text: String) -> String? {
+    /// Why `text` can be neither a topic nor a filter (empty, over ``maximumLength`` bytes, a control character),
+    /// or nil; where wildcards stand is not looked at.
+    public static func problem(withTopicOrFilter text: String) -> String? {
         if text.isEmpty { return "a topic must not be empty" }
         if text.utf8.count > maximumLength { return "a topic must not be longer than \(maximumLength) bytes" }
         if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
