@@ -139,7 +139,8 @@ let package = Package(
                 "PortcullisClient",
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
-            ]
+            ],
+            swiftSettings: fuzzInstrumented
         ),
         // NIO: load generators (`portcullis bench`) speaking Portcullis's protocol or NATS's over WebSocket.
         .target(
@@ -284,6 +285,8 @@ if fuzzing {
         fuzzTarget("ProxyHeader", dependencies: ["FuzzDriver", "PortcullisAdmission"]),
         fuzzTarget("NATSProtocol", dependencies: ["FuzzDriver", "PortcullisNATS", "PortcullisProtocol"]),
         fuzzTarget("NATSCredentials", dependencies: ["FuzzDriver", "PortcullisNATS"]),
+        // What a gateway answers `portcullis doctor`: the upgrade answer and the frames before the pong.
+        fuzzTarget("DoctorProbe", dependencies: ["FuzzDriver", "PortcullisDoctor"]),
         fuzzTarget("GatewayConfiguration", dependencies: ["FuzzDriver", "PortcullisConfig", "PortcullisYAML", "PortcullisNATS"]),
         fuzzTarget(
             "UpgradeRequest",

@@ -33,14 +33,6 @@ final class ConnectionProbe {
         var failure: String?
     }
 
-    /// The answer to the upgrade request.
-    struct UpgradeAnswer {
-        var status: Int
-        var reason: String
-        var headers: [(String, String)]
-        var body: String
-    }
-
     /// What the handshake messages showed, recorded by OpenSSL's message callback.
     final class Recorder {
         var certificateRequested = false
@@ -192,7 +184,7 @@ final class ConnectionProbe {
         return openssl.derEncodings(of: openssl.clientCAList(ssl), openssl.nameDER)
     }
 
-    /// Sends the upgrade request and reads the answer's head (and a refusal's body).
+    /// Sends the upgrade request and reads the answer's head (and a refusal's body: ``UpgradeAnswerReader``).
     func upgrade(host: String, port: Int, path: String, origin: String?) throws -> UpgradeAnswer {
         let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
         var request = "GET \(path) HTTP/1.1\r\nHost: \(host.contains(":") ? "[\(host)]" : host):\(port)\r\nUpgrade: websocket\r\n"
@@ -200,32 +192,15 @@ final class ConnectionProbe {
         if let origin { request += "Origin: \(origin)\r\n" }
         request += "\r\n"
         try send(Array(request.utf8))
-        var received: [UInt8] = []
-        let separator: [UInt8] = Array("\r\n\r\n".utf8)
-        var headEnd: Int?
-        while headEnd == nil {
-            guard received.count < 16_384 else { throw Failure(description: "the answer's head is over 16 KiB") }
-            received += try receive()
-            headEnd = received.indices.dropLast(3).first { Array(received[$0..<$0 + 4]) == separator }
+        var reader = UpgradeAnswerReader()
+        do {
+            while !reader.hasHead { try reader.append(try receive()) }
+        } catch let failure as UpgradeAnswerReader.Failure {
+            throw Failure(description: failure.description)
         }
-        let headText = String(decoding: received[..<headEnd!], as: UTF8.self)
-        var lines = headText.components(separatedBy: "\r\n")
-        let statusLine = lines.removeFirst().split(separator: " ", maxSplits: 2)
-        guard statusLine.count >= 2, statusLine[0].hasPrefix("HTTP/1."), let status = Int(statusLine[1]), (100...599).contains(status) else {
-            throw Failure(description: "the answer is not HTTP: \(headText.prefix(80))")
-        }
-        let headers = lines.compactMap { line -> (String, String)? in
-            guard let colon = line.firstIndex(of: ":") else { return nil }
-            return (String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
-        }
-        var body = Array(received[(headEnd! + 4)...])
-        if status != 101 {
-            let length = headers.first { $0.0.lowercased() == "content-length" }.flatMap { Int($0.1) }.map { min($0, 4096) } ?? 0
-            while body.count < length, let more = try? receive(), !more.isEmpty { body += more }
-        }
-        return UpgradeAnswer(
-            status: status, reason: statusLine.count > 2 ? String(statusLine[2]) : "", headers: headers,
-            body: String(decoding: body.prefix(4096), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        // A refusal's body as far as it comes: a gateway that closes early has said what it had to.
+        while reader.wantsMore, let more = try? receive(), !more.isEmpty { try? reader.append(more) }
+        return reader.answer!
     }
 
     /// Sends a masked ping and waits for its pong; the round trip in seconds.
@@ -234,29 +209,19 @@ final class ConnectionProbe {
         let mask = (0..<4).map { _ in UInt8.random(in: 0...255) }
         let started = DispatchTime.now()
         try send([0x89, 0x80 | UInt8(payload.count)] + mask + payload.enumerated().map { $0.element ^ mask[$0.offset % 4] })
-        var buffer: [UInt8] = []
+        var reader = ServerFrameReader()
         while true {
-            // A frame: two bytes, an extended length, the payload (the server's frames are not masked).
-            while buffer.count < 2 { buffer += try receive() }
-            let opcode = buffer[0] & 0x0F
-            var length = Int(buffer[1] & 0x7F)
-            var headerLength = 2
-            if length == 126 {
-                while buffer.count < 4 { buffer += try receive() }
-                length = Int(buffer[2]) << 8 | Int(buffer[3])
-                headerLength = 4
-            } else if length == 127 {
-                throw Failure(description: "the gateway sent a frame over 64 KiB before the pong")
+            let next: ServerFrameReader.Frame?
+            do { next = try reader.nextFrame() } catch { throw Failure(description: error.description) }
+            guard let frame = next else {
+                reader.append(try receive())
+                continue
             }
-            while buffer.count < headerLength + length { buffer += try receive() }
-            let frame = Array(buffer[headerLength..<headerLength + length])
-            buffer.removeFirst(headerLength + length)
-            if opcode == 0xA, frame == payload {
+            if frame.opcode == 0xA, frame.payload == payload {
                 return Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9
             }
-            if opcode == 0x8 {
-                let code = frame.count >= 2 ? Int(frame[0]) << 8 | Int(frame[1]) : 1005
-                throw Failure(description: "the gateway closed the session (\(code) \(String(decoding: frame.dropFirst(2), as: UTF8.self)))")
+            if let close = frame.close {
+                throw Failure(description: "the gateway closed the session (\(close.code) \(close.reason))")
             }
         }
     }

@@ -128,7 +128,7 @@ public enum Diagnosis {
         guard record(clientCertificateStep(local, named: named, now: Date())) else { return false }
 
         // The gateway's verdict: with TLS 1.3 it comes after the handshake, so the upgrade request is sent first.
-        let answer: Result<ConnectionProbe.UpgradeAnswer, any Error> = handshake.failure == nil
+        let answer: Result<UpgradeAnswer, any Error> = handshake.failure == nil
             ? Result { try probe.upgrade(host: serverName, port: request.url.port, path: request.url.path, origin: request.origin) }
             : .failure(ConnectionProbe.Failure(description: handshake.failure ?? ""))
         let alert = probe.recorder.receivedAlert
@@ -145,7 +145,7 @@ public enum Diagnosis {
             return false
         case .success(let upgrade):
             guard record(DoctorStep("gateway's verdict", .passed, "your certificate was accepted in the handshake")) else { return false }
-            let date = upgrade.headers.first { $0.0.lowercased() == "date" }?.1
+            let date = upgrade.value(of: "date")
             guard record(upgradeStep(upgrade, path: request.url.path)) else { return false }
             if let date { guard record(clockStep(serverDate: date, now: Date())) else { return false } }
         }
@@ -288,7 +288,7 @@ public enum Diagnosis {
     }
 
     /// The upgrade's answer: 101, or the refusal's status and the gateway's short reason.
-    static func upgradeStep(_ answer: ConnectionProbe.UpgradeAnswer, path: String) -> DoctorStep {
+    static func upgradeStep(_ answer: UpgradeAnswer, path: String) -> DoctorStep {
         if answer.status == 101 { return DoctorStep("upgrade", .passed, "101 Switching Protocols on \(path)") }
         // The gateway's reason is one short line; another server's page is cut to its first line.
         let firstLine = answer.body.split(separator: "\n").first.map { String($0.prefix(200)) } ?? ""
