@@ -58,9 +58,9 @@ final class BenchSessionHandler: ChannelInboundHandler {
         if let handshake = bench.handshake {
             let acknowledged = context.eventLoop.makePromise(of: Void.self)
             awaitingAcknowledgement.append(acknowledged)
-            acknowledged.futureResult.whenComplete { [self] in settleReady($0) }
+            acknowledged.futureResult.assumeIsolated().whenComplete { [self] in settleReady($0) }
             // Not yet: the HTTP decoder is still in the pipeline during this read (see FrameHandlerFactory).
-            context.eventLoop.execute { [self] in
+            context.eventLoop.assumeIsolated().execute { [self] in
                 if let context = self.context { send(binary: true, bytes: handshake, context: context) }
             }
         } else {

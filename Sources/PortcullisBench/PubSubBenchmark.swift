@@ -249,12 +249,14 @@ final class PublishDriver: @unchecked Sendable {
         started = BenchClock.now()
         let handler = session.handlerOnLoop
         if let rate {
+            // The timer runs on the session's loop, where the handler lives.
+            let handler = NIOLoopBound(handler, eventLoop: session.eventLoop)
             timer = session.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { [self] _ in
                 let due = Int(Double(BenchClock.now() - started) / 1e9 * rate) - sent
                 // After a stall, catch up by at most 100 ms worth rather than in one burst.
                 let count = min(due, max(1, Int(rate / 10)))
                 guard count > 0, !stopped else { return }
-                handler.publish(count: count, framing: framing, filler: filler, mode: mode)
+                handler.value.publish(count: count, framing: framing, filler: filler, mode: mode)
                 sent += count
                 flow.published.add(count, ordering: .relaxed)
             }

@@ -18,13 +18,13 @@ final class EventLoopLagProbe: Sendable {
     private let stopped = Atomic<Bool>(false)
 
     init(registry: PrometheusCollectorRegistry) {
-        histogram = registry.makeDurationHistogram(
-            name: "portcullis_event_loop_lag_seconds",
+        histogram = registry.durationHistogram(
+            named: "portcullis_event_loop_lag_seconds",
             buckets: [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
                       .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1)],
             help: "How late an event loop ran a task due at a known moment (sampled every 20 ms per loop): how long the loop was kept busy.")
-        worst = registry.makeGauge(
-            name: "portcullis_event_loop_lag_max_seconds",
+        worst = registry.gauge(
+            named: "portcullis_event_loop_lag_max_seconds",
             help: "The longest any event loop has been kept from a due task since the gateway started.")
     }
 

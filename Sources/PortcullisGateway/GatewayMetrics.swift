@@ -40,8 +40,8 @@ public final class GatewayMetrics: Sendable {
     private let certificateGauges = NIOLockedValueBox<[Gauge]>([])
 
     init() {
-        handshakeDuration = registry.makeDurationHistogram(
-            name: "portcullis_tls_handshake_duration_seconds",
+        handshakeDuration = registry.durationHistogram(
+            named: "portcullis_tls_handshake_duration_seconds",
             buckets: [.milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
                       .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
                       .seconds(5)],
@@ -49,7 +49,7 @@ public final class GatewayMetrics: Sendable {
         let registry = self.registry
         /// One counter family, one counter per value of its label.
         func family(_ name: String, _ label: String, _ values: [String], help: String) -> [Counter] {
-            values.map { registry.makeCounter(name: name, labels: [(label, $0)], help: help) }
+            values.map { registry.counter(named: name, labels: [(label, $0)], help: help) }
         }
         let handshakes = family(
             "portcullis_tls_handshakes_total", "result", ["full", "resumed", "failed"],
@@ -63,32 +63,32 @@ public final class GatewayMetrics: Sendable {
             "portcullis_message_bytes_total", "direction", ["in", "out"],
             help: "Payload bytes of WebSocket data messages: in from clients, out to clients.")
         (bytesIn, bytesOut) = (bytes[0], bytes[1])
-        aclDenials = registry.makeCounter(
-            name: "portcullis_acl_denials_total", help: "Subscribes and publishes a topic ACL refused.")
-        rateLimitHits = registry.makeCounter(
-            name: "portcullis_rate_limit_hits_total", help: "Publishes over the identity's rate limit.")
-        slowConsumerCloses = registry.makeCounter(
-            name: "portcullis_slow_consumer_closes_total",
+        aclDenials = registry.counter(
+            named: "portcullis_acl_denials_total", help: "Subscribes and publishes a topic ACL refused.")
+        rateLimitHits = registry.counter(
+            named: "portcullis_rate_limit_hits_total", help: "Publishes over the identity's rate limit.")
+        slowConsumerCloses = registry.counter(
+            named: "portcullis_slow_consumer_closes_total",
             help: "Sessions closed (1013) because their client fell too far behind.")
-        sessionsEnded = registry.makeCounter(
-            name: "portcullis_sessions_ended_by_gateway_total",
+        sessionsEnded = registry.counter(
+            named: "portcullis_sessions_ended_by_gateway_total",
             help: "Open sessions the gateway closed after a reload or at their certificate's expiry (1008).")
-        auditQueueDepth = registry.makeGauge(
-            name: "portcullis_audit_queue_depth", help: "Audit records waiting to be written.")
-        auditWriteLatency = registry.makeGauge(
-            name: "portcullis_audit_write_latency_seconds",
+        auditQueueDepth = registry.gauge(
+            named: "portcullis_audit_queue_depth", help: "Audit records waiting to be written.")
+        auditWriteLatency = registry.gauge(
+            named: "portcullis_audit_write_latency_seconds",
             help: "Time the last batch of audit records took to write (and fsync, when it did).")
-        auditFailing = registry.makeGauge(
-            name: "portcullis_audit_failing", help: "1 while audit records cannot be written.")
-        auditDropped = registry.makeGauge(
-            name: "portcullis_audit_records_dropped", help: "Audit records lost since the gateway started.")
-        clientCertificatesInUse = registry.makeGauge(
-            name: "portcullis_client_certificates_in_use", help: "Distinct client certificates of open sessions.")
-        connectionsOpen = registry.makeGauge(
-            name: "portcullis_connections_open",
+        auditFailing = registry.gauge(
+            named: "portcullis_audit_failing", help: "1 while audit records cannot be written.")
+        auditDropped = registry.gauge(
+            named: "portcullis_audit_records_dropped", help: "Audit records lost since the gateway started.")
+        clientCertificatesInUse = registry.gauge(
+            named: "portcullis_client_certificates_in_use", help: "Distinct client certificates of open sessions.")
+        connectionsOpen = registry.gauge(
+            named: "portcullis_connections_open",
             help: "Accepted connections not yet closed, handshakes and sessions alike (limits.max_connections bounds it).")
-        crlsExpired = registry.makeGauge(
-            name: "portcullis_crl_expired",
+        crlsExpired = registry.gauge(
+            named: "portcullis_crl_expired",
             help: "CRLs in force past their nextUpdate (with tls.crl_expired: refuse, the certificates they cover are refused).")
         // Every result is counted from zero, so a dashboard has the series before the first reload.
         for result in [ReloadOutcome.Result.applied, .unchanged, .rejected] { reloadCounter(result) }
@@ -96,16 +96,16 @@ public final class GatewayMetrics: Sendable {
 
     /// Counts a refusal by its stable reason code (a fixed set, so the label stays bounded).
     func refused(_ reason: String) {
-        registry.makeCounter(
-            name: "portcullis_refusals_total", labels: [("reason", reason)],
+        registry.counter(
+            named: "portcullis_refusals_total", labels: [("reason", reason)],
             help: "Connections refused before becoming a session, by reason.").increment()
     }
 
     /// Counts a PROXY protocol v2 header read from a trusted load balancer, by command (`PROXY`, or `LOCAL` for
     /// its health checks).
     func proxyHeaderRead(_ command: String) {
-        registry.makeCounter(
-            name: "portcullis_proxy_headers_total", labels: [("command", command)],
+        registry.counter(
+            named: "portcullis_proxy_headers_total", labels: [("command", command)],
             help: "PROXY protocol v2 headers read from trusted load balancers, by command (PROXY or LOCAL).").increment()
     }
 
@@ -113,8 +113,8 @@ public final class GatewayMetrics: Sendable {
     /// per session than the registry's lookup by name and labels.
     func sessionsOpen(route: String) -> Gauge {
         if let gauge = routeGauges.withLockedValue({ $0[route] }) { return gauge }
-        let gauge = registry.makeGauge(
-            name: "portcullis_sessions_open", labels: [("route", route)], help: "Open WebSocket sessions by route.")
+        let gauge = registry.gauge(
+            named: "portcullis_sessions_open", labels: [("route", route)], help: "Open WebSocket sessions by route.")
         routeGauges.withLockedValue { $0[route] = gauge }
         return gauge
     }
@@ -130,8 +130,8 @@ public final class GatewayMetrics: Sendable {
 
     @discardableResult
     private func reloadCounter(_ result: ReloadOutcome.Result) -> Counter {
-        registry.makeCounter(
-            name: "portcullis_reloads_total", labels: [("result", result.rawValue)],
+        registry.counter(
+            named: "portcullis_reloads_total", labels: [("result", result.rawValue)],
             help: "Reloads by result: applied, unchanged, rejected (the previous set stayed).")
     }
 
@@ -160,8 +160,8 @@ public final class GatewayMetrics: Sendable {
             let help = "Seconds until a certificate's not-after (negative once expired): the server's, the client "
                 + "CAs', and the \(Self.clientCertificateSeries) client certificates in use that expire first."
             func add(_ kind: String, _ subject: String, _ serial: String, _ notValidAfter: Date) {
-                let gauge = registry.makeGauge(
-                    name: name, labels: [("kind", kind), ("subject", subject), ("serial", serial)], help: help)
+                let gauge = registry.gauge(
+                    named: name, labels: [("kind", kind), ("subject", subject), ("serial", serial)], help: help)
                 gauge.set(to: notValidAfter.timeIntervalSince(now))
                 gauges.append(gauge)
             }

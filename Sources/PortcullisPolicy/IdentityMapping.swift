@@ -65,7 +65,7 @@ public struct IdentityMappingRule: Sendable, Hashable {
     func apply(to facts: CertificateFacts, unusable: inout [String]) -> String? {
         for value in source.values(in: facts) {
             let captured: String?
-            if let match {
+            if match != nil {
                 if source == .fingerprint {
                     captured = pinned == value ? "" : nil
                 } else {
