@@ -93,10 +93,11 @@ final class TestGateway: @unchecked Sendable {
     let strict: TestPKI.Credential
     var auditPath: String { gateway.auditLog.path }
 
-    /// The handshake deadline is generous by default: the whole suite shares two cores, and at its start a
-    /// handshake can wait seconds for a thread. Tests of the deadline itself pass a short one.
+    /// The handshake deadline is generous by default (``upstreamHandshakeTimeout``): the whole suite shares two
+    /// cores, and beside a build a test's handshakes in sequence outlasted 30 s. Tests of the deadline itself
+    /// pass a short one.
     static func start(
-        handshakeTimeout: Double = 30, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2,
+        handshakeTimeout: Double = upstreamHandshakeTimeout, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2,
         adjust: (inout GatewayConfiguration) -> Void = { _ in }
     ) async throws -> TestGateway {
         try await TestGateway(handshakeTimeout: handshakeTimeout, minimumTLS: minimumTLS, adjust: adjust)
@@ -202,7 +203,7 @@ final class TestGateway: @unchecked Sendable {
 
 /// Runs `body` against a fresh gateway and always shuts it down.
 func withGateway(
-    handshakeTimeout: Double = 30, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2,
+    handshakeTimeout: Double = upstreamHandshakeTimeout, minimumTLS: GatewayConfiguration.TLSVersion = .v1_2,
     adjust: (inout GatewayConfiguration) -> Void = { _ in },
     _ body: (TestGateway) async throws -> Void
 ) async throws {
