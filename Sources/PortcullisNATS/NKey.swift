@@ -112,19 +112,26 @@ public enum NKey {
     /// RFC 4648 base32 without padding: every 5 bits one character, the last padded with zero bits. (JWTs' `jti`
     /// is a hash written this way.)
     public static func base32Encode(_ bytes: [UInt8]) -> [UInt8] {
+        packBits(bytes, width: 5, alphabet: base32Alphabet)
+    }
+
+    /// `bytes` written `width` bits a character (base32 5, base64url 6) from `alphabet`, the last character
+    /// filled with zero bits, without padding characters.
+    private static func packBits(_ bytes: some Collection<UInt8>, width: Int, alphabet: [UInt8]) -> [UInt8] {
         var output: [UInt8] = []
-        output.reserveCapacity((bytes.count * 8 + 4) / 5)
+        output.reserveCapacity((bytes.count * 8 + width - 1) / width)
+        let mask = UInt32(1 << width - 1)
         var buffer: UInt32 = 0
         var bits = 0
         for byte in bytes {
             buffer = (buffer << 8 | UInt32(byte)) & 0xFFFF
             bits += 8
-            while bits >= 5 {
-                bits -= 5
-                output.append(base32Alphabet[Int((buffer >> UInt32(bits)) & 0x1F)])
+            while bits >= width {
+                bits -= width
+                output.append(alphabet[Int((buffer >> UInt32(bits)) & mask)])
             }
         }
-        if bits > 0 { output.append(base32Alphabet[Int((buffer << UInt32(5 - bits)) & 0x1F)]) }
+        if bits > 0 { output.append(alphabet[Int((buffer << UInt32(width - bits)) & mask)]) }
         return output
     }
 
@@ -174,19 +181,7 @@ public enum NKey {
 
     /// RFC 4648 §5 base64url without padding: what nats-server reads a `CONNECT`'s `sig` as, and JWTs are made of.
     public static func base64URLEncode(_ bytes: some Collection<UInt8>) -> String {
-        var output: [UInt8] = []
-        var buffer: UInt32 = 0
-        var bits = 0
-        for byte in bytes {
-            buffer = (buffer << 8 | UInt32(byte)) & 0xFFFF
-            bits += 8
-            while bits >= 6 {
-                bits -= 6
-                output.append(base64URLAlphabet[Int((buffer >> UInt32(bits)) & 0x3F)])
-            }
-        }
-        if bits > 0 { output.append(base64URLAlphabet[Int((buffer << UInt32(6 - bits)) & 0x3F)]) }
-        return String(decoding: output, as: UTF8.self)
+        String(decoding: packBits(bytes, width: 6, alphabet: base64URLAlphabet), as: UTF8.self)
     }
 
     /// Base64url without padding, strictly (the bits past the last whole byte zero); nil when `text` is not.

@@ -86,19 +86,7 @@ struct NATSMutualTLSTests {
         let (credential, _) = try nats.pki.client("nats-gateway")
         try await withGateway(adjust: nats.settings(certificate: credential)) { a in
             try await withGateway(adjust: nats.settings(certificate: credential)) { b in
-                #expect(try await ClusterTests.ready(a) == nil)
-                #expect(try await ClusterTests.ready(b) == nil)
-                let remote = try await b.broker(b.operatorCredential)
-                try await remote.subscribe("devices/+/telemetry")
-                let remoteLog = DeliveryLog(remote)
-                let device = try await a.broker(a.device)
-                #expect(
-                    try await ClusterTests.probe(from: device, topic: "devices/demo-device/telemetry", until: remoteLog),
-                    "nothing crossed the TLS connections to NATS")
-                #expect(remoteLog.all.allSatisfy { $0.from == "demo-device" }, "\(remoteLog.all)")
-                #expect(ClusterTests.metrics(a).contains("portcullis_nats_connected 1"))
-                await device.close()
-                await remote.close()
+                try await ClusterCredentialsTests.expectCrossing(a, b)
             }
         }
     }
