@@ -31,16 +31,6 @@ private func auditRecords(in directory: String) -> [[String: Any]] {
     }
 }
 
-/// Waits (up to `seconds`) for `condition`.
-private func eventually(within seconds: Double = 90, _ condition: () -> Bool) async throws -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if condition() { return true }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    return condition()
-}
-
 @Suite("Several gateways behind HAProxy, sharing NATS (processes)")
 struct ClusterProcessTests {
     @Test("Three serve processes, nats-server and HAProxy: publishes reach every gateway; a SIGKILLed gateway, a restarted nats-server and a revocation are each carried through")

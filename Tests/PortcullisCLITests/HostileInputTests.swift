@@ -491,9 +491,9 @@ final class HostileGateway: Sendable {
         }
     }
 
-    /// The descriptor count once it has not changed for a second (up to 10 s), or nil.
+    /// The descriptor count once it has not changed for a second (up to 60 s), or nil.
     func settledDescriptorCount() async -> Int? {
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(60)
         var last = descriptorCount()
         var since = Date()
         while Date() < deadline {
@@ -509,9 +509,9 @@ final class HostileGateway: Sendable {
         return nil
     }
 
-    /// Polls until the count is back at `baseline` (closes are asynchronous), for up to 10 s; the last count.
+    /// Polls until the count is back at `baseline` (closes are asynchronous), for up to 60 s; the last count.
     func descriptors(returningTo baseline: Int) async -> Int {
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(60)
         var count = descriptorCount()
         while count != baseline, Date() < deadline {
             try? await Task.sleep(for: .milliseconds(20))

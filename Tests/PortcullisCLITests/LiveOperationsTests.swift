@@ -33,17 +33,6 @@ func auditRecords(_ event: String, in directory: String) async throws -> [[Strin
     try jsonLines(try await portcullis(["audit", "query", "--event", event, "--jsonl"], in: directory).output)
 }
 
-/// Polls `condition` every 250 ms for up to `timeout` seconds (each poll may start a process: not faster); the
-/// default leaves room for a loaded machine, since a condition that holds returns at once.
-func eventually(timeout: Double = 30, _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
-    repeat {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(250))
-    } while Date() < deadline
-    return false
-}
-
 /// The admin listener's base URL from serve's output.
 func adminURL(_ serve: RunningCommand) throws -> String {
     let output = serve.output
@@ -120,7 +109,7 @@ struct LiveOperationsTests {
         let text = try String(contentsOfFile: file, encoding: .utf8)
         try text.replacingOccurrences(of: "https://console.example.com", with: "https://ops.example.com")
             .write(toFile: file, atomically: true, encoding: .utf8)
-        #expect(try await eventually {
+        #expect(try await eventually(every: .milliseconds(250)) {
             try await auditRecords("reload", in: directory).contains {
                 ($0["detail"] as? String)?.contains(#"allowed origins: ["https://console.example.com"] → ["https://ops.example.com"]"#) == true
             }
@@ -208,7 +197,7 @@ struct LiveOperationsTests {
             $0["name"] as? String == "server" && !["superseded", "revoked"].contains($0["status"] as? String ?? "")
         }, "\(listed)")
         let newSerial = try #require(server["serial"] as? String)
-        #expect(try await eventually {
+        #expect(try await eventually(every: .milliseconds(250)) {
             try await auditRecords("reload", in: directory).contains {
                 ($0["detail"] as? String)?.contains("→ \(newSerial)") == true
             }

@@ -59,7 +59,7 @@ final class RunningCommand: @unchecked Sendable {
         return false
     }
 
-    func waitForExit(timeout: Double = 30) async throws -> Int32? {
+    func waitForExit(timeout: Double = 120) async throws -> Int32? {
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
         if process.isRunning {
@@ -72,7 +72,7 @@ final class RunningCommand: @unchecked Sendable {
     }
 }
 
-func shell(_ command: String, in directory: String, timeout: Double = 30) async throws -> String {
+func shell(_ command: String, in directory: String, timeout: Double = 120) async throws -> String {
     let process = ChildProcess()
     process.executableURL = URL(fileURLWithPath: "/bin/bash")
     process.arguments = ["-c", command]

@@ -21,7 +21,7 @@ struct AuditFailureTests {
     static func release(_ holder: Int32, _ gw: TestGateway) async throws -> Bool {
         flock(holder, LOCK_UN)
         close(holder)
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(120)
         while gw.gateway.auditLog.isFailing && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
         return !gw.gateway.auditLog.isFailing
     }

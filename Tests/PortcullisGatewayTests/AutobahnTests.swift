@@ -266,7 +266,7 @@ final class Stunnel: @unchecked Sendable {
             try process.run()
             let stunnel = Stunnel(port: port, process: process, log: PipeReader(stderr.fileHandleForReading))
             // Generous: at the suite's start stunnel can wait seconds for a core.
-            let deadline = Date().addingTimeInterval(30)
+            let deadline = Date().addingTimeInterval(120)
             while process.isRunning && Date() < deadline {
                 if listens(pid: process.processIdentifier, port: port) { return stunnel }
                 try await Task.sleep(for: .milliseconds(50))

@@ -6,7 +6,7 @@ import PortcullisProtocol
 import Testing
 
 /// Collects `count` deliveries (or fewer if `seconds` pass).
-func collect(_ count: Int, from session: BrokerSession, within seconds: Double = 30) async -> [Delivery] {
+func collect(_ count: Int, from session: BrokerSession, within seconds: Double = 120) async -> [Delivery] {
     await withTaskGroup(of: [Delivery].self) { group in
         group.addTask {
             var received: [Delivery] = []
@@ -268,7 +268,7 @@ struct BrokerTests {
 
 extension WebSocketConnection {
     /// Waits for the connection to close, failing the test after `seconds` instead of hanging.
-    func closed(within seconds: Double = 30, sourceLocation: SourceLocation = #_sourceLocation) async {
+    func closed(within seconds: Double = 120, sourceLocation: SourceLocation = #_sourceLocation) async {
         let deadline = Date().addingTimeInterval(seconds)
         while isActive && Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
         #expect(!isActive, "the connection is still open after \(seconds) s", sourceLocation: sourceLocation)

@@ -162,9 +162,9 @@ final class TestGateway: @unchecked Sendable {
         try await BrokerSession.connect(port: port, tls: tls(credential))
     }
 
-    /// Waits (up to 30 s: a loaded machine is slow, never wrong) for an audit record matching `predicate`; records are written off the event loop.
+    /// Waits (up to 120 s: a loaded machine is slow, never wrong) for an audit record matching `predicate`; records are written off the event loop.
     func auditRecord(
-        timeout: Double = 30, where predicate: (AuditRecord) -> Bool
+        timeout: Double = 120, where predicate: (AuditRecord) -> Bool
     ) async throws -> AuditRecord? {
         let deadline = Date().addingTimeInterval(timeout)
         repeat {
@@ -175,10 +175,10 @@ final class TestGateway: @unchecked Sendable {
         return nil
     }
 
-    /// Waits (up to 30 s) until at least `count` records match `predicate`, and returns every match: the
+    /// Waits (up to 120 s) until at least `count` records match `predicate`, and returns every match: the
     /// gateway audits a TLS refusal when its handler sees the error, which can be after the client has exited.
     func auditRecords(
-        atLeast count: Int, timeout: Double = 30, where predicate: (AuditRecord) -> Bool
+        atLeast count: Int, timeout: Double = 120, where predicate: (AuditRecord) -> Bool
     ) async throws -> [AuditRecord] {
         let deadline = Date().addingTimeInterval(timeout)
         var matching: [AuditRecord]

@@ -35,7 +35,9 @@ final class PythonBackend: @unchecked Sendable {
                 print(json.dumps({"closed": ws.close_code}), flush=True)
 
         async def main():
-            async with websockets.serve(handler, "127.0.0.1", 0) as server:
+            # No opening-handshake deadline (websockets' default is 10 s, which a loaded test machine can pass
+            # before the gateway's request is read) and no keepalive: the tests set the pace.
+            async with websockets.serve(handler, "127.0.0.1", 0, open_timeout=None, ping_interval=None) as server:
                 print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
                 await asyncio.Future()
 
@@ -127,7 +129,7 @@ final class LockedCount: @unchecked Sendable {
 }
 
 /// The next message, or nil after `seconds`: a test fails instead of hanging.
-func next(_ connection: WebSocketConnection, within seconds: Double = 30) async -> WebSocketMessage? {
+func next(_ connection: WebSocketConnection, within seconds: Double = 120) async -> WebSocketMessage? {
     await withTaskGroup(of: WebSocketMessage?.self) { group in
         group.addTask { await connection.receive() }
         group.addTask {
@@ -145,10 +147,8 @@ struct UpstreamTests {
     @Test("Frames are proxied both ways; the backend gets the verified identity, never the client's headers; both sides close together")
     func proxiesWithIdentity() async throws {
         try await Self.withBackend(target: "/backend") { gw, backend in
-            let outcome = try await GatewayClient.connect(
-                port: gw.port, path: "/v1/upstream?room=7", headers: [("X-Portcullis-Identity", "operator")],
-                tls: gw.tls(gw.device))
-            let client = try #require(outcome.connection)
+            let client = try await Self.upstreamSession(
+                gw, path: "/v1/upstream?room=7", headers: [("X-Portcullis-Identity", "operator")])
             guard case .text(let hello)? = await next(client),
                 let seen = try JSONSerialization.jsonObject(with: Data(hello.utf8)) as? [String: Any],
                 let headers = seen["headers"] as? [String: String]
@@ -171,11 +171,21 @@ struct UpstreamTests {
             #expect(opened.path == "/v1/upstream")
 
             // The backend closing ends the client's session with its code.
-            let second = try #require(try await GatewayClient.connect(port: gw.port, path: "/v1/upstream", tls: gw.tls(gw.device)).connection)
+            let second = try await Self.upstreamSession(gw)
             _ = await next(second)
             try await second.send(text: "close-please")
             #expect(await next(second) == .close(code: 4001, reason: ""))
         }
+    }
+
+    /// A session on `/v1/upstream` as the device; a refusal fails the test with what the gateway audited (why
+    /// the backend could not be reached, say).
+    static func upstreamSession(_ gw: TestGateway, path: String = "/v1/upstream", headers: [(String, String)] = [])
+        async throws -> WebSocketConnection
+    {
+        let outcome = try await GatewayClient.connect(port: gw.port, path: path, headers: headers, tls: gw.tls(gw.device))
+        let refusals = try gw.auditRecords().filter { $0.event == "http_refused" }.map { "\($0.reason ?? ""): \($0.detail ?? "")" }
+        return try #require(outcome.connection, "refused \(outcome.status): \(refusals)")
     }
 
     /// A gateway whose `/v1/upstream` leads to the Python backend's `target`.
@@ -198,7 +208,7 @@ struct UpstreamTests {
     @Test("A backend that stops reading stops the gateway reading the client: the client's sends stall")
     func backendStopsReading() async throws {
         try await Self.withBackend(target: "/stall") { gw, _ in
-            let client = try #require(try await GatewayClient.connect(port: gw.port, path: "/v1/upstream", tls: gw.tls(gw.device)).connection)
+            let client = try await Self.upstreamSession(gw)
             _ = await next(client)
             let sent = LockedCount()
             let chunk = [UInt8](repeating: 0x42, count: 65536)
@@ -219,7 +229,7 @@ struct UpstreamTests {
     @Test("A client that stops reading stops the gateway reading the backend, without closing the client as slow")
     func clientStopsReading() async throws {
         try await Self.withBackend(target: "/flood") { gw, backend in
-            let client = try #require(try await GatewayClient.connect(port: gw.port, path: "/v1/upstream", tls: gw.tls(gw.device)).connection)
+            let client = try await Self.upstreamSession(gw)
             try await client.setReading(false)
             let flooded = try await valueWhenStalled(limit: 256 << 20) {
                 backend.lastLine(with: "flooded")?["flooded"] as? Int ?? 0
