@@ -22,25 +22,11 @@ public enum NATSClientCommand {
         json += Array(#","tls_required":"#.utf8) + Array((tlsRequired ? "true" : "false").utf8)
         json += Array(#","name":"#.utf8)
         appendJSONString(name, to: &json)
-        if let user {
-            json += Array(#","user":"#.utf8)
-            appendJSONString(user, to: &json)
-        }
-        if let password {
-            json += Array(#","pass":"#.utf8)
-            appendJSONString(password, to: &json)
-        }
-        if let nkey {
-            json += Array(#","nkey":"#.utf8)
-            appendJSONString(nkey, to: &json)
-        }
-        if let jwt {
-            json += Array(#","jwt":"#.utf8)
-            appendJSONString(jwt, to: &json)
-        }
-        if let signature {
-            json += Array(#","sig":"#.utf8)
-            appendJSONString(signature, to: &json)
+        // Only the fields of the configured kind of sign-in are sent, in this order.
+        for (key, value) in [("user", user), ("pass", password), ("nkey", nkey), ("jwt", jwt), ("sig", signature)] {
+            guard let value else { continue }
+            json += Array(",\"\(key)\":".utf8)
+            appendJSONString(value, to: &json)
         }
         json += Array(#","lang":"swift","version":"#.utf8)
         appendJSONString(version, to: &json)

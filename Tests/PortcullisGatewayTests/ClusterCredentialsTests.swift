@@ -208,4 +208,45 @@ struct ClusterCredentialsTests {
         _ = try NATSConnection.Settings(nats, warnings: &warnings)
         #expect(warnings.count == 1 && warnings.first?.contains("readable by its group or others (mode 644)") == true, "\(warnings)")
     }
+
+    @Test("password_file: one line, read up to a bound, UTF-8, never in a message; an open one is warned about")
+    func passwordFile() throws {
+        let directory = try ClusterTests.scratch()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func write(_ name: String, _ bytes: [UInt8], mode: Int = 0o600) -> String {
+            let path = "\(directory)/\(name)"
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes), attributes: [.posixPermissions: mode]))
+            return path
+        }
+        var nats = GatewayConfiguration.NATS(url: "nats://127.0.0.1:4222")!
+        nats.user = "gateway"
+        nats.passwordFile = write("password", Array("s3cret-Pa55\n".utf8))
+        var warnings: [String] = []
+        let settings = try NATSConnection.Settings(nats, warnings: &warnings)
+        #expect(warnings.isEmpty, "\(warnings)")
+        guard case .password(let user, let password) = settings.signIn else {
+            Issue.record("signs in \(settings.signIn)")
+            return
+        }
+        #expect(user == "gateway" && password == "s3cret-Pa55")
+
+        nats.passwordFile = write("open", Array("s3cret-Pa55".utf8), mode: 0o640)
+        _ = try NATSConnection.Settings(nats, warnings: &warnings)
+        #expect(warnings.count == 1 && warnings.first?.contains("holds a password and is readable by its group or others (mode 640)") == true, "\(warnings)")
+
+        let refused: [(file: String, expected: String)] = [
+            (write("huge", [UInt8](repeating: 0x61, count: NATSCredentials.maximumFileSize + 1)),
+             "larger than \(NATSCredentials.maximumFileSize) bytes, too large to hold a password"),
+            (write("latin1", [0x73, 0x33, 0xE9, 0x0A]), "not UTF-8 text"),
+            ("\(directory)/absent", "cannot read it (there is no such file)"),
+        ]
+        for (file, expected) in refused {
+            nats.passwordFile = file
+            #expect {
+                _ = try NATSConnection.Settings(nats, warnings: &warnings)
+            } throws: { error in
+                "\(error)".contains("nats.password_file \(file): \(expected)") && !"\(error)".contains("s3cret")
+            }
+        }
+    }
 }

@@ -14,15 +14,17 @@ extension NATSConnection.Settings {
         if let user = nats.user, let file = nats.passwordFile {
             do {
                 // One line; the newline an editor adds is not part of it.
-                let password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .newlines)
-                signIn = .password(user: user, password: password)
+                let bytes = try Self.readSecret(file, holding: "a password", warnings: &warnings)
+                guard let password = String(validating: bytes, as: UTF8.self) else { throw NKeyError("not UTF-8 text") }
+                signIn = .password(user: user, password: password.trimmingCharacters(in: .newlines))
             } catch {
-                problems.append("nats.password_file \(file): cannot read it (\(error.localizedDescription))")
+                problems.append("nats.password_file \(file): \(error)")
             }
         }
         if let file = nats.credentialsFile {
             do {
-                let (jwt, key) = try NATSCredentials.parseCredentialsFile(try Self.readSecret(file, warnings: &warnings))
+                let (jwt, key) = try NATSCredentials.parseCredentialsFile(
+                    try Self.readSecret(file, holding: "a secret key", warnings: &warnings))
                 signIn = .userJWT(jwt, key)
             } catch {
                 problems.append("nats.credentials \(file): \(error)")
@@ -30,7 +32,8 @@ extension NATSConnection.Settings {
         }
         if let file = nats.nkeySeedFile {
             do {
-                signIn = .nkey(try NATSCredentials.parseSeedFile(try Self.readSecret(file, warnings: &warnings)))
+                signIn = .nkey(
+                    try NATSCredentials.parseSeedFile(try Self.readSecret(file, holding: "a secret key", warnings: &warnings)))
             } catch {
                 problems.append("nats.nkey_seed_file \(file): \(error)")
             }
@@ -55,10 +58,11 @@ extension NATSConnection.Settings {
             signIn: signIn)
     }
 
-    /// The bytes of a file holding a secret, read up to what a credentials file can be; a warning when its mode
-    /// lets the group or others read it (the project writes private keys 0600, and reads them whatever their
-    /// mode, as it reads TLS keys: an operator may have reasons, such as a group the gateway runs in).
-    static func readSecret(_ path: String, warnings: inout [String]) throws(NKeyError) -> [UInt8] {
+    /// The bytes of a file holding a secret (`what` says which, for the messages), read up to what a credentials
+    /// file can be; a warning when its mode lets the group or others read it (the project writes private keys
+    /// 0600, and reads them whatever their mode, as it reads TLS keys: an operator may have reasons, such as a
+    /// group the gateway runs in).
+    static func readSecret(_ path: String, holding what: String, warnings: inout [String]) throws(NKeyError) -> [UInt8] {
         guard let handle = FileHandle(forReadingAtPath: path) else {
             let reason = FileManager.default.fileExists(atPath: path) ? "it is not readable by the gateway" : "there is no such file"
             throw NKeyError("cannot read it (\(reason))")
@@ -71,13 +75,13 @@ extension NATSConnection.Settings {
             throw NKeyError("cannot read it (\(error.localizedDescription))")
         }
         guard data.count <= NATSCredentials.maximumFileSize else {
-            throw NKeyError("larger than \(NATSCredentials.maximumFileSize) bytes: not a credentials or seed file")
+            throw NKeyError("larger than \(NATSCredentials.maximumFileSize) bytes, too large to hold \(what)")
         }
         if let mode = ((try? FileManager.default.attributesOfItem(atPath: path))?[.posixPermissions] as? NSNumber)?.intValue,
             mode & 0o044 != 0
         {
             warnings.append(
-                "\(path) holds a secret key and is readable by its group or others (mode \(String(mode & 0o777, radix: 8))): "
+                "\(path) holds \(what) and is readable by its group or others (mode \(String(mode & 0o777, radix: 8))): "
                     + "chmod 600 it, owned by the user the gateway runs as")
         }
         return Array(data)
