@@ -41,9 +41,10 @@ actor ReloadQueue {
 
 extension Gateway {
     /// Reloads policies, client CAs, CRL, server certificate and key, origins and routes from `load`'s
-    /// configuration: everything is validated first and swapped in at once; when anything is invalid the
-    /// running set stays in force. Then every open session is checked against the new set and the ones it no
-    /// longer admits are closed with 1008. Audited either way (`reload`, `reload_failed`).
+    /// configuration, and the files the gateway signs in to NATS with (used from the next connection to NATS):
+    /// everything is validated first and swapped in at once; when anything is invalid the running set stays in
+    /// force. Then every open session is checked against the new set and the ones it no longer admits are closed
+    /// with 1008. Audited either way (`reload`, `reload_failed`).
     ///
     /// Settings that only a restart can change (listen address, audit log, admin listener) are kept, and the
     /// outcome says so.
@@ -66,10 +67,12 @@ extension Gateway {
         let current = runtime
         let runtime: GatewayRuntime
         let notApplied: [String]
+        let renewedNATSCredentials: NATSConnection.Credentials?
         do {
             var proposed = try load()
             notApplied = Self.keepRestartOnlySettings(of: current.configuration, in: &proposed)
             runtime = try GatewayRuntime.load(proposed, previous: current)
+            renewedNATSCredentials = try renewedCredentials(for: proposed.nats)
         } catch let error as DiagnosticsError {
             return rejectReload(trigger: trigger, problems: error.diagnostics.map(\.description))
         } catch let error as GatewayStartupError {
@@ -80,6 +83,7 @@ extension Gateway {
 
         let changes = runtime.summary.changes(from: current.summary)
             + Self.settingChanges(from: current.configuration, to: runtime.configuration) + runtime.notes
+            + (renewedNATSCredentials == nil ? [] : ["NATS credentials renewed, used from the next connection to NATS"])
         let restartNote = notApplied.isEmpty ? [] : ["needs a restart, not applied: \(notApplied.joined(separator: ", "))"]
         if changes.isEmpty {
             metrics.reloads(.unchanged)
@@ -91,6 +95,7 @@ extension Gateway {
             return ReloadOutcome(result: .unchanged, lines: lines)
         }
         install(runtime)
+        if let renewedNATSCredentials { cluster?.credentials = renewedNATSCredentials }
         warnIfOpenFilesBindConnections()
         metrics.reloads(.applied)
         metrics.addRoutes(runtime.configuration.routes)
@@ -108,6 +113,18 @@ extension Gateway {
         let ended = await recheck(open, under: runtime, trustChanged: trustChanged)
         return ReloadOutcome(
             result: .applied, lines: changes + restartNote, sessionsChecked: open.count, sessionsEnded: ended)
+    }
+
+    /// The files `nats` signs in with, read again: their credentials when they differ from those in use (a renewed
+    /// `.creds` file, a rotated certificate), nil when they do not. Throws ``GatewayStartupError`` for a file that
+    /// is missing or damaged now, which rejects the reload: the credentials in use stay.
+    private func renewedCredentials(for nats: GatewayConfiguration.NATS?) throws -> NATSConnection.Credentials? {
+        guard let nats, let cluster else { return nil }
+        var warnings: [String] = []
+        let renewed = try NATSConnection.Settings(nats, warnings: &warnings).credentials
+        guard renewed.digest != cluster.credentials.digest else { return nil }
+        for warning in warnings { logger.warning("\(warning)") }
+        return renewed
     }
 
     private func rejectReload(trigger: String, problems: [String]) -> ReloadOutcome {

@@ -15,12 +15,17 @@ import Glibc
 /// an event loop.
 public struct ReloadWatcher: Sendable {
     /// The files of `configuration` that a reload reads: TLS files, CRL, every policy file and the policies
-    /// directory itself (for files added or removed), plus `extra` (the configuration file).
+    /// directory itself (for files added or removed), the files the gateway signs in to NATS with, plus `extra`
+    /// (the configuration file).
     public static func watchedPaths(of configuration: GatewayConfiguration, extra: [String] = []) -> [String] {
         let tls = configuration.tls
         var paths = extra + [tls.certificateChain, tls.privateKey, tls.clientCA]
         if let intermediates = tls.clientIntermediates { paths.append(intermediates) }
         if let crl = tls.crl { paths.append(crl) }
+        if let nats = configuration.nats {
+            paths += [nats.certificate, nats.key, nats.ca, nats.passwordFile, nats.credentialsFile, nats.nkeySeedFile]
+                .compactMap { $0 }
+        }
         let directory = configuration.policiesDirectory
         paths.append(directory)
         paths += ((try? PolicySet.fileNames(in: directory)) ?? []).map { "\(directory)/\($0)" }

@@ -121,6 +121,50 @@ struct ClusterCredentialsTests {
         }
     }
 
+    @Test("A renewed seed file is read at reload and signs the next connection in; a damaged one rejects the reload")
+    func renewalAtReload() async throws {
+        let (first, second) = (NKeyPair.generate(.user), NKeyPair.generate(.user))
+        try await Self.withNATS(.nkeys([first.publicKey, second.publicKey])) { nats in
+            let seedFile = try Self.secret(first.encodedSeed(), named: "gateway.nk", in: nats)
+            try await withGateway(adjust: Self.joining(nats, seedFile: seedFile)) { gw in
+                #expect(try await ClusterTests.ready(gw) == nil)
+                let cluster = try #require(gw.gateway.cluster)
+                // The file watcher reloads when the seed file changes.
+                #expect(ReloadWatcher.watchedPaths(of: gw.gateway.runtime.configuration).contains(seedFile))
+
+                let seed = second.encodedSeed()
+                let damaged = String(seed.prefix(30)) + (seed.dropFirst(30).first == "A" ? "B" : "A") + String(seed.dropFirst(31))
+                _ = try Self.secret(damaged, named: "gateway.nk", in: nats)
+                let rejected = await gw.gateway.reload(trigger: "test")
+                #expect(rejected.result == .rejected)
+                #expect(rejected.lines.contains { $0.contains("nats.nkey_seed_file \(seedFile): the NKey seed: its checksum does not match") }, "\(rejected.lines)")
+                #expect(!rejected.lines.joined().contains(damaged))
+                #expect("\(cluster.credentials.signIn)" == "with the NKey \(first.publicKey)")
+
+                _ = try Self.secret(seed + "\n", named: "gateway.nk", in: nats)
+                let renewed = await gw.gateway.reload(trigger: "test")
+                #expect(renewed.result == .applied)
+                #expect(renewed.lines == ["NATS credentials renewed, used from the next connection to NATS"], "\(renewed.lines)")
+                #expect("\(cluster.credentials.signIn)" == "with the NKey \(second.publicKey)")
+                // The connection in use stays.
+                #expect(gw.gateway.notReadyReason == nil)
+                #expect(await gw.gateway.reload(trigger: "test").result == .unchanged)
+                let record = try #require(await gw.auditRecord { $0.event == "reload" && $0.reason == "applied" })
+                #expect(record.detail?.contains("NATS credentials renewed") == true, "\(record)")
+
+                // NATS now knows only the second key: the gateway comes back signed in with it.
+                nats.stop()
+                try nats.authorize(.nkeys([second.publicKey]))
+                #expect(try await eventually { gw.gateway.notReadyReason != nil }, "the gateway did not notice NATS stop")
+                #expect(try await nats.restart())
+                #expect(try await ClusterTests.ready(gw, within: 120) == nil, "\(gw.gateway.notReadyReason ?? "")")
+                let device = try await gw.broker(gw.device)
+                try await device.publish("devices/demo-device/telemetry", json: "1")
+                await device.close()
+            }
+        }
+    }
+
     @Test("A .creds file (operator mode, JWTs minted in the test) signs in and messages cross; a JWT of an unknown account is refused")
     func credsUser() async throws {
         let chain = NATSTrustChain()
@@ -203,7 +247,7 @@ struct ClusterCredentialsTests {
         var warnings: [String] = []
         let settings = try NATSConnection.Settings(nats, warnings: &warnings)
         #expect(warnings.isEmpty, "\(warnings)")
-        #expect("\(settings.signIn)" == "with the NKey \(user.publicKey)")
+        #expect("\(settings.credentials.signIn)" == "with the NKey \(user.publicKey)")
         nats.nkeySeedFile = write("open.nk", seed, mode: 0o644)
         _ = try NATSConnection.Settings(nats, warnings: &warnings)
         #expect(warnings.count == 1 && warnings.first?.contains("readable by its group or others (mode 644)") == true, "\(warnings)")
@@ -224,8 +268,8 @@ struct ClusterCredentialsTests {
         var warnings: [String] = []
         let settings = try NATSConnection.Settings(nats, warnings: &warnings)
         #expect(warnings.isEmpty, "\(warnings)")
-        guard case .password(let user, let password) = settings.signIn else {
-            Issue.record("signs in \(settings.signIn)")
+        guard case .password(let user, let password) = settings.credentials.signIn else {
+            Issue.record("signs in \(settings.credentials.signIn)")
             return
         }
         #expect(user == "gateway" && password == "s3cret-Pa55")

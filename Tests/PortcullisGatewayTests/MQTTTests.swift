@@ -102,8 +102,9 @@ struct MQTTTests {
         }) { gw in
             let script = "\(scratch)/client.py"
             try Self.pahoClient.write(toFile: script, atomically: true, encoding: .utf8)
+            // Up to five attempts of 60 s each, then 60 s for the message: a deadline only a hung client meets.
             let result = try await ExternalTool("python3").run(
-                [script, "\(gw.port)", gw.pki.caPath, gw.device.certificate, gw.device.key], holdInput: 0, timeout: 90)
+                [script, "\(gw.port)", gw.pki.caPath, gw.device.certificate, gw.device.key], holdInput: 0, timeout: 420)
             let reasons = try gw.auditRecords().compactMap { record in record.reason.map { "\($0): \(record.detail ?? "")" } }
             let line = try #require(result.output.split(separator: "\n").last, "paho printed nothing: \(result.all)\n\(reasons)")
             let answer = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])

@@ -91,6 +91,25 @@ struct NATSMutualTLSTests {
         }
     }
 
+    @Test("A certificate replaced in place is read at reload: the next attempt signs in with it")
+    func replacedCertificate() async throws {
+        let nats = try await SecureNATS.start()
+        defer { nats.stop() }
+        let (unmapped, _) = try nats.pki.client("intruder")
+        let (mapped, _) = try nats.pki.client("nats-gateway")
+        try await withGateway(adjust: nats.settings(certificate: unmapped)) { gw in
+            #expect(try await Self.reason(of: gw) { $0.contains("Authorization Violation") } != nil)
+            // What a rotation does: the new certificate and key written over the old files.
+            for (from, to) in [(mapped.certificate, unmapped.certificate), (mapped.key, unmapped.key)] {
+                try FileManager.default.removeItem(atPath: to)
+                try FileManager.default.copyItem(atPath: from, toPath: to)
+            }
+            let outcome = await gw.gateway.reload(trigger: "test")
+            #expect(outcome.lines == ["NATS credentials renewed, used from the next connection to NATS"], "\(outcome.lines)")
+            #expect(try await ClusterTests.ready(gw, within: 120) == nil, "\(gw.gateway.notReadyReason ?? "")")
+        }
+    }
+
     @Test("A certificate nats-server does not map, no certificate, or a NATS server the CA does not vouch for: not ready, with the reason")
     func refusedSignIns() async throws {
         let nats = try await SecureNATS.start()

@@ -20,11 +20,18 @@ public final class NATSServer: @unchecked Sendable {
 
     public let directory: String
     public let port: Int
+    private let maximumPayload: Int?
     private var process: ChildProcess?
 
     private init(directory: String, port: Int, maximumPayload: Int?, authorization: Authorization) throws {
         self.directory = directory
         self.port = port
+        self.maximumPayload = maximumPayload
+        try authorize(authorization)
+    }
+
+    /// Rewrites the configuration with `authorization`, for the next ``restart()``.
+    public func authorize(_ authorization: Authorization) throws {
         let users: String
         switch authorization {
         case .passwords:

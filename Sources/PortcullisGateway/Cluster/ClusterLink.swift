@@ -95,6 +95,12 @@ final class ClusterLink: Sendable {
         connection.stop()
     }
 
+    /// The credentials the next connection to NATS signs in with; ``NATSConnection/renew(_:)``.
+    var credentials: NATSConnection.Credentials {
+        get { connection.credentials }
+        set { connection.renew(newValue) }
+    }
+
     /// Why NATS is unreachable, or nil while it is connected.
     var unavailableReason: String? { outage.withLockedValue { $0.reason } }
 

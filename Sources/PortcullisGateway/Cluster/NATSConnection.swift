@@ -16,16 +16,24 @@ final class NATSConnection: Sendable {
     struct Settings: Sendable {
         var host: String
         var port: Int
-        /// TLS to NATS (a `tls://` URL), mutual when the context holds a certificate.
-        var tls: NIOSSLContext?
         var name: String
-        /// What `CONNECT` carries: a password, an NKey or a user JWT (these two sign the server's nonce), or nothing.
-        var signIn: NATSSignIn = .anonymous
+        /// Read from files; a reload may renew them (``NATSConnection/renew(_:)``).
+        var credentials: Credentials
         /// The most waiting to be written; past it publishes are refused `unavailable` rather than held.
         var maximumPendingBytes = 8 << 20
         /// How long a connection may take from TCP connect to the server's first `PONG`.
         var handshakeTimeout: TimeAmount = .seconds(10)
         var pingInterval: TimeAmount = .seconds(20)
+    }
+
+    /// How the gateway proves itself to NATS, as read from its files at one time.
+    struct Credentials: Sendable {
+        /// TLS to NATS (a `tls://` URL), mutual when the context holds a certificate.
+        var tls: NIOSSLContext?
+        /// What `CONNECT` carries: a password, an NKey or a user JWT (these two sign the server's nonce), or nothing.
+        var signIn: NATSSignIn = .anonymous
+        /// SHA-256 over the files' paths and bytes: equal digests, the same credentials.
+        var digest: [UInt8] = []
     }
 
     enum State: Sendable, Equatable {
@@ -60,6 +68,8 @@ final class NATSConnection: Sendable {
 
     let eventLoop: any EventLoop
     private let settings: Settings
+    /// What the next connection signs in with; the one in use keeps what it signed in with.
+    private let renewableCredentials: NIOLockedValueBox<Credentials>
     private let shared = NIOLockedValueBox(Shared())
     /// Messages of one read together, on `eventLoop`.
     private let onMessages: @Sendable ([NATSMessage]) -> Void
@@ -73,6 +83,7 @@ final class NATSConnection: Sendable {
         onStateChange: @escaping @Sendable (State) -> Void, onServerError: @escaping @Sendable (String) -> Void
     ) {
         self.settings = settings
+        self.renewableCredentials = NIOLockedValueBox(settings.credentials)
         self.eventLoop = eventLoop
         self.onMessages = onMessages
         self.onStateChange = onStateChange
@@ -94,6 +105,15 @@ final class NATSConnection: Sendable {
     }
 
     var isConnected: Bool { shared.withLockedValue { $0.connected } }
+
+    /// The credentials the next connection signs in with.
+    var credentials: Credentials { renewableCredentials.withLockedValue { $0 } }
+
+    /// Credentials read again (a renewed `.creds` file, a rotated certificate): used from the next connection on.
+    /// The connection in use stays: NATS signed it in, and ends it itself when what it was signed in with expires.
+    func renew(_ renewed: Credentials) {
+        renewableCredentials.withLockedValue { $0 = renewed }
+    }
 
     /// Queues a publish of `payload` on `subject` for the next write.
     func publish(subject: String, headers: [NATSHeader], payload: some Collection<UInt8>) -> PublishResult {
@@ -171,7 +191,8 @@ final class NATSConnection: Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NATSClientHandler(connection: self))
+                    try channel.pipeline.syncOperations.addHandler(
+                        NATSClientHandler(connection: self, credentials: self.credentials))
                 }
             }
             .connect(host: settings.host, port: settings.port)
@@ -235,18 +256,10 @@ final class NATSConnection: Sendable {
 
     fileprivate var handshakeTimeout: TimeAmount { settings.handshakeTimeout }
     fileprivate var pingInterval: TimeAmount { settings.pingInterval }
-    fileprivate var tls: NIOSSLContext? { settings.tls }
     fileprivate var host: String { settings.host }
+    fileprivate var name: String { settings.name }
     fileprivate var serverName: String? {
         (try? SocketAddress(ipAddress: settings.host, port: 0)) == nil ? settings.host : nil
-    }
-
-    fileprivate var signIn: NATSSignIn { settings.signIn }
-
-    /// The `CONNECT` for a server that sent `info` (an NKey or a JWT signs its nonce); throws when it cannot be
-    /// made (no nonce), with the reason.
-    fileprivate func connectCommand(info: NATSServerInfo) throws(NATSProtocolError) -> [UInt8] {
-        try settings.signIn.connect(name: settings.name, tlsRequired: settings.tls != nil, info: info)
     }
 
     fileprivate func deliver(_ messages: [NATSMessage]) {
@@ -265,6 +278,8 @@ private final class NATSClientHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let connection: NATSConnection
+    /// What this connection signs in with, taken when it was made.
+    private let credentials: NATSConnection.Credentials
     private var parser = NATSServerParser()
     private enum Phase { case awaitingInfo, securing, signingIn, connected }
     private var phase = Phase.awaitingInfo
@@ -277,8 +292,9 @@ private final class NATSClientHandler: ChannelInboundHandler {
     private var pingsOutstanding = 0
     private var batch: [NATSMessage] = []
 
-    init(connection: NATSConnection) {
+    init(connection: NATSConnection, credentials: NATSConnection.Credentials) {
         self.connection = connection
+        self.credentials = credentials
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -318,7 +334,7 @@ private final class NATSClientHandler: ChannelInboundHandler {
                 fail("the NATS server does not support headers (nats-server 2.2 and later do): the sender's identity travels in them", context: context)
                 return
             }
-            if let tls = connection.tls {
+            if let tls = credentials.tls {
                 phase = .securing
                 do {
                     let handler = try NIOSSLClientHandler(context: tls, serverHostname: connection.serverName)
@@ -351,7 +367,7 @@ private final class NATSClientHandler: ChannelInboundHandler {
             let printable = String(String.UnicodeScalarView(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(512)))
             // nats-server answers CONNECT with credentials it does not take by 'Authorization Violation' and closes:
             // the reason names how the gateway signed in (an NKey's or a JWT user's public key), never its secret.
-            lastError = NATSFailureReason.server(printable, signIn: connection.signIn)
+            lastError = NATSFailureReason.server(printable, signIn: credentials.signIn)
             connection.serverError(printable)
         }
     }
@@ -366,7 +382,9 @@ private final class NATSClientHandler: ChannelInboundHandler {
     private func signIn(context: ChannelHandlerContext) {
         let command: [UInt8]
         do {
-            command = try connection.connectCommand(info: info ?? NATSServerInfo())
+            // An NKey or a JWT signs the server's nonce; without one (no NKey or JWT users) this fails with the reason.
+            command = try credentials.signIn.connect(
+                name: connection.name, tlsRequired: credentials.tls != nil, info: info ?? NATSServerInfo())
         } catch {
             fail("\(error)", context: context)
             return
